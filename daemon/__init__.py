@@ -1,0 +1,1 @@
+"""seqae daemon: Kafka in, scored windows and alerts out to InfluxDB."""

@@ -1,0 +1,197 @@
+"""Per-asset baselines: warm-up calibration on the asset's own windows, shift detection.
+
+An asset without a baseline for the served model version is `calibrating`: its windows are scored
+with the model's default baseline and collected; after `warmup_windows` of them its own baseline
+is fitted (seqae.calibrate.fit_baseline) and stored under `<state_dir>/baselines/`. A scored window
+whose inputs leave the baseline's known range puts the asset in `shifted` (a shift event, not a
+fault alert) until its inputs return.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from daemon.settings import BaselineSettings
+from seqae.calibrate import Baseline, CalibrationError, fit_baseline
+
+log = logging.getLogger(__name__)
+ScoreState = Literal["ok", "calibrating", "shifted"]
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so a crash leaves either the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+@dataclass(frozen=True, slots=True)
+class ShiftEvent:
+    asset: str
+    profile: str
+    time_ns: int
+    state: Literal["entered", "left"]
+
+
+@dataclass
+class _AssetCalibration:
+    version: str
+    baseline: Baseline | None = None
+    warmup: list[np.ndarray] = field(default_factory=list)
+    shifted: bool = False
+    dirty: bool = False
+
+
+class AssetBaselines:
+    """Which baseline scores each asset's windows, and the asset's score state."""
+
+    def __init__(self, settings: BaselineSettings, state_dir: Path) -> None:
+        self._s = settings
+        self._dir = Path(state_dir)
+        self._assets: dict[tuple[str, str], _AssetCalibration] = {}
+        self.fitted = 0
+        self.fit_failures = 0
+
+    def _entry(self, profile: str, version: str, asset: str) -> _AssetCalibration:
+        key = (profile, asset)
+        entry = self._assets.get(key)
+        if entry is None or entry.version != version:
+            entry = _AssetCalibration(version)
+            if self._s.mode == "per_asset":
+                entry.baseline = self._load(profile, version, asset)
+                if entry.baseline is None:
+                    entry.warmup = self._load_warmup(profile, version, asset)
+            self._assets[key] = entry
+        return entry
+
+    def baseline(self, profile: str, version: str, asset: str, default: Baseline) -> Baseline:
+        if self._s.mode == "model":
+            return default
+        entry = self._entry(profile, version, asset)
+        return entry.baseline if entry.baseline is not None else default
+
+    def observe(
+        self,
+        scorer: Any,
+        profile: str,
+        version: str,
+        hop: int,
+        asset: str,
+        time_ns: int,
+        window: np.ndarray,
+        shifted: bool,
+    ) -> tuple[ScoreState, ShiftEvent | None]:
+        """Account for one scored window; returns its state and a shift event if one began/ended."""
+        if self._s.mode == "model":
+            entry = self._assets.setdefault((profile, asset), _AssetCalibration(version))
+        else:
+            entry = self._entry(profile, version, asset)
+            if entry.baseline is None:
+                entry.warmup.append(window)
+                entry.dirty = True
+                if len(entry.warmup) >= self._s.warmup_windows:
+                    self._fit(scorer, profile, hop, asset, entry)
+                return "calibrating", None
+        event = None
+        if shifted != entry.shifted:
+            entry.shifted = shifted
+            event = ShiftEvent(asset, profile, time_ns, "entered" if shifted else "left")
+        return ("shifted" if shifted else "ok"), event
+
+    def recalibrate(self, asset: str) -> int:
+        """Put the asset back into warm-up for every profile; returns how many were reset."""
+        reset = 0
+        for (profile, name), entry in self._assets.items():
+            if name == asset:
+                self._path(profile, entry.version, asset).unlink(missing_ok=True)
+                self._assets[(profile, name)] = _AssetCalibration(entry.version, dirty=True)
+                reset += 1
+        return reset
+
+    def forget(self, assets: list[str]) -> None:
+        gone = set(assets)
+        for key in [k for k in self._assets if k[1] in gone]:
+            del self._assets[key]
+
+    def checkpoint(self) -> None:
+        """Persist warm-up progress so a restart continues it with the same windows."""
+        for (profile, asset), entry in self._assets.items():
+            if not entry.dirty:
+                continue
+            path = self._warmup_path(profile, entry.version, asset)
+            if entry.baseline is None and entry.warmup:
+                arr = np.stack(entry.warmup).astype(np.float32)
+                with tempfile.TemporaryFile() as tmp:
+                    np.save(tmp, arr, allow_pickle=False)
+                    tmp.seek(0)
+                    write_atomic(path, tmp.read())
+            else:
+                path.unlink(missing_ok=True)
+            entry.dirty = False
+
+    def _fit(
+        self, scorer: Any, profile: str, hop: int, asset: str, entry: _AssetCalibration
+    ) -> None:
+        windows = np.stack(entry.warmup)
+        try:
+            baseline = fit_baseline(scorer, windows, hop=hop)
+        except (CalibrationError, ValueError) as exc:
+            # keep the newer half and go on collecting rather than fail the asset
+            self.fit_failures += 1
+            log.warning("baseline fit for asset %s failed: %s", asset, exc)
+            entry.warmup = entry.warmup[len(entry.warmup) // 2 :]
+            return
+        payload = {"asset": asset, "model_version": entry.version, "baseline": baseline.to_dict()}
+        write_atomic(self._path(profile, entry.version, asset), json.dumps(payload).encode())
+        entry.baseline, entry.warmup, entry.dirty = baseline, [], True
+        self.fitted += 1
+        log.info("asset %s (%s %s): own baseline fitted", asset, profile, entry.version)
+
+    def _path(self, profile: str, version: str, asset: str) -> Path:
+        return self._dir / "baselines" / _safe(profile) / _safe(version) / f"{_safe(asset)}.json"
+
+    def _warmup_path(self, profile: str, version: str, asset: str) -> Path:
+        return self._dir / "warmup" / _safe(profile) / _safe(version) / f"{_safe(asset)}.npy"
+
+    def _load(self, profile: str, version: str, asset: str) -> Baseline | None:
+        path = self._path(profile, version, asset)
+        if not path.exists():
+            return None
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+            return Baseline.from_dict(payload["baseline"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("%s: unreadable baseline (%s); asset %s calibrates again", path, exc, asset)
+            return None
+
+    def _load_warmup(self, profile: str, version: str, asset: str) -> list[np.ndarray]:
+        path = self._warmup_path(profile, version, asset)
+        if not path.exists():
+            return []
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            log.error("%s: unreadable warm-up windows (%s); starting over", path, exc)
+            return []
+        return list(arr)

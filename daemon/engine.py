@@ -1,0 +1,245 @@
+"""Micro-batched scoring of ready windows across assets, one Scorer per served profile."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from daemon.baselines import AssetBaselines, ScoreState, ShiftEvent
+from daemon.lineprotocol import Point
+from daemon.settings import EngineSettings
+from daemon.windows import ReadyWindow, TopicPartitionId, WindowGeometry
+from seqae.artifacts import ArtifactError, LoadedProfile, current_version, load_profile
+from seqae.score import Scorer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServedProfile:
+    name: str
+    loaded: LoadedProfile
+    scorer: Scorer
+    geometry: WindowGeometry
+
+    @property
+    def version(self) -> str:
+        return self.loaded.version
+
+
+class ProfileRegistry:
+    """The profiles being served; swaps a profile when its CURRENT changes and the new one loads."""
+
+    def __init__(self, models_root: Path, names: Sequence[str], device: str) -> None:
+        self._root = Path(models_root)
+        self._device = device
+        self._served: dict[str, ServedProfile] = {}
+        self.load_failures = 0
+        for name in names:
+            self._served[name] = self._load(name, None)  # a start without its model is refused
+
+    def _load(self, name: str, version: str | None) -> ServedProfile:
+        loaded = load_profile(self._root, name, version)
+        m = loaded.meta
+        geometry = WindowGeometry.of(m.channels, m.period_s, m.window, m.hop)
+        return ServedProfile(name, loaded, Scorer(loaded, device=self._device), geometry)
+
+    def get(self, name: str) -> ServedProfile:
+        return self._served[name]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._served.values())
+
+    def refresh(self, force: bool = False) -> list[str]:
+        """Reload profiles whose CURRENT moved (all of them when `force`); a profile that fails
+        to load keeps the served one. Returns the names swapped."""
+        swapped = []
+        for name, served in list(self._served.items()):
+            try:
+                wanted = current_version(self._root, name)
+            except (OSError, ArtifactError) as exc:
+                self.load_failures += 1
+                log.error("profile %s: cannot read CURRENT: %s", name, exc)
+                continue
+            if wanted is None or (wanted == served.version and not force):
+                continue
+            try:
+                self._served[name] = self._load(name, wanted)
+            except (ArtifactError, OSError, ValueError, RuntimeError) as exc:
+                self.load_failures += 1
+                log.error("profile %s %s failed to load, still serving %s: %s",
+                          name, wanted, served.version, exc)
+                continue
+            swapped.append(name)
+            log.info("profile %s: now serving %s (was %s)", name, wanted, served.version)
+        return swapped
+
+
+@dataclass
+class ScoredWindow:
+    asset: str
+    profile: str
+    version: str
+    channels: tuple[str, ...]
+    end_ns: int
+    score: float
+    threshold: float
+    anomalous: bool
+    state: ScoreState
+    gap: bool
+    errors: np.ndarray  # [C]
+    contributions: np.ndarray  # [C]
+
+    def to_point(self) -> Point:
+        fields: dict[str, float | int | bool | str] = {
+            "score": float(self.score),
+            "threshold": float(self.threshold),
+            "anomalous": bool(self.anomalous),
+            "state": self.state,
+            "gap": bool(self.gap),
+        }
+        for name, err in zip(self.channels, self.errors, strict=True):
+            if math.isfinite(float(err)):
+                fields[f"err_{name}"] = float(err)
+        if not math.isfinite(fields["score"]):  # type: ignore[arg-type]
+            fields["score"] = -1.0  # no observed sample at all; kept visible, never anomalous
+        tags = {"asset": self.asset, "profile": self.profile, "model_version": self.version}
+        return Point("seqae_score", tags, fields, self.end_ns)
+
+
+@dataclass
+class EngineOutput:
+    scored: list[ScoredWindow] = field(default_factory=list)
+    shifts: list[ShiftEvent] = field(default_factory=list)
+    offsets: dict[TopicPartitionId, int] = field(default_factory=dict)
+    batch_sizes: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class _Queue:
+    windows: list[ReadyWindow] = field(default_factory=list)
+    since: float = 0.0
+
+
+class ScoringEngine:
+    """Collects ready windows per profile and scores them in batches of at most `max_batch`,
+    once a batch is full or its oldest window waited `max_wait_ms`."""
+
+    def __init__(
+        self,
+        settings: EngineSettings,
+        profiles: ProfileRegistry,
+        baselines: AssetBaselines,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._s = settings
+        self._profiles = profiles
+        self._baselines = baselines
+        self._clock = clock
+        self._queues: dict[str, _Queue] = {}
+
+    def add(self, profile: str, windows: Sequence[ReadyWindow]) -> None:
+        if not windows:
+            return
+        queue = self._queues.setdefault(profile, _Queue())
+        if not queue.windows:
+            queue.since = self._clock()
+        queue.windows.extend(windows)
+
+    @property
+    def queued(self) -> int:
+        return sum(len(q.windows) for q in self._queues.values())
+
+    def due(self) -> bool:
+        deadline = self._clock() - self._s.max_wait_ms / 1000
+        return any(
+            len(q.windows) >= self._s.max_batch or (q.windows and q.since <= deadline)
+            for q in self._queues.values()
+        )
+
+    def hold(self) -> dict[TopicPartitionId, int]:
+        """Offsets of readings in queued windows: not yet scored, so not committable."""
+        held: dict[TopicPartitionId, int] = {}
+        for q in self._queues.values():
+            for w in q.windows:
+                for tp, off in w.offsets.items():
+                    held[tp] = min(held.get(tp, off), off)
+        return held
+
+    def drop_assets(self, assets: set[str]) -> None:
+        for q in self._queues.values():
+            q.windows = [w for w in q.windows if w.asset not in assets]
+
+    def run(self, force: bool = False) -> EngineOutput:
+        """Score every due queue (all queues when `force`)."""
+        out = EngineOutput()
+        started = time.perf_counter()
+        deadline = self._clock() - self._s.max_wait_ms / 1000
+        for name, q in self._queues.items():
+            while q.windows and (
+                force or len(q.windows) >= self._s.max_batch or q.since <= deadline
+            ):
+                batch, q.windows = q.windows[: self._s.max_batch], q.windows[self._s.max_batch :]
+                self._score(self._profiles.get(name), batch, out)
+                q.since = self._clock()
+        out.seconds = time.perf_counter() - started
+        return out
+
+    def _score(self, served: ServedProfile, batch: list[ReadyWindow], out: EngineOutput) -> None:
+        lp = served.loaded
+        x = np.stack([w.values for w in batch])  # [N, W, C]
+        baselines = [
+            self._baselines.baseline(served.name, served.version, w.asset, lp.baseline)
+            for w in batch
+        ]
+        result = served.scorer.score(x, baselines)
+        for i, w in enumerate(batch):
+            state, shift = self._baselines.observe(
+                served.scorer,
+                served.name,
+                served.version,
+                served.geometry.hop,
+                w.asset,
+                w.end_ns,
+                w.values,
+                bool(result.shifted[i]),
+            )
+            if shift is not None:
+                out.shifts.append(shift)
+            score = float(result.score[i])
+            out.scored.append(
+                ScoredWindow(
+                    asset=w.asset,
+                    profile=served.name,
+                    version=served.version,
+                    channels=served.geometry.channels,
+                    end_ns=w.end_ns,
+                    score=score,
+                    threshold=float(result.threshold[i]),
+                    anomalous=bool(result.anomalous[i]) and state != "calibrating",
+                    state=state,
+                    gap=w.gap,
+                    errors=result.errors[i],
+                    contributions=result.contributions[i],
+                )
+            )
+            for tp, off in w.offsets.items():
+                out.offsets[tp] = min(out.offsets.get(tp, off), off)
+        out.batch_sizes.append(len(batch))
+
+
+def shift_point(event: ShiftEvent) -> Point:
+    """A shift of operating point: written to `seqae_event`, apart from fault alerts."""
+    return Point(
+        "seqae_event",
+        {"asset": event.asset, "profile": event.profile, "kind": "shift"},
+        {"state": event.state},
+        event.time_ns,
+    )

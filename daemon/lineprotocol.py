@@ -1,0 +1,94 @@
+"""InfluxDB line protocol: one encoding shared by the v1 and v2 write APIs.
+
+Escaping follows the line protocol reference: measurement names escape commas
+and spaces; tag keys, tag values and field keys escape commas, equals signs and
+spaces; string field values escape double quotes and backslashes. Tags are
+sorted so the same point always encodes to the same line.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+FieldValue = float | int | bool | str
+
+
+class LineProtocolError(ValueError):
+    """A point that cannot be written as line protocol (the message names the part and why)."""
+
+
+@dataclass(slots=True)
+class Point:
+    measurement: str
+    tags: dict[str, str]
+    fields: dict[str, FieldValue]
+    time_ns: int
+
+
+_MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ "})
+_KEY_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
+
+
+def _check_name(text: str, what: str, measurement: str) -> None:
+    if not isinstance(text, str):
+        raise LineProtocolError(f"{measurement}: {what} {text!r} is not a string")
+    if not text:
+        raise LineProtocolError(f"{measurement}: {what} is empty")
+    if "\n" in text or "\r" in text:
+        raise LineProtocolError(f"{measurement}: {what} {text!r} contains a line break")
+    # A trailing backslash would escape the separator that follows it.
+    if text.endswith("\\"):
+        raise LineProtocolError(f"{measurement}: {what} {text!r} ends with a backslash")
+
+
+def _field_value(value: object, key: str, measurement: str) -> str:
+    # bool before int: bool is an int subclass.
+    if isinstance(value, bool | np.bool_):
+        return "true" if value else "false"
+    if isinstance(value, numbers.Integral):
+        return f"{int(value)}i"
+    if isinstance(value, numbers.Real):
+        number = float(value)
+        if not math.isfinite(number):
+            raise LineProtocolError(f"{measurement}: field {key!r} is {number}, not finite")
+        return repr(number)
+    if isinstance(value, str):
+        if "\n" in value or "\r" in value:
+            raise LineProtocolError(f"{measurement}: string field {key!r} contains a line break")
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    raise LineProtocolError(
+        f"{measurement}: field {key!r} has unsupported type {type(value).__name__}"
+    )
+
+
+def encode(point: Point) -> str:
+    """Encode one point as a line (without the trailing newline); raises LineProtocolError."""
+    measurement = point.measurement
+    _check_name(measurement, "measurement", repr(measurement))
+    parts = [measurement.translate(_MEASUREMENT_ESCAPES)]
+    for key in sorted(point.tags):
+        value = point.tags[key]
+        _check_name(key, "tag key", measurement)
+        if value == "":
+            continue  # the protocol has no empty tag values; an absent tag reads the same
+        _check_name(value, f"tag {key!r} value", measurement)
+        parts.append(f"{key.translate(_KEY_ESCAPES)}={value.translate(_KEY_ESCAPES)}")
+    if not point.fields:
+        raise LineProtocolError(f"{measurement}: a point needs at least one field")
+    fields = []
+    for name, field in point.fields.items():
+        _check_name(name, "field key", measurement)
+        fields.append(f"{name.translate(_KEY_ESCAPES)}={_field_value(field, name, measurement)}")
+    if isinstance(point.time_ns, bool) or not isinstance(point.time_ns, numbers.Integral):
+        raise LineProtocolError(f"{measurement}: time_ns {point.time_ns!r} is not an integer")
+    return f"{','.join(parts)} {','.join(fields)} {int(point.time_ns)}"
+
+
+def encode_batch(points: Iterable[Point]) -> str:
+    """Encode points as a newline-separated request body."""
+    return "\n".join(encode(p) for p in points)

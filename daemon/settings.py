@@ -1,0 +1,271 @@
+"""Every knob of the daemon: a TOML file plus `SEQAE_` environment variables (nested with `__`).
+
+Environment variables override the file; secrets may come from `*_file` paths and are masked
+whenever the settings are printed.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+_TOML_FILE: ContextVar[Path | None] = ContextVar("seqae_settings_toml_file", default=None)
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the field and the reason."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _read_secret_file(path: Path, field: str) -> SecretStr:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"{field}: cannot read secret file {path}: {exc.strerror}") from exc
+    secret = text.strip()
+    if not secret:
+        raise ValueError(f"{field}: secret file {path} is empty")
+    return SecretStr(secret)
+
+
+def _resolve_secret(section: BaseModel, value_field: str, file_field: str) -> None:
+    path = getattr(section, file_field)
+    if path is None:
+        return
+    if getattr(section, value_field) is not None:
+        raise ValueError(f"set either {value_field} or {file_field}, not both")
+    object.__setattr__(section, value_field, _read_secret_file(path, file_field))
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: list[str] = Field(default=["127.0.0.1:9092"], min_length=1)
+    topics: list[str] = Field(default=["sensors"], min_length=1, description="input topics")
+    group_id: str = "seqae"
+    client_id: str = "seqae-daemon"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = Field(default=None, description="PLAIN, SCRAM-SHA-256, ...")
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    sasl_password_file: Path | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    dead_letter_topic: str | None = Field(default=None, description="malformed messages go here")
+    alert_topic: str | None = Field(default=None, description="JSON alert events go here")
+    max_poll_records: int = Field(default=2000, gt=0)
+    seek_back_on_assign: bool = Field(
+        default=True, description="on assignment, re-read one window length so windows are whole"
+    )
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+
+    @model_validator(mode="after")
+    def _secrets(self) -> KafkaSettings:
+        _resolve_secret(self, "sasl_password", "sasl_password_file")
+        return self
+
+
+class InputSettings(_Section):
+    format: Literal["wide", "narrow"] = "wide"
+    asset_field: str = "asset"
+    ts_field: str = "ts"
+    values_field: str = Field(default="values", description="wide: object of channel -> value")
+    channel_field: str = Field(default="channel", description="narrow: channel name")
+    value_field: str = Field(default="value", description="narrow: reading")
+    timestamp_format: Literal["auto", "rfc3339", "epoch_ms"] = Field(
+        default="auto", description="auto accepts both RFC 3339 strings and epoch milliseconds"
+    )
+
+
+class ProfileRoute(_Section):
+    pattern: str = Field(description="fnmatch pattern on the asset id, e.g. 'pump-*'")
+    profile: str = Field(description="folder under models_root")
+
+
+class ProfilesSettings(_Section):
+    models_root: Path = Path("models")
+    routes: list[ProfileRoute] = Field(
+        default_factory=list, description="first matching pattern wins"
+    )
+    reload_poll_s: float = Field(default=2.0, gt=0, description="how often CURRENT is checked")
+
+    def profile_for(self, asset: str) -> str | None:
+        for route in self.routes:
+            if fnmatch.fnmatchcase(asset, route.pattern):
+                return route.profile
+        return None
+
+    @property
+    def profile_names(self) -> list[str]:
+        return list(dict.fromkeys(r.profile for r in self.routes))
+
+
+class WindowSettings(_Section):
+    max_fill: int = Field(default=3, ge=0, description="slots forward-filled before a gap resets")
+    max_lateness_s: float = Field(
+        default=0.0, ge=0, description="readings older than the newest slot by more are dropped"
+    )
+    idle_eviction_s: float = Field(
+        default=600.0, gt=0, description="wall-clock seconds without a reading before eviction"
+    )
+
+
+class BaselineSettings(_Section):
+    mode: Literal["per_asset", "model"] = Field(
+        default="per_asset",
+        description="per_asset: each new asset calibrates its own baseline; model: use the default",
+    )
+    warmup_windows: int = Field(default=64, ge=2, description="windows collected to calibrate")
+
+
+class EngineSettings(_Section):
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+    max_batch: int = Field(default=256, gt=0)
+    max_wait_ms: float = Field(default=50.0, ge=0)
+
+
+class AlertSettings(_Section):
+    enter_level: float = Field(default=1.0, gt=0, description="score/threshold that opens")
+    exit_level: float = Field(default=0.8, gt=0, description="score/threshold that closes")
+    min_duration_s: float = Field(default=0.0, ge=0, description="time above enter before open")
+    cooldown_s: float = Field(default=0.0, ge=0, description="after a close, no new open for this")
+    critical_level: float = Field(default=2.0, gt=0, description="ratio from which severity is critical")
+    update_every_s: float = Field(default=60.0, gt=0, description="an open alert writes updates")
+    top_channels: int = Field(default=3, gt=0)
+
+    @model_validator(mode="after")
+    def _levels(self) -> AlertSettings:
+        if self.exit_level > self.enter_level:
+            raise ValueError("exit_level must not exceed enter_level")
+        if self.critical_level < self.enter_level:
+            raise ValueError("critical_level must not be below enter_level")
+        return self
+
+
+class InfluxSettings(_Section):
+    api: Literal["v2", "v1"] = "v2"
+    url: str = "http://127.0.0.1:8086"
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    org: str = "seqae"
+    bucket: str = "seqae"
+    database: str = "seqae"
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    batch_points: int = Field(default=5000, gt=0)
+    max_buffered_points: int = Field(default=200_000, gt=0)
+    timeout_s: float = Field(default=10.0, gt=0)
+    retry_initial_s: float = Field(default=0.5, gt=0)
+    retry_max_s: float = Field(default=30.0, gt=0)
+    write_clean: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _secrets(self) -> InfluxSettings:
+        _resolve_secret(self, "token", "token_file")
+        _resolve_secret(self, "password", "password_file")
+        return self
+
+
+class HealthSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=9108, ge=0, le=65535, description="0 picks a free port")
+    enabled: bool = True
+
+
+class DaemonSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SEQAE_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    input: InputSettings = Field(default_factory=InputSettings)
+    profiles: ProfilesSettings = Field(default_factory=ProfilesSettings)
+    windows: WindowSettings = Field(default_factory=WindowSettings)
+    baselines: BaselineSettings = Field(default_factory=BaselineSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
+    influx: InfluxSettings = Field(default_factory=InfluxSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
+    state_dir: Path = Field(
+        default=Path("state"), description="alert state and per-asset baselines live here"
+    )
+    commit_interval_s: float = Field(default=1.0, gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = _TOML_FILE.get()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    def masked(self) -> dict[str, Any]:
+        """The effective configuration as JSON-safe data, secrets shown as '**********'."""
+        return json.loads(self.model_dump_json())  # type: ignore[no-any-return]
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(p) for p in item["loc"]) or "(root)"
+        reason = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{field}: {reason}")
+    return "; ".join(lines)
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> DaemonSettings:
+    """Read `path` (TOML) and `SEQAE_*` variables; raise ConfigError naming the field and reason."""
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"config file {path}: not found")
+        import tomllib
+
+        try:
+            tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path}: not valid TOML: {exc}") from exc
+    token = _TOML_FILE.set(path)
+    try:
+        return DaemonSettings(**overrides)
+    except ValidationError as exc:
+        where = f"config {path}" if path is not None else "config"
+        raise ConfigError(f"{where}: {_describe(exc)}") from exc
+    finally:
+        _TOML_FILE.reset(token)

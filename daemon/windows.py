@@ -1,0 +1,300 @@
+"""Per-asset ring buffers on the profile's sampling grid; whole windows come out ready to score.
+
+Slots are absolute: slot k covers [k*period, (k+1)*period) since the epoch, and a window ends at
+slot e when e % hop == hop - 1, so a replay of the same readings yields the same window ends.
+A slot becomes final once a reading arrives more than `lateness` slots after it; final slots are
+forward-filled per channel for at most `max_fill` slots. A run of more than `max_fill` empty slots
+resets the asset's window and flags `gap` on its next window.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from daemon.codec import Reading
+from daemon.settings import WindowSettings
+
+TopicPartitionId = tuple[str, int]
+_NO_OFFSET = np.iinfo(np.int64).max
+
+
+@dataclass(frozen=True, slots=True)
+class WindowGeometry:
+    """What a profile asks of its windows."""
+
+    channels: tuple[str, ...]
+    period_ns: int
+    window: int
+    hop: int
+
+    @staticmethod
+    def of(channels: Iterable[str], period_s: float, window: int, hop: int) -> WindowGeometry:
+        period_ns = round(period_s * 1e9)
+        if period_ns <= 0 or window < 1 or hop < 1:
+            raise ValueError(f"bad window geometry: period_s={period_s}, window={window}, hop={hop}")
+        return WindowGeometry(tuple(channels), period_ns, window, hop)
+
+
+@dataclass(slots=True)
+class ReadyWindow:
+    asset: str
+    end_ns: int  # grid time of the window's last slot
+    values: np.ndarray  # float32 [W, C], NaN = missing
+    gap: bool  # first window after a gap reset
+    offsets: dict[TopicPartitionId, int]  # smallest offset per partition among its readings
+
+
+@dataclass(slots=True)
+class WindowCounters:
+    late_dropped: int = 0
+    gap_resets: int = 0
+    evicted: int = 0
+
+
+class AssetWindow:
+    """One asset's recent slots: raw readings, forward-filled final values, offsets per slot."""
+
+    def __init__(
+        self,
+        asset: str,
+        geometry: WindowGeometry,
+        max_fill: int,
+        lateness_slots: int,
+        resume_after_ns: int | None = None,
+    ) -> None:
+        self.asset = asset
+        self.geometry = geometry
+        self._max_fill = max_fill
+        self._lateness = lateness_slots
+        c = len(geometry.channels)
+        self._index = {name: i for i, name in enumerate(geometry.channels)}
+        self._cap = geometry.window + lateness_slots + max_fill + 2
+        self._raw = np.full((self._cap, c), np.nan, np.float32)
+        self._filled = np.full((self._cap, c), np.nan, np.float32)
+        self._offsets: dict[TopicPartitionId, np.ndarray] = {}
+        self._fill_count = np.zeros(c, np.int64)
+        self._head: int | None = None  # newest slot with a reading
+        self._run_start = 0  # first slot of the current run (since start or last reset)
+        self._final = 0  # slots < _final are final
+        self._gap_pending = False
+        self._gap_hold: dict[TopicPartitionId, int] = {}
+        # windows ending at or before this slot were written before a restart
+        self._last_end = (
+            resume_after_ns // geometry.period_ns if resume_after_ns is not None else -1
+        )
+
+    @property
+    def last_end_ns(self) -> int | None:
+        return self._last_end * self.geometry.period_ns if self._last_end >= 0 else None
+
+    def add(
+        self, reading: Reading, tp: TopicPartitionId, offset: int, counters: WindowCounters
+    ) -> list[ReadyWindow]:
+        slot = reading.ts_ns // self.geometry.period_ns
+        ready: list[ReadyWindow] = []
+        if self._head is None:
+            self._start_run(slot)
+        elif slot > self._head:
+            if slot - self._head - 1 > self._max_fill:
+                ready = self._finalize_until(self._head + 1)
+                self._gap_hold = self._slot_offsets(self._head)
+                self._start_run(slot)
+                self._gap_pending = True
+                counters.gap_resets += 1
+            else:
+                for s in range(self._head + 1, slot + 1):
+                    self._clear(s)
+                self._head = slot
+                ready = self._finalize_until(slot - self._lateness)
+        elif slot < self._final or slot < self._run_start:
+            counters.late_dropped += 1
+            return []
+        row = slot % self._cap
+        for name, value in reading.values.items():
+            self._raw[row, self._index[name]] = value
+        per_slot = self._offsets.get(tp)
+        if per_slot is None:
+            per_slot = self._offsets[tp] = np.full(self._cap, _NO_OFFSET, np.int64)
+        if offset < per_slot[row]:
+            per_slot[row] = offset
+        return ready
+
+    def hold(self) -> dict[TopicPartitionId, int]:
+        """Smallest offset per partition that a restart must re-read to rebuild the next window
+        (and the gap before it, if one is pending)."""
+        if self._head is None:
+            return {}
+        g = self.geometry
+        next_end = self._last_end + g.hop if self._last_end >= 0 else self._final
+        next_end = max(next_end, self._final)
+        next_end += (g.hop - 1 - next_end % g.hop) % g.hop
+        first = max(next_end - g.window + 1, self._run_start)
+        # forward fill into `first` may come from up to max_fill slots before it
+        lo = max(first - self._max_fill, self._run_start)
+        rows = [s % self._cap for s in range(lo, min(first, self._head) + 1)]
+        start = first
+        if rows:
+            observed = ~np.isnan(self._raw[rows])  # [k, C]
+            has = observed.any(axis=0)
+            if has.any():
+                last = len(rows) - 1 - np.argmax(observed[::-1], axis=0)
+                start = lo + int(last[has].min())
+        held = self._offsets_from(start)
+        for tp, off in self._gap_hold.items():
+            held[tp] = min(held.get(tp, off), off)
+        return held
+
+    def _offsets_from(self, start: int) -> dict[TopicPartitionId, int]:
+        assert self._head is not None
+        if start > self._head:
+            return {}
+        rows = [s % self._cap for s in range(start, self._head + 1)]
+        held = {}
+        for tp, per_slot in self._offsets.items():
+            low = int(per_slot[rows].min())
+            if low != _NO_OFFSET:
+                held[tp] = low
+        return held
+
+    def _slot_offsets(self, slot: int) -> dict[TopicPartitionId, int]:
+        row = slot % self._cap
+        return {
+            tp: int(per_slot[row])
+            for tp, per_slot in self._offsets.items()
+            if per_slot[row] != _NO_OFFSET
+        }
+
+    def _start_run(self, slot: int) -> None:
+        self._raw[:] = np.nan
+        self._filled[:] = np.nan
+        for per_slot in self._offsets.values():
+            per_slot[:] = _NO_OFFSET
+        self._fill_count[:] = 0
+        self._head = slot
+        self._run_start = slot
+        self._final = slot
+
+    def _clear(self, slot: int) -> None:
+        row = slot % self._cap
+        self._raw[row] = np.nan
+        self._filled[row] = np.nan
+        for per_slot in self._offsets.values():
+            per_slot[row] = _NO_OFFSET
+
+    def _finalize_until(self, stop: int) -> list[ReadyWindow]:
+        """Make slots [_final, stop) final and return the windows that end among them."""
+        ready: list[ReadyWindow] = []
+        g = self.geometry
+        for s in range(self._final, stop):
+            row = s % self._cap
+            raw = self._raw[row]
+            observed = ~np.isnan(raw)
+            if s == self._run_start:
+                self._filled[row] = raw
+            else:
+                prev = self._filled[(s - 1) % self._cap]
+                fill = ~observed & (self._fill_count < self._max_fill)
+                self._filled[row] = np.where(observed, raw, np.where(fill, prev, np.nan))
+                self._fill_count = np.where(observed, 0, self._fill_count + 1)
+            self._fill_count[observed] = 0
+            if s % g.hop == g.hop - 1 and s - g.window + 1 >= self._run_start and s > self._last_end:
+                ready.append(self._window_ending(s))
+        self._final = max(self._final, stop)
+        return ready
+
+    def _window_ending(self, end: int) -> ReadyWindow:
+        g = self.geometry
+        rows = np.arange(end - g.window + 1, end + 1) % self._cap
+        offsets = {}
+        for tp, per_slot in self._offsets.items():
+            low = int(per_slot[rows].min())
+            if low != _NO_OFFSET:
+                offsets[tp] = low
+        gap = self._gap_pending
+        self._gap_pending = False
+        self._gap_hold = {}
+        self._last_end = end
+        return ReadyWindow(self.asset, end * g.period_ns, self._filled[rows].copy(), gap, offsets)
+
+
+@dataclass
+class _Entry:
+    window: AssetWindow
+    last_seen: float
+    partitions: set[TopicPartitionId] = field(default_factory=set)
+
+
+class WindowStore:
+    """All assets' windows; bounded by idle eviction."""
+
+    def __init__(
+        self, settings: WindowSettings, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._s = settings
+        self._clock = clock
+        self._assets: dict[str, _Entry] = {}
+        self.counters = WindowCounters()
+        self._resume: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._assets)
+
+    def resume_after(self, last_end_ns: dict[str, int]) -> None:
+        """Windows ending at or before these times (per asset) were written before a restart."""
+        self._resume.update(last_end_ns)
+
+    def add(
+        self, reading: Reading, geometry: WindowGeometry, tp: TopicPartitionId, offset: int
+    ) -> list[ReadyWindow]:
+        entry = self._assets.get(reading.asset)
+        if entry is None or entry.window.geometry != geometry:
+            lateness = math.ceil(self._s.max_lateness_s * 1e9 / geometry.period_ns)
+            resume = self._resume.get(reading.asset)
+            if entry is not None:
+                resume = entry.window.last_end_ns
+            window = AssetWindow(reading.asset, geometry, self._s.max_fill, lateness, resume)
+            entry = self._assets[reading.asset] = _Entry(window, self._clock())
+        entry.last_seen = self._clock()
+        entry.partitions.add(tp)
+        return entry.window.add(reading, tp, offset, self.counters)
+
+    def hold(self) -> dict[TopicPartitionId, int]:
+        held: dict[TopicPartitionId, int] = {}
+        for entry in self._assets.values():
+            for tp, off in entry.window.hold().items():
+                held[tp] = min(held.get(tp, off), off)
+        return held
+
+    def last_ends(self) -> dict[str, int]:
+        """Per asset, the end time of the last window handed out (for a restart to skip)."""
+        ends = dict(self._resume)
+        for asset, entry in self._assets.items():
+            end = entry.window.last_end_ns
+            if end is not None:
+                ends[asset] = end
+        return ends
+
+    def drop_partitions(self, partitions: set[TopicPartitionId]) -> list[str]:
+        dropped = [a for a, e in self._assets.items() if e.partitions & partitions]
+        for asset in dropped:
+            self._resume.pop(asset, None)
+            del self._assets[asset]
+        return dropped
+
+    def drop_asset(self, asset: str) -> None:
+        self._assets.pop(asset, None)
+
+    def evict_idle(self) -> list[str]:
+        cutoff = self._clock() - self._s.idle_eviction_s
+        idle = [a for a, e in self._assets.items() if e.last_seen < cutoff]
+        for asset in idle:
+            entry = self._assets.pop(asset)
+            if entry.window.last_end_ns is not None:
+                self._resume[asset] = entry.window.last_end_ns
+        self.counters.evicted += len(idle)
+        return idle

@@ -1,0 +1,754 @@
+#!/usr/bin/env python3
+"""Start and stop real Apache Kafka, InfluxDB 1.x and VictoriaMetrics on loopback.
+
+    python deploy/local/devstack.py up [--export]   start (or reuse) the servers, print env lines
+    python deploy/local/devstack.py status          show what runs
+    python deploy/local/devstack.py env [--export]  print env lines for a running stack
+    python deploy/local/devstack.py down [--purge]  stop what `up` started, remove its data
+
+Kafka comes from Maven Central (org.apache.kafka:kafka_2.13, resolved with Maven into
+$SEQAE_CACHE); InfluxDB 1.x (v1 API) and VictoriaMetrics (InfluxDB v2 write API) come from
+Debian's `influxdb` and `victoria-metrics` packages. Every server runs in its own process
+session with its own config, data directory and log file under $SEQAE_DEV_HOME. Only pids
+recorded in state.json (and still matching their recorded start time) are ever signalled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+KAFKA_VERSION = os.environ.get("SEQAE_KAFKA_VERSION", "4.4.0")
+# log4j-slf4j-impl binds Kafka's slf4j 1.7 logging to log4j2; same version as Kafka's log4j-core.
+LOG4J_VERSION = "2.25.5"
+KAFKA_JVM = ["-Xms128m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:+ExitOnOutOfMemoryError"]
+READY_TOPIC = "seqae-devstack-ready"
+INFLUX_DATABASE = "seqae"
+VM_BUCKET = "seqae"
+VM_ORG = "seqae"
+VM_TOKEN = "devstack"  # VictoriaMetrics runs without auth; influxdb-client wants some token.
+
+
+class DevstackError(RuntimeError):
+    """A server could not be obtained, started or verified."""
+
+
+@dataclass(frozen=True)
+class Paths:
+    home: Path
+    cache: Path
+
+    @property
+    def state_file(self) -> Path:
+        return self.home / "state.json"
+
+    @property
+    def logs(self) -> Path:
+        return self.home / "logs"
+
+    def service_dir(self, name: str) -> Path:
+        return self.home / name
+
+    def log_file(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+    @property
+    def kafka_libs(self) -> Path:
+        return self.cache / "kafka" / KAFKA_VERSION / "libs"
+
+
+@dataclass(frozen=True)
+class Ports:
+    kafka: int
+    kafka_controller: int
+    influx_http: int
+    influx_rpc: int
+    victoria: int
+
+
+def env_port(var: str, default: int) -> int:
+    raw = os.environ.get(var, str(default))
+    try:
+        port = int(raw)
+    except ValueError:
+        raise DevstackError(f"{var}={raw!r} is not a port number") from None
+    if not 1024 <= port <= 65535:
+        raise DevstackError(f"{var}={port} is outside 1024..65535")
+    return port
+
+
+def load_ports() -> Ports:
+    return Ports(
+        kafka=env_port("SEQAE_DEV_KAFKA_PORT", 19092),
+        kafka_controller=env_port("SEQAE_DEV_KAFKA_CONTROLLER_PORT", 19093),
+        influx_http=env_port("SEQAE_DEV_INFLUX_PORT", 18086),
+        influx_rpc=env_port("SEQAE_DEV_INFLUX_RPC_PORT", 18088),
+        victoria=env_port("SEQAE_DEV_VM_PORT", 18428),
+    )
+
+
+def load_paths() -> Paths:
+    user_cache = Path.home() / ".cache" / "seqae"
+    home = Path(os.environ.get("SEQAE_DEV_HOME") or user_cache / "dev").expanduser()
+    cache = Path(os.environ.get("SEQAE_CACHE") or user_cache).expanduser()
+    return Paths(home=home.resolve(), cache=cache.resolve())
+
+
+def say(msg: str) -> None:
+    print(f"devstack: {msg}", file=sys.stderr, flush=True)
+
+
+# --- processes ---------------------------------------------------------------------------
+
+
+def proc_start_time(pid: int) -> int | None:
+    """Kernel start time of pid (clock ticks since boot), None if no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 2 (comm) may contain spaces; the fields after the last ')' are fixed.
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":
+        return None
+    return int(fields[19])
+
+
+def is_ours(record: dict[str, Any]) -> bool:
+    """True when the recorded pid still runs and is the very process we started."""
+    pid = int(record["pid"])
+    return proc_start_time(pid) == record.get("start_time")
+
+
+def port_answers(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError as exc:
+        return f"(no log at {path}: {exc.strerror})"
+    return "\n".join(text[-lines:])
+
+
+def spawn(cmd: list[str], log: Path, cwd: Path, env: dict[str, str] | None = None) -> int:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        out.write(f"\n=== devstack {time.strftime('%F %T')}: {' '.join(cmd)}\n".encode())
+        out.flush()
+        proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+        )
+    return proc.pid
+
+
+def stop_process(name: str, record: dict[str, Any], timeout_s: float = 30.0) -> None:
+    pid = int(record["pid"])
+    if not is_ours(record):
+        say(f"{name}: pid {pid} no longer runs (or is not ours); nothing to stop")
+        return
+    # The server leads its own session (start_new_session), so its group is exactly ours.
+    os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and is_ours(record):
+        time.sleep(0.2)
+    if is_ours(record):
+        say(f"{name}: pid {pid} ignored SIGTERM for {timeout_s:.0f}s; sending SIGKILL")
+        os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    say(f"{name}: stopped pid {pid}")
+
+
+def wait_until(
+    name: str, check: Callable[[], bool], timeout_s: float, record: dict[str, Any], log: Path
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    last_error = ""
+    while time.monotonic() < deadline:
+        if not is_ours(record):
+            raise DevstackError(
+                f"{name} exited during start-up; tail of {log}:\n{log_tail(log)}"
+            )
+        try:
+            if check():
+                return
+        except Exception as exc:
+            last_error = f"{type(exc).__name__}: {exc}"
+        time.sleep(0.5)
+    raise DevstackError(
+        f"{name} not ready after {timeout_s:.0f}s (last check: {last_error or 'not ready'}); "
+        f"tail of {log}:\n{log_tail(log)}"
+    )
+
+
+# --- state ---------------------------------------------------------------------------------
+
+
+def read_state(paths: Paths) -> dict[str, Any]:
+    try:
+        state: dict[str, Any] = json.loads(paths.state_file.read_text())
+    except FileNotFoundError:
+        return {"services": {}}
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DevstackError(f"{paths.state_file}: unreadable state ({exc})") from exc
+    state.setdefault("services", {})
+    return state
+
+
+def write_state(paths: Paths, state: dict[str, Any]) -> None:
+    paths.home.mkdir(parents=True, exist_ok=True)
+    tmp = paths.state_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+    tmp.replace(paths.state_file)
+
+
+@contextlib.contextmanager
+def state_lock(paths: Paths) -> Iterator[None]:
+    """Serialise concurrent `up`/`down` runs (parallel test sessions, two shells)."""
+    paths.home.mkdir(parents=True, exist_ok=True)
+    with (paths.home / ".lock").open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def claim_port(service: str, port: int, var: str) -> None:
+    if port_answers(port):
+        raise DevstackError(
+            f"{service}: 127.0.0.1:{port} is already in use by a process devstack did not "
+            f"start; set {var} to a free port"
+        )
+
+
+# --- HTTP ------------------------------------------------------------------------------------
+
+
+def http(
+    method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+# --- Apache Kafka --------------------------------------------------------------------------
+
+KAFKA_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>seqae.devstack</groupId>
+  <artifactId>kafka-runtime</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.kafka</groupId>
+      <artifactId>kafka_2.13</artifactId>
+      <version>{kafka}</version>
+    </dependency>
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId>
+      <artifactId>log4j-slf4j-impl</artifactId>
+      <version>{log4j}</version>
+    </dependency>
+  </dependencies>
+</project>
+"""
+
+KAFKA_LOG4J2 = """status = warn
+appender.console.type = Console
+appender.console.name = STDOUT
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.stdout.ref = STDOUT
+logger.kafka.name = kafka
+logger.kafka.level = INFO
+logger.state.name = state.change.logger
+logger.state.level = WARN
+logger.authorizer.name = kafka.authorizer.logger
+logger.authorizer.level = WARN
+"""
+
+
+def ensure_kafka_jars(paths: Paths) -> Path:
+    """Resolve kafka_2.13 and its runtime dependencies with Maven into the cache."""
+    libs = paths.kafka_libs
+    marker = libs / ".complete"
+    if marker.exists():
+        return libs
+    if shutil.which("mvn") is None:
+        raise DevstackError("Maven (mvn) is not installed; `apt-get install maven` first")
+    work = libs.parent
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "pom.xml").write_text(KAFKA_POM.format(kafka=KAFKA_VERSION, log4j=LOG4J_VERSION))
+    if libs.exists():
+        shutil.rmtree(libs)  # a half-finished copy from an interrupted run
+    log = paths.log_file("maven")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    say(f"kafka: resolving org.apache.kafka:kafka_2.13:{KAFKA_VERSION} with Maven (log {log})")
+    cmd = [
+        "mvn",
+        "-B",
+        f"-Dmaven.repo.local={paths.cache / 'maven-repo'}",
+        "-f",
+        str(work / "pom.xml"),
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={libs}",
+        "-DincludeScope=runtime",
+    ]
+    with log.open("wb") as out:
+        rc = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    if rc != 0:
+        raise DevstackError(f"Maven failed (exit {rc}); tail of {log}:\n{log_tail(log)}")
+    if not (libs / f"kafka_2.13-{KAFKA_VERSION}.jar").exists():
+        raise DevstackError(f"Maven finished but {libs} lacks kafka_2.13-{KAFKA_VERSION}.jar")
+    marker.write_text(KAFKA_VERSION + "\n")
+    return libs
+
+
+def kafka_config(paths: Paths, ports: Ports) -> Path:
+    d = paths.service_dir("kafka")
+    d.mkdir(parents=True, exist_ok=True)
+    props = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.voters": f"1@127.0.0.1:{ports.kafka_controller}",
+        "listeners": f"PLAINTEXT://127.0.0.1:{ports.kafka},CONTROLLER://127.0.0.1:{ports.kafka_controller}",
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{ports.kafka}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "log.dirs": str(d / "data"),
+        "num.partitions": "1",
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "4",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        "auto.create.topics.enable": "true",
+        "log.retention.hours": "24",
+    }
+    (d / "log4j2.properties").write_text(KAFKA_LOG4J2)
+    cfg = d / "server.properties"
+    cfg.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+    return cfg
+
+
+def java_cmd(paths: Paths, libs: Path, jvm: list[str], *args: str) -> list[str]:
+    java = shutil.which("java")
+    if java is None:
+        raise DevstackError("java is not installed; `apt-get install default-jre-headless`")
+    d = paths.service_dir("kafka")
+    return [
+        java,
+        *jvm,
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={d / 'log4j2.properties'}",
+        f"-Dkafka.logs.dir={d / 'logs'}",
+        "-cp",
+        f"{libs}/*",
+        *args,
+    ]
+
+
+def start_kafka(paths: Paths, ports: Ports) -> dict[str, Any]:
+    libs = ensure_kafka_jars(paths)
+    claim_port("kafka", ports.kafka, "SEQAE_DEV_KAFKA_PORT")
+    claim_port("kafka controller", ports.kafka_controller, "SEQAE_DEV_KAFKA_CONTROLLER_PORT")
+    cfg = kafka_config(paths, ports)
+    log = paths.log_file("kafka")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    fmt = java_cmd(
+        paths, libs, ["-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"], "kafka.tools.StorageTool", "format", "--ignore-formatted",
+        "-t", cluster_id, "-c", str(cfg),
+    )  # fmt: skip
+    with log.open("ab") as out:
+        rc = subprocess.call(fmt, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    if rc != 0:
+        raise DevstackError(f"kafka storage format failed (exit {rc}); tail of {log}:\n{log_tail(log)}")
+    pid = spawn(java_cmd(paths, libs, KAFKA_JVM, "kafka.Kafka", str(cfg)), log, cwd=cfg.parent)
+    return {
+        "pid": pid,
+        "start_time": proc_start_time(pid),
+        "port": ports.kafka,
+        "controller_port": ports.kafka_controller,
+        "version": KAFKA_VERSION,
+        "endpoint": f"127.0.0.1:{ports.kafka}",
+        "data_dir": str(paths.service_dir("kafka")),
+        "log": str(log),
+    }
+
+
+def kafka_round_trip(bootstrap: str) -> bool:
+    """Create the readiness topic, produce one record and consume it back."""
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    try:
+        with contextlib.suppress(TopicAlreadyExistsError):
+            admin.create_topics([NewTopic(READY_TOPIC, num_partitions=1, replication_factor=1)])
+    finally:
+        admin.close()
+    token = uuid.uuid4().hex.encode()
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", request_timeout_ms=5000)
+    try:
+        meta = producer.send(READY_TOPIC, value=token).get(timeout=10)
+    finally:
+        producer.close()
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        tp = TopicPartition(READY_TOPIC, meta.partition)
+        consumer.assign([tp])
+        consumer.seek(tp, meta.offset)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500).values():
+                if any(r.value == token for r in records):
+                    return True
+    finally:
+        consumer.close()
+    return False
+
+
+# --- Debian packages ---------------------------------------------------------------------
+
+
+def ensure_debian_packages(paths: Paths, binaries: dict[str, str]) -> None:
+    """Install the Debian package for each absent binary, without starting its service."""
+    missing = sorted({pkg for binary, pkg in binaries.items() if shutil.which(binary) is None})
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        raise DevstackError(f"install {' '.join(missing)} (apt-get as root) and rerun")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    log_path = paths.log_file("apt")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    say(f"installing Debian packages {', '.join(missing)} (log {log_path})")
+    # policy-rc.d exit 101 keeps maintainer scripts from starting the distro services;
+    # only placed (and removed) when no policy is already there.
+    policy = Path("/usr/sbin/policy-rc.d")
+    placed_policy = False
+    if not policy.exists():
+        policy.write_text("#!/bin/sh\n# placed by seqae devstack during apt-get install\nexit 101\n")
+        policy.chmod(0o755)
+        placed_policy = True
+    try:
+        with log_path.open("ab") as log:
+            install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]
+            rc = subprocess.call(install, stdout=log, stderr=subprocess.STDOUT, env=env)
+            if rc != 0:
+                subprocess.call(["apt-get", "update", "-q"], stdout=log, stderr=log, env=env)
+                rc = subprocess.call(install, stdout=log, stderr=subprocess.STDOUT, env=env)
+    finally:
+        if placed_policy:
+            policy.unlink(missing_ok=True)
+    if rc != 0:
+        raise DevstackError(f"apt-get install {' '.join(missing)} failed; tail of {log_path}:\n{log_tail(log_path)}")
+    still = [b for b in binaries if shutil.which(b) is None]
+    if still:
+        raise DevstackError(f"after apt-get install, still missing: {', '.join(still)}")
+
+
+# --- InfluxDB 1.x ---------------------------------------------------------------------------
+
+
+def influx_config(paths: Paths, ports: Ports) -> Path:
+    d = paths.service_dir("influxdb")
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = d / "influxdb.conf"
+    cfg.write_text(
+        f"""reporting-disabled = true
+bind-address = "127.0.0.1:{ports.influx_rpc}"
+
+[meta]
+  dir = "{d / 'meta'}"
+
+[data]
+  dir = "{d / 'data'}"
+  wal-dir = "{d / 'wal'}"
+  query-log-enabled = false
+
+[http]
+  enabled = true
+  bind-address = "127.0.0.1:{ports.influx_http}"
+  auth-enabled = false
+  log-enabled = false
+
+[logging]
+  level = "info"
+
+[monitor]
+  store-enabled = false
+
+[continuous_queries]
+  enabled = false
+"""
+    )
+    return cfg
+
+
+def start_influxdb(paths: Paths, ports: Ports) -> dict[str, Any]:
+    claim_port("influxdb", ports.influx_http, "SEQAE_DEV_INFLUX_PORT")
+    claim_port("influxdb rpc", ports.influx_rpc, "SEQAE_DEV_INFLUX_RPC_PORT")
+    cfg = influx_config(paths, ports)
+    log = paths.log_file("influxdb")
+    influxd = shutil.which("influxd") or "/usr/bin/influxd"
+    pid = spawn([influxd, "run", "-config", str(cfg)], log, cwd=cfg.parent)
+    return {
+        "pid": pid,
+        "start_time": proc_start_time(pid),
+        "port": ports.influx_http,
+        "rpc_port": ports.influx_rpc,
+        "endpoint": f"http://127.0.0.1:{ports.influx_http}",
+        "database": INFLUX_DATABASE,
+        "data_dir": str(paths.service_dir("influxdb")),
+        "log": str(log),
+    }
+
+
+def influx_round_trip(url: str) -> bool:
+    """CREATE DATABASE, write one point through /write and read it back through /query."""
+    status, _ = http("GET", f"{url}/ping")
+    if status != 204:
+        return False
+    q = urllib.parse.urlencode({"q": f'CREATE DATABASE "{INFLUX_DATABASE}"'})
+    status, body = http("POST", f"{url}/query?{q}")
+    if status != 200:
+        raise DevstackError(f"CREATE DATABASE answered {status}: {body[:200]!r}")
+    ts = time.time_ns()
+    token = uuid.uuid4().hex
+    line = f'devstack_ready,check=up token="{token}" {ts}'.encode()
+    status, body = http("POST", f"{url}/write?db={INFLUX_DATABASE}&precision=ns", line)
+    if status != 204:
+        raise DevstackError(f"/write answered {status}: {body[:200]!r}")
+    q = urllib.parse.urlencode(
+        {"db": INFLUX_DATABASE, "q": f"SELECT token FROM devstack_ready WHERE time = {ts}"}
+    )
+    status, body = http("GET", f"{url}/query?{q}")
+    return status == 200 and token in body.decode()
+
+
+# --- VictoriaMetrics (InfluxDB v2 write API) -----------------------------------------------
+
+
+def start_victoria(paths: Paths, ports: Ports) -> dict[str, Any]:
+    claim_port("victoria-metrics", ports.victoria, "SEQAE_DEV_VM_PORT")
+    d = paths.service_dir("victoria-metrics")
+    d.mkdir(parents=True, exist_ok=True)
+    log = paths.log_file("victoria-metrics")
+    binary = shutil.which("victoria-metrics") or "/usr/bin/victoria-metrics"
+    cmd = [
+        binary,
+        f"-storageDataPath={d / 'data'}",
+        f"-httpListenAddr=127.0.0.1:{ports.victoria}",
+        "-retentionPeriod=1y",
+        "-search.latencyOffset=0s",
+        "-memory.allowedBytes=256MB",
+        "-loggerOutput=stderr",
+    ]
+    pid = spawn(cmd, log, cwd=d)
+    return {
+        "pid": pid,
+        "start_time": proc_start_time(pid),
+        "port": ports.victoria,
+        "endpoint": f"http://127.0.0.1:{ports.victoria}",
+        "org": VM_ORG,
+        "bucket": VM_BUCKET,
+        "token": VM_TOKEN,
+        "data_dir": str(d),
+        "log": str(log),
+    }
+
+
+def victoria_round_trip(url: str) -> bool:
+    """Write one point through /api/v2/write, flush, read it back through /api/v1/export."""
+    status, body = http("GET", f"{url}/health")
+    if status != 200:
+        return False
+    ts_ms = int(time.time() * 1000)
+    value = int.from_bytes(os.urandom(3), "big")
+    line = f"devstack_ready,check=up token={value}i {ts_ms * 1_000_000}".encode()
+    q = urllib.parse.urlencode({"org": VM_ORG, "bucket": VM_BUCKET, "precision": "ns"})
+    status, body = http(
+        "POST", f"{url}/api/v2/write?{q}", line, {"Authorization": f"Token {VM_TOKEN}"}
+    )
+    if status != 204:
+        raise DevstackError(f"/api/v2/write answered {status}: {body[:200]!r}")
+    # Ingestion is buffered for about a second before rows reach storage; poll for them.
+    q = urllib.parse.urlencode({"match[]": '{__name__="devstack_ready_token"}'})
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        http("GET", f"{url}/internal/force_flush")
+        status, body = http("GET", f"{url}/api/v1/export?{q}")
+        if status != 200:
+            return False
+        for row in body.decode().splitlines():
+            series = json.loads(row)
+            pairs = zip(series["timestamps"], series["values"], strict=True)
+            if (ts_ms, float(value)) in ((t, float(v)) for t, v in pairs):
+                return True
+        time.sleep(0.2)
+    return False
+
+
+# --- the stack -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    start: Callable[[Paths, Ports], dict[str, Any]]
+    ready: Callable[[dict[str, Any]], bool]
+    timeout_s: float
+
+
+SERVICES = [
+    Service("kafka", start_kafka, lambda r: kafka_round_trip(r["endpoint"]), 120),
+    Service("influxdb", start_influxdb, lambda r: influx_round_trip(r["endpoint"]), 60),
+    Service("victoria-metrics", start_victoria, lambda r: victoria_round_trip(r["endpoint"]), 60),
+]
+
+
+def env_lines(state: dict[str, Any], export: bool) -> list[str]:
+    s = state["services"]
+    pairs = {
+        "SEQAE_TEST_KAFKA": s["kafka"]["endpoint"],
+        "SEQAE_TEST_INFLUX_V1": s["influxdb"]["endpoint"],
+        "SEQAE_TEST_INFLUX_V1_DB": s["influxdb"]["database"],
+        "SEQAE_TEST_INFLUX_V2": s["victoria-metrics"]["endpoint"],
+        "SEQAE_TEST_INFLUX_V2_ORG": s["victoria-metrics"]["org"],
+        "SEQAE_TEST_INFLUX_V2_BUCKET": s["victoria-metrics"]["bucket"],
+        "SEQAE_TEST_INFLUX_V2_TOKEN": s["victoria-metrics"]["token"],
+    }
+    prefix = "export " if export else ""
+    return [f"{prefix}{k}={v}" for k, v in pairs.items()]
+
+
+def up(paths: Paths) -> dict[str, Any]:
+    ports = load_ports()
+    t0 = time.monotonic()
+    with state_lock(paths):
+        state = read_state(paths)
+        ensure_debian_packages(paths, {"influxd": "influxdb", "victoria-metrics": "victoria-metrics"})
+        started: list[str] = []
+        for svc in SERVICES:
+            record = state["services"].get(svc.name)
+            if record and is_ours(record):
+                try:
+                    if svc.ready(record):
+                        say(f"{svc.name}: reusing pid {record['pid']} at {record['endpoint']}")
+                        continue
+                except Exception as exc:
+                    say(f"{svc.name}: running pid {record['pid']} failed its check ({exc})")
+                # Alive but not answering: wait for it like a fresh start.
+            else:
+                record = svc.start(paths, ports)
+                state["services"][svc.name] = record
+                write_state(paths, state)
+                started.append(svc.name)
+            wait_until(svc.name, lambda r=record, s=svc: s.ready(r), svc.timeout_s, record, Path(record["log"]))
+            say(f"{svc.name}: ready at {record['endpoint']} (pid {record['pid']}, log {record['log']})")
+        state["ready_s"] = round(time.monotonic() - t0, 1)
+        write_state(paths, state)
+    say(f"up in {state['ready_s']}s ({'started ' + ', '.join(started) if started else 'all reused'})")
+    return state
+
+
+def down(paths: Paths, purge: bool) -> None:
+    with state_lock(paths):
+        state = read_state(paths)
+        for name, record in reversed(list(state["services"].items())):
+            stop_process(name, record)
+            shutil.rmtree(record["data_dir"], ignore_errors=True)
+        paths.state_file.unlink(missing_ok=True)
+        if purge:
+            shutil.rmtree(paths.logs, ignore_errors=True)
+    say("down")
+
+
+def status(paths: Paths) -> int:
+    state = read_state(paths)
+    if not state["services"]:
+        print("nothing started (no state in", paths.state_file, ")")
+        return 1
+    healthy = True
+    for name, record in state["services"].items():
+        alive = is_ours(record)
+        answers = alive and port_answers(int(record["port"]))
+        healthy &= answers
+        what = "running" if answers else ("starting/unresponsive" if alive else "stopped")
+        print(f"{name:17} {what:22} pid {record['pid']:>7}  {record['endpoint']}  log {record['log']}")
+    return 0 if healthy else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_up = sub.add_parser("up", help="start or reuse the servers; print env lines")
+    p_up.add_argument("--export", action="store_true", help="prefix env lines with 'export '")
+    p_env = sub.add_parser("env", help="print env lines for the running stack")
+    p_env.add_argument("--export", action="store_true")
+    p_down = sub.add_parser("down", help="stop what up started and remove its data")
+    p_down.add_argument("--purge", action="store_true", help="also remove the logs")
+    sub.add_parser("status", help="show what runs")
+    args = parser.parse_args(argv)
+    paths = load_paths()
+    try:
+        if args.command == "up":
+            state = up(paths)
+            print("\n".join(env_lines(state, args.export)))
+        elif args.command == "env":
+            state = read_state(paths)
+            if set(state["services"]) != {s.name for s in SERVICES}:
+                raise DevstackError(f"no complete stack recorded in {paths.state_file}; run up")
+            print("\n".join(env_lines(state, args.export)))
+        elif args.command == "down":
+            down(paths, args.purge)
+        else:
+            return status(paths)
+    except DevstackError as exc:
+        print(f"devstack: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""Training: a plain loop with a time-ordered split, early stopping and progress.
+
+Each normal series is split in time: the first part trains the network (its tail decides early
+stopping), the last part is held out for calibration, never seen by the optimiser.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from seqae.artifacts import ModelMeta, save_model
+from seqae.calibrate import Baseline, ScoreKind, ThresholdPolicy, fit_baseline
+from seqae.data import DataError, RobustScaler, Series, make_windows, nan_to_mask, regularize
+from seqae.model import ModelConfig, SequenceAutoencoder
+from seqae.pca import PCAConfig, PCADetector
+from seqae.score import Scorer, pick_device
+
+DetectorKind = Literal["lstm", "pca"]
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 40
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    patience: int = 5  # epochs without validation improvement before stopping
+    val_fraction: float = 0.15  # tail of the training span used for early stopping
+    calib_fraction: float = 0.2  # last part of each series, held out for calibration
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast on CUDA
+    max_fill: int = 3
+
+
+@dataclass
+class PreparedData:
+    train: np.ndarray  # scaled windows [N, W, C], NaN = missing
+    val: np.ndarray
+    calib: np.ndarray  # raw windows, stats part first then threshold part
+    calib_split: int
+    scaler: RobustScaler
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare(
+    series: Sequence[Series], *, window: int, hop: int, period_s: float, cfg: TrainConfig
+) -> PreparedData:
+    """Regular grid, time-ordered split, scaler fitted on the training span only, windows."""
+    if not series:
+        raise DataError("no training series given")
+    channels = series[0].channels
+    train_raw, val_raw, calib_stats, calib_thr, fit_rows = [], [], [], [], []
+    for s in series:
+        if s.channels != channels:
+            raise DataError(f"series {s.asset!r} has channels {s.channels}, expected {channels}")
+        if s.labels is not None and s.labels.any():
+            raise DataError(f"series {s.asset!r} has anomalous labels: train on normal data only")
+        grid = regularize(s, period_s, cfg.max_fill).values
+        n_fit = int(len(grid) * (1.0 - cfg.calib_fraction))
+        n_train = int(n_fit * (1.0 - cfg.val_fraction))
+        fit_rows.append(grid[:n_train])
+        train_raw.append(make_windows(grid[:n_train], window, hop)[0])
+        val_raw.append(make_windows(grid[n_train:n_fit], window, hop)[0])
+        calib = make_windows(grid[n_fit:], window, hop)[0]
+        half = len(calib) // 2
+        calib_stats.append(calib[:half])
+        calib_thr.append(calib[half:])
+    scaler = RobustScaler.fit(np.concatenate(fit_rows))
+    train = np.concatenate(train_raw)
+    val = np.concatenate(val_raw)
+    stats = np.concatenate(calib_stats)
+    summary = {
+        "series": len(series),
+        "rows": int(sum(len(s) for s in series)),
+        "train_windows": len(train),
+        "val_windows": len(val),
+        "calib_windows": len(stats) + sum(len(c) for c in calib_thr),
+        "start": min(int(s.timestamps[0]) for s in series),
+        "end": max(int(s.timestamps[-1]) for s in series),
+        "assets": [s.asset for s in series],
+    }
+    return PreparedData(
+        train=scaler.transform(train),
+        val=scaler.transform(val),
+        calib=np.concatenate([stats, *calib_thr]),
+        calib_split=len(stats),
+        scaler=scaler,
+        summary=summary,
+    )
+
+
+def train_network(
+    model: SequenceAutoencoder,
+    train: np.ndarray,
+    val: np.ndarray,
+    cfg: TrainConfig,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The loop: shuffle, step, validate, keep the best weights, stop when patience runs out."""
+    set_seed(cfg.seed)
+    device = pick_device(cfg.device)
+    model.to(device)
+    x_train, m_train = (torch.from_numpy(a) for a in nan_to_mask(train))
+    x_val, m_val = (torch.from_numpy(a).to(device) for a in nan_to_mask(val))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    use_amp = cfg.amp and device.type == "cuda"
+    generator = torch.Generator().manual_seed(cfg.seed)
+    best_val, best_state, best_epoch, stale = float("inf"), copy.deepcopy(model.state_dict()), 0, 0
+    history: list[dict[str, float]] = []
+    bar = tqdm(range(cfg.epochs), desc="train", unit="epoch", disable=not progress)
+    for epoch in bar:
+        model.train()
+        started, total, seen = time.perf_counter(), 0.0, 0
+        for idx in torch.randperm(len(x_train), generator=generator).split(cfg.batch_size):
+            xb, mb = x_train[idx].to(device), m_train[idx].to(device)
+            with autocast(use_amp):
+                loss = model.loss(xb, mb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+            seen += len(idx)
+        rate = seen / max(time.perf_counter() - started, 1e-9)
+        val_loss = evaluate_loss(model, x_val, m_val, use_amp, cfg.batch_size * 8)
+        history.append({"epoch": epoch, "train_loss": total / max(seen, 1), "val_loss": val_loss})
+        bar.set_postfix(loss=f"{total / max(seen, 1):.4f}", val=f"{val_loss:.4f}", win_s=f"{rate:.0f}")
+        if val_loss < best_val - 1e-6:
+            best_val, best_state, best_epoch, stale = val_loss, copy.deepcopy(model.state_dict()), epoch, 0
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    return {"best_epoch": best_epoch, "best_val_loss": best_val, "epochs_run": len(history), "history": history}
+
+
+def autocast(enabled: bool) -> contextlib.AbstractContextManager[Any]:
+    if enabled:
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model: SequenceAutoencoder, x: torch.Tensor, m: torch.Tensor, use_amp: bool, batch: int
+) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(x), batch):
+        with autocast(use_amp):
+            total += float(model.loss(x[i : i + batch], m[i : i + batch])) * len(x[i : i + batch])
+        count += len(x[i : i + batch])
+    return total / max(count, 1)
+
+
+@dataclass
+class FittedProfile:
+    detector: Any
+    baseline: Baseline
+    meta: ModelMeta
+
+
+def fit_profile(
+    series: Sequence[Series],
+    *,
+    profile: str,
+    window: int,
+    hop: int,
+    period_s: float,
+    kind: DetectorKind = "lstm",
+    model_cfg: dict[str, Any] | None = None,
+    train_cfg: TrainConfig | None = None,
+    score_kind: ScoreKind = "mahalanobis",
+    policy: ThresholdPolicy | None = None,
+    progress: bool = True,
+) -> FittedProfile:
+    """Train a detector on normal series and calibrate its default baseline on held-out data."""
+    cfg = train_cfg or TrainConfig()
+    set_seed(cfg.seed)
+    data = prepare(series, window=window, hop=hop, period_s=period_s, cfg=cfg)
+    channels = series[0].channels
+    started = time.perf_counter()
+    detector: Any
+    if kind == "pca":
+        detector = PCADetector(PCAConfig(len(channels), window, **(model_cfg or {})))
+        detector.fit(nan_to_mask(np.concatenate([data.train, data.val]))[0])
+        fit_info: dict[str, Any] = {"n_components": detector.cfg.n_components}
+    else:
+        detector = SequenceAutoencoder(ModelConfig(len(channels), window, **(model_cfg or {})))
+        fit_info = train_network(detector, data.train, data.val, cfg, progress)
+    train_seconds = time.perf_counter() - started
+    scorer = Scorer(detector, device=cfg.device)
+    baseline = fit_baseline(
+        scorer,
+        data.calib,
+        hop=hop,
+        score_kind=score_kind,
+        policy=policy,
+        scaler=data.scaler,
+        period_s=period_s,
+        split=data.calib_split,
+    )
+    meta = ModelMeta(
+        profile=profile,
+        kind=kind,
+        config={},
+        channels=list(channels),
+        period_s=period_s,
+        window=window,
+        hop=hop,
+        training={
+            **data.summary,
+            "train_config": asdict(cfg),
+            "train_seconds": round(train_seconds, 3),
+            **{k: v for k, v in fit_info.items() if k != "history"},
+        },
+        validation={"calibration": baseline.info},
+    )
+    detector.cpu()
+    return FittedProfile(detector, baseline, meta)
+
+
+def train_profile(
+    series: list[Series],
+    *,
+    models_root: Path,
+    profile: str,
+    window: int,
+    hop: int,
+    period_s: float = 1.0,
+    kind: DetectorKind = "lstm",
+    epochs: int = 40,
+    seed: int = 0,
+    model_cfg: dict[str, Any] | None = None,
+    score_kind: ScoreKind = "mahalanobis",
+    policy: ThresholdPolicy | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    promote_now: bool = True,
+) -> str:
+    """Fit, calibrate and save a profile; returns the new version."""
+    cfg = TrainConfig(epochs=epochs, seed=seed, device=device)
+    fitted = fit_profile(
+        series,
+        profile=profile,
+        window=window,
+        hop=hop,
+        period_s=period_s,
+        kind=kind,
+        model_cfg=model_cfg,
+        train_cfg=cfg,
+        score_kind=score_kind,
+        policy=policy,
+        progress=progress,
+    )
+    return save_model(Path(models_root), profile, fitted.detector, fitted.baseline, fitted.meta, promote_now)

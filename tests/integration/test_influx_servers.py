@@ -1,0 +1,108 @@
+"""Points written through the InfluxDB v2 API (influxdb-client -> VictoriaMetrics) and the v1
+HTTP API (-> InfluxDB 1.x), read back with their tags, fields and timestamps."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from influxdb_client import InfluxDBClient, Point, WritePrecision
+from influxdb_client.client.write_api import SYNCHRONOUS
+
+if TYPE_CHECKING:
+    from conftest import InfluxV1, InfluxV2
+
+pytestmark = pytest.mark.integration
+
+# Millisecond-aligned: VictoriaMetrics stores milliseconds.
+T0_NS = 1_795_723_200_125_000_000  # 2026-11-26T20:00:00.125Z
+T1_NS = T0_NS + 2_000_000_000
+
+
+def post(url: str, body: bytes) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_v2_write_through_influxdb_client_reads_back(
+    influx_v2: InfluxV2, victoria_export: Callable[..., list[dict[str, Any]]]
+) -> None:
+    measurement = f"it_score_{uuid.uuid4().hex[:8]}"
+    points = [
+        Point(measurement)
+        .tag("asset", asset)
+        .tag("profile", "pump")
+        .tag("model_version", "v3")
+        .field("score", score)
+        .field("threshold", 1.5)
+        .field("anomalous", score > 1.5)
+        .time(ts, WritePrecision.NS)
+        for asset, score, ts in [("pump-7", 0.42, T0_NS), ("pump-7", 2.5, T1_NS), ("pump-9", 1.0, T0_NS)]
+    ]
+    with InfluxDBClient(url=influx_v2.url, token=influx_v2.token, org=influx_v2.org) as client:
+        client.write_api(write_options=SYNCHRONOUS).write(bucket=influx_v2.bucket, record=points)
+
+    # VictoriaMetrics names each field's series <measurement>_<field>; tags become labels.
+    rows = victoria_export(f'{{__name__=~"{measurement}_.*"}}', min_series=6)
+    got = {
+        (r["metric"]["__name__"], r["metric"]["asset"]): list(
+            zip(r["timestamps"], r["values"], strict=True)
+        )
+        for r in rows
+    }
+    t0_ms, t1_ms = T0_NS // 1_000_000, T1_NS // 1_000_000
+    assert got == {
+        (f"{measurement}_score", "pump-7"): [(t0_ms, 0.42), (t1_ms, 2.5)],
+        (f"{measurement}_threshold", "pump-7"): [(t0_ms, 1.5), (t1_ms, 1.5)],
+        (f"{measurement}_anomalous", "pump-7"): [(t0_ms, 0), (t1_ms, 1)],
+        (f"{measurement}_score", "pump-9"): [(t0_ms, 1.0)],
+        (f"{measurement}_threshold", "pump-9"): [(t0_ms, 1.5)],
+        (f"{measurement}_anomalous", "pump-9"): [(t0_ms, 0)],
+    }
+    for r in rows:
+        assert r["metric"]["profile"] == "pump"
+        assert r["metric"]["model_version"] == "v3"
+
+
+def test_v1_http_write_reads_back_exact_nanoseconds(
+    influx_v1: InfluxV1, influx_v1_query: Callable[[str], list[dict[str, Any]]]
+) -> None:
+    measurement = f"it_alert_{uuid.uuid4().hex[:8]}"
+    t0, t1 = T0_NS + 7, T1_NS + 11  # nanoseconds survive the v1 path
+    lines = "\n".join(
+        [
+            f'{measurement},asset=pump-7,profile=pump,severity=major state="open",score=2.5,'
+            f'peak_score=2.5,duration_s=0i,top_channels="pressure,flow" {t0}',
+            f'{measurement},asset=pump-7,profile=pump,severity=major state="closed",score=0.3,'
+            f'peak_score=3.25,duration_s=2i,top_channels="pressure" {t1}',
+        ]
+    ).encode()
+    status, body = post(
+        f"{influx_v1.url}/write?db={influx_v1.database}&precision=ns", lines
+    )
+    assert status == 204, body
+
+    (series,) = influx_v1_query(f'SELECT * FROM "{measurement}" GROUP BY *')
+    assert series["tags"] == {"asset": "pump-7", "profile": "pump", "severity": "major"}
+    rows = [dict(zip(series["columns"], v, strict=True)) for v in series["values"]]
+    assert rows == [
+        {"time": t0, "state": "open", "score": 2.5, "peak_score": 2.5, "duration_s": 0,
+         "top_channels": "pressure,flow"},
+        {"time": t1, "state": "closed", "score": 0.3, "peak_score": 3.25, "duration_s": 2,
+         "top_channels": "pressure"},
+    ]  # fmt: skip
+
+
+def test_v1_write_to_unknown_database_is_refused(influx_v1: InfluxV1) -> None:
+    status, body = post(
+        f"{influx_v1.url}/write?db=no_such_db_{uuid.uuid4().hex[:6]}", b"m f=1 1"
+    )
+    assert status == 404
+    assert b"database not found" in body
