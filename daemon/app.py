@@ -142,10 +142,14 @@ class Daemon:
         if self.sink is not None and self.sink.flush(self.settings.influx.timeout_s):
             self._take_acks()
             self._checkpoint = None
-            self._commit_now({tp: off for tp, off in self._safe_offsets().items() if tp in partitions})
+            self._commit_now(
+                {tp: off for tp, off in self._safe_offsets().items() if tp in partitions}
+            )
         else:
-            log.warning("revoked %s before all points were acknowledged; the next owner re-reads",
-                        sorted(partitions))
+            log.warning(
+                "revoked %s before all points were acknowledged; the next owner re-reads",
+                sorted(partitions),
+            )
         dropped = self.windows.drop_partitions(partitions)
         self.engine.drop_assets(set(dropped))
         self.ledger.forget(partitions)
@@ -212,8 +216,11 @@ class Daemon:
                 next_reload = now + s.profiles.reload_poll_s
             while not self._recalibrate.empty():
                 asset = self._recalibrate.get()
-                log.info("asset %s: recalibrating (%d profiles)", asset,
-                         self.baselines.recalibrate(asset))
+                log.info(
+                    "asset %s: recalibrating (%d profiles)",
+                    asset,
+                    self.baselines.recalibrate(asset),
+                )
             if now >= next_evict:
                 self.windows.evict_idle()
                 health.assets_tracked.set(len(self.windows))
@@ -258,8 +265,9 @@ class Daemon:
             reading = self.decoder.decode(record.value)
         except DecodeError as exc:
             health.bad_messages.labels(reason=exc.reason).inc()
-            log.debug("bad message %s[%d]@%d: %s", record.topic, record.partition,
-                      record.offset, exc)
+            log.debug(
+                "bad message %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc
+            )
             if self.publisher is not None:
                 self.publisher.dead_letter(record, exc.reason)
             return
@@ -360,7 +368,9 @@ class Daemon:
         assert self.source is not None and self.sink is not None
         limit = self.settings.influx.max_buffered_points
         if not self.source.paused and self.sink.full:
-            log.warning("sink buffer full (%d points): pausing partitions", self.sink.buffered_points)
+            log.warning(
+                "sink buffer full (%d points): pausing partitions", self.sink.buffered_points
+            )
             self.source.pause()
             health.source_paused.set(1)
         elif self.source.paused and self.sink.buffered_points <= limit // 2:

@@ -69,10 +69,14 @@ def config_check(config_path: Path | None) -> None:
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--topic", required=True, help="Kafka topic to write to.")
 @click.option("--bootstrap", default="127.0.0.1:9092", show_default=True)
-@click.option("--rate", type=float, default=None, help="Messages per second (default: as fast as possible).")
+@click.option(
+    "--rate", type=float, default=None, help="Messages per second (default: as fast as possible)."
+)
 @click.option("--asset-col", default="asset", show_default=True)
 @click.option("--timestamp-col", default="timestamp", show_default=True)
-@click.option("--asset", default=None, help="Asset id for a per-asset file without an asset column.")
+@click.option(
+    "--asset", default=None, help="Asset id for a per-asset file without an asset column."
+)
 @click.option("--no-progress", is_flag=True)
 def replay(
     path: Path,
@@ -101,10 +105,8 @@ def replay(
 
 
 def build_cli() -> click.Group:
-    try:
-        from seqae.cli import cli as library_cli
-    except ImportError:  # the library commands are optional for the service
-        library_cli = click.Group("seqae", help="seqae: sequence-autoencoder fault detection.")
+    from seqae.cli import cli as library_cli
+
     for command in (daemon_group, config_group, replay):
         library_cli.add_command(command)
     return library_cli

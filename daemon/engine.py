@@ -73,8 +73,13 @@ class ProfileRegistry:
                 self._served[name] = self._load(name, wanted)
             except (ArtifactError, OSError, ValueError, RuntimeError) as exc:
                 self.load_failures += 1
-                log.error("profile %s %s failed to load, still serving %s: %s",
-                          name, wanted, served.version, exc)
+                log.error(
+                    "profile %s %s failed to load, still serving %s: %s",
+                    name,
+                    wanted,
+                    served.version,
+                    exc,
+                )
                 continue
             swapped.append(name)
             log.info("profile %s: now serving %s (was %s)", name, wanted, served.version)

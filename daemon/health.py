@@ -20,7 +20,9 @@ late_readings = Counter("seqae_late_readings", "Readings dropped as later than m
 gap_resets = Counter("seqae_gap_resets", "Asset windows reset by a gap longer than max fill")
 windows_scored = Counter("seqae_windows_scored", "Windows scored", ["profile"])
 batch_size = Histogram(
-    "seqae_batch_size", "Windows per scoring batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+    "seqae_batch_size",
+    "Windows per scoring batch",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
 )
 scoring_seconds = Histogram("seqae_scoring_seconds", "Time to score one round of batches")
 write_latency_seconds = Histogram(
@@ -28,7 +30,9 @@ write_latency_seconds = Histogram(
     "From the newest message timestamp of a batch to its acknowledged write",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
-consumer_lag = Gauge("seqae_consumer_lag", "Messages behind the partition end", ["topic", "partition"])
+consumer_lag = Gauge(
+    "seqae_consumer_lag", "Messages behind the partition end", ["topic", "partition"]
+)
 sink_errors = Counter("seqae_sink_errors", "InfluxDB write errors", ["kind"])
 points_quarantined = Counter("seqae_points_quarantined", "Points InfluxDB refused, set aside")
 sink_buffered_points = Gauge("seqae_sink_buffered_points", "Points waiting for acknowledgement")
@@ -119,7 +123,9 @@ def _handler(
             on_recalibrate(assets[0])
             self._reply(202, f"asset {assets[0]} queued for recalibration\n".encode())
 
-        def _reply(self, status: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+        def _reply(
+            self, status: int, body: bytes, ctype: str = "text/plain; charset=utf-8"
+        ) -> None:
             self.send_response(status)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))

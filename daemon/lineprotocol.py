@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# encode() also accepts numpy scalars at run time (np.float32, np.int64, np.bool_).
 FieldValue = float | int | bool | str
 
 

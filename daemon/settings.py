@@ -150,7 +150,9 @@ class AlertSettings(_Section):
     exit_level: float = Field(default=0.8, gt=0, description="score/threshold that closes")
     min_duration_s: float = Field(default=0.0, ge=0, description="time above enter before open")
     cooldown_s: float = Field(default=0.0, ge=0, description="after a close, no new open for this")
-    critical_level: float = Field(default=2.0, gt=0, description="ratio from which severity is critical")
+    critical_level: float = Field(
+        default=2.0, gt=0, description="ratio from which severity is critical"
+    )
     update_every_s: float = Field(default=60.0, gt=0, description="an open alert writes updates")
     top_channels: int = Field(default=3, gt=0)
 

@@ -36,7 +36,9 @@ class WindowGeometry:
     def of(channels: Iterable[str], period_s: float, window: int, hop: int) -> WindowGeometry:
         period_ns = round(period_s * 1e9)
         if period_ns <= 0 or window < 1 or hop < 1:
-            raise ValueError(f"bad window geometry: period_s={period_s}, window={window}, hop={hop}")
+            raise ValueError(
+                f"bad window geometry: period_s={period_s}, window={window}, hop={hop}"
+            )
         return WindowGeometry(tuple(channels), period_ns, window, hop)
 
 
@@ -202,7 +204,11 @@ class AssetWindow:
                 self._filled[row] = np.where(observed, raw, np.where(fill, prev, np.nan))
                 self._fill_count = np.where(observed, 0, self._fill_count + 1)
             self._fill_count[observed] = 0
-            if s % g.hop == g.hop - 1 and s - g.window + 1 >= self._run_start and s > self._last_end:
+            if (
+                s % g.hop == g.hop - 1
+                and s - g.window + 1 >= self._run_start
+                and s > self._last_end
+            ):
                 ready.append(self._window_ending(s))
         self._final = max(self._final, stop)
         return ready

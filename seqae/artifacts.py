@@ -260,7 +260,8 @@ def load_profile(
         detector = build_detector(meta.kind, meta.config)
         detector.load_state_dict(tensors, strict=True)
     except (RuntimeError, TypeError, ValueError) as exc:
-        raise ArtifactError(f"{weights}: tensors do not fit the architecture ({exc})") from exc
+        reason = " ".join(str(exc).split())  # torch's message spans lines; keep errors on one
+        raise ArtifactError(f"{weights}: tensors do not fit the architecture ({reason})") from exc
     detector.eval()
     return LoadedProfile(profile, version, path, detector, baseline, meta)
 

@@ -17,6 +17,7 @@ from seqae import artifacts
 from seqae.artifacts import ArtifactError, load_baseline, load_profile
 from seqae.calibrate import Baseline, CalibrationError, ThresholdPolicy, fit_baseline
 from seqae.data import DataError, Series, make_windows, read_series, regularize
+from seqae.model import VARIANTS
 from seqae.score import Scorer, score_series
 
 MODELS_OPTION = click.option(
@@ -60,14 +61,30 @@ def cli() -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--normal", is_flag=True, help="Normal operation only (training history).")
 @click.option("--healthy", default=1, show_default=True, help="Assets without faults.")
+@click.option("--start", default="2026-01-01T00:00:00Z", show_default=True, help="First timestamp (RFC 3339).")
 def synth(
-    out_dir: Path, assets: int, samples: int, period_s: float, seed: int, normal: bool, healthy: int
+    out_dir: Path,
+    assets: int,
+    samples: int,
+    period_s: float,
+    seed: int,
+    normal: bool,
+    healthy: int,
+    start: str,
 ) -> None:
-    """Write a synthetic pump plant (one CSV per asset, plant.csv, faults.json)."""
+    """Write a synthetic pump plant (one CSV per asset, plant.csv, faults.json).
+
+    The pumps are the same for every --seed; the seed picks the hours they run through."""
     from seqae.synth import generate_plant, write_plant
 
     plant = generate_plant(
-        assets, samples, period_s=period_s, seed=seed, with_faults=not normal, healthy_assets=healthy
+        assets,
+        samples,
+        period_s=period_s,
+        seed=seed,
+        with_faults=not normal,
+        healthy_assets=healthy,
+        start_ns=pd.Timestamp(start).value,
     )
     paths = write_plant(out_dir, plant)
     for asset, (_, faults) in plant.items():
@@ -89,7 +106,17 @@ def synth(
 @click.option("--epochs", default=40, show_default=True)
 @click.option("--hidden", "hidden_size", default=64, show_default=True)
 @click.option("--latent", "latent_size", default=16, show_default=True)
-@click.option("--layers", "num_layers", default=1, show_default=True)
+@click.option("--layers", "num_layers", type=int, default=None, help="LSTM layers per side [default: 1; deep: 2].")
+@click.option("--variant", type=click.Choice(list(VARIANTS)), default="plain", show_default=True, help="Autoencoder variant (lstm only).")
+@click.option("--noise-std", type=float, default=None, help="denoising: input noise (scaled units).")
+@click.option("--mask-prob", type=float, default=None, help="denoising: share of samples hidden.")
+@click.option("--sparsity", type=click.Choice(["l1", "kl"]), default=None, help="sparse: penalty kind.")
+@click.option("--sparsity-weight", type=float, default=None, help="sparse: penalty weight.")
+@click.option("--contractive-weight", type=float, default=None, help="contractive: penalty weight.")
+@click.option("--contractive-projections", type=int, default=None, help="contractive: projections per step.")
+@click.option("--kl-weight", type=float, default=None, help="variational: KL weight (beta).")
+@click.option("--kl-anneal-epochs", type=int, default=None, help="variational: KL warm-up epochs.")
+@click.option("--vae-samples", type=int, default=None, help="variational: latent samples when scoring.")
 @click.option("--bidirectional", is_flag=True, help="Bidirectional encoder.")
 @click.option("--dropout", default=0.0, show_default=True)
 @click.option("--score", "score_kind", type=click.Choice(["mahalanobis", "mse"]), default="mahalanobis", show_default=True)
@@ -112,7 +139,17 @@ def train(
     epochs: int,
     hidden_size: int,
     latent_size: int,
-    num_layers: int,
+    num_layers: int | None,
+    variant: str,
+    noise_std: float | None,
+    mask_prob: float | None,
+    sparsity: str | None,
+    sparsity_weight: float | None,
+    contractive_weight: float | None,
+    contractive_projections: int | None,
+    kl_weight: float | None,
+    kl_anneal_epochs: int | None,
+    vae_samples: int | None,
     bidirectional: bool,
     dropout: float,
     score_kind: str,
@@ -133,13 +170,28 @@ def train(
         series = [s.select(first) for s in series]
         model_cfg: dict[str, Any] = {}
         if kind == "lstm":
+            variant_knobs = {
+                "noise_std": noise_std,
+                "mask_prob": mask_prob,
+                "sparsity": sparsity,
+                "sparsity_weight": sparsity_weight,
+                "contractive_weight": contractive_weight,
+                "contractive_projections": contractive_projections,
+                "kl_weight": kl_weight,
+                "kl_anneal_epochs": kl_anneal_epochs,
+                "vae_samples": vae_samples,
+            }
             model_cfg = {
                 "hidden_size": hidden_size,
                 "latent_size": latent_size,
-                "num_layers": num_layers,
+                "num_layers": num_layers or (2 if variant == "deep" else 1),
                 "bidirectional": bidirectional,
                 "dropout": dropout,
+                "variant": variant,
+                **{k: v for k, v in variant_knobs.items() if v is not None},
             }
+        elif variant != "plain":
+            raise ValueError(f"--variant {variant} applies to --kind lstm, not {kind}")
         version = train_profile(
             series,
             models_root=models_root,
@@ -360,6 +412,131 @@ def refit_on_head(scorer: Scorer, lp: Any, series: Series, rows: int) -> Baselin
     return fit_baseline(scorer, windows, hop=1, score_kind=lp.baseline.score_kind, period_s=lp.meta.period_s)
 
 
+def _write_table(frame: pd.DataFrame, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() in (".parquet", ".pq"):
+        frame.to_parquet(out, index=False)
+    else:
+        frame.to_csv(out, index=False)
+
+
+@cli.command()
+@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@click.option("--profile", required=True)
+@MODELS_OPTION
+@click.option("--version", default=None, help="Default: CURRENT.")
+@click.option("--asset", default=None, help="Use this asset's stored baseline (scaler) if there is one.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="CSV or Parquet.")
+@click.option("--min-observed", default=0.5, show_default=True, help="Least observed share of a window that may vote.")
+@click.option("--sep", default=None)
+@click.option("--device", default="auto", show_default=True)
+def impute(
+    data: Path,
+    profile: str,
+    models_root: Path,
+    version: str | None,
+    asset: str | None,
+    out: Path,
+    min_observed: float,
+    sep: str | None,
+    device: str,
+) -> None:
+    """Fill missing samples (empty cells and missing grid slots) by masked reconstruction."""
+    from seqae.extras import impute_series
+
+    lp = _served(models_root, profile, version)
+    try:
+        series = _read(data, lp.meta.channels, sep).select(lp.meta.channels)
+        grid = regularize(series, lp.meta.period_s, 0)
+        result = impute_series(
+            lp.detector,
+            grid,
+            _baseline_for(lp, models_root, asset).scaler,
+            lp.meta.window,
+            min_observed=min_observed,
+            device=device,
+        )
+    except (DataError, ValueError) as exc:
+        raise fail(exc) from exc
+    frame = pd.DataFrame(result.series.values, columns=lp.meta.channels)
+    frame.insert(0, "timestamp", pd.to_datetime(result.series.timestamps, utc=True))
+    _write_table(frame, out)
+    click.echo(f"{int(result.filled.sum())} samples imputed, {result.unfilled} left missing; wrote {out}")
+
+
+@cli.command()
+@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@click.option("--profile", required=True)
+@MODELS_OPTION
+@click.option("--version", default=None, help="Default: CURRENT.")
+@click.option("--asset", default=None, help="Use this asset's stored baseline (scaler) if there is one.")
+@click.option("--hop", type=int, default=None, help="Default: the model's hop.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="CSV or Parquet.")
+@click.option("--sep", default=None)
+@click.option("--device", default="auto", show_default=True)
+def embed(
+    data: Path,
+    profile: str,
+    models_root: Path,
+    version: str | None,
+    asset: str | None,
+    hop: int | None,
+    out: Path,
+    sep: str | None,
+    device: str,
+) -> None:
+    """Export the latent code of each window (window_end, z0..zK) for projection or clustering."""
+    from seqae.extras import embed_windows
+
+    lp = _served(models_root, profile, version)
+    try:
+        series = _read(data, lp.meta.channels, sep).select(lp.meta.channels)
+        grid = regularize(series, lp.meta.period_s, 3)
+        windows, ends = make_windows(grid.values, lp.meta.window, hop or lp.meta.hop)
+        codes = embed_windows(lp.detector, windows, _baseline_for(lp, models_root, asset).scaler, device=device)
+    except (DataError, ValueError) as exc:
+        raise fail(exc) from exc
+    frame = pd.DataFrame(codes, columns=[f"z{i}" for i in range(codes.shape[1])])
+    frame.insert(0, "window_end", pd.to_datetime(grid.timestamps[ends], utc=True))
+    _write_table(frame, out)
+    click.echo(f"{len(frame)} windows, {codes.shape[1]} latent dimensions; wrote {out}")
+
+
+@cli.command()
+@click.option("--profile", required=True)
+@MODELS_OPTION
+@click.option("--version", default=None, help="Default: CURRENT.")
+@click.option("--n", "count", default=100, show_default=True, help="Windows to draw.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--noise", is_flag=True, help="Add the learned observation noise.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="CSV or Parquet.")
+@click.option("--device", default="auto", show_default=True)
+def generate(
+    profile: str,
+    models_root: Path,
+    version: str | None,
+    count: int,
+    seed: int,
+    noise: bool,
+    out: Path,
+    device: str,
+) -> None:
+    """Draw synthetic normal windows from a variational profile (one row per window and step)."""
+    from seqae.extras import generate_windows
+
+    lp = _served(models_root, profile, version)
+    try:
+        windows = generate_windows(lp.detector, count, lp.baseline.scaler, seed=seed, with_noise=noise, device=device)
+    except ValueError as exc:
+        raise fail(exc) from exc
+    n, w, c = windows.shape
+    frame = pd.DataFrame(windows.reshape(n * w, c), columns=lp.meta.channels)
+    frame.insert(0, "step", np.tile(np.arange(w), n))
+    frame.insert(0, "window", np.repeat(np.arange(n), w))
+    _write_table(frame, out)
+    click.echo(f"{n} windows of {w} samples; wrote {out}")
+
+
 @cli.group()
 def models() -> None:
     """List, inspect, promote and roll back model versions."""
@@ -372,7 +549,11 @@ def models_list(models_root: Path) -> None:
         current = artifacts.current_version(models_root, profile)
         for v in artifacts.list_versions(models_root, profile):
             mark = "*" if v == current else " "
-            meta = artifacts.read_meta(models_root / profile / v)
+            try:
+                meta = artifacts.read_meta(models_root / profile / v)
+            except ArtifactError as exc:  # one broken version must not hide the others
+                click.echo(f"{mark} {profile}/{v}  unreadable: {exc}")
+                continue
             click.echo(f"{mark} {profile}/{v}  {meta['kind']}  {meta['created_at']}  channels={len(meta['channels'])}")
 
 

@@ -53,6 +53,7 @@ class Scorer:
         self.detector.compact()
         self.batch_size = batch_size
         self.has_latent = hasattr(self.detector, "latent_distance")
+        self.has_channel_errors = hasattr(self.detector, "channel_errors")
 
     @torch.inference_mode()
     def features_scaled(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -60,7 +61,10 @@ class Scorer:
         parts = []
         for i in range(0, len(x), self.batch_size):
             xb, mb = x[i : i + self.batch_size], mask[i : i + self.batch_size]
-            err = channel_errors(self.detector.reconstruct(xb, mb), xb, mb)
+            if self.has_channel_errors:  # a detector with its own error (the VAE's expectation)
+                err = self.detector.channel_errors(xb, mb)
+            else:
+                err = channel_errors(self.detector.reconstruct(xb, mb), xb, mb)
             if self.has_latent:
                 err = torch.cat([err, self.detector.latent_distance(xb, mb)[:, None]], dim=1)
             parts.append(err)

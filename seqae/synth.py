@@ -226,6 +226,7 @@ def generate_asset(
     seed: int = 0,
     faults: Sequence[tuple[str, int, int]] = (),
     start_ns: int = DEFAULT_START_NS,
+    plant_seed: int = 0,
 ) -> tuple[Series, list[FaultEvent]]:
     """One pump's readings, labelled where `faults` ((kind, start, end) sample ranges) are active."""
     if n_samples < 2:
@@ -237,7 +238,9 @@ def generate_asset(
     period_ns = round(period_s * 1e9)
     timestamps = start_ns + np.arange(n_samples, dtype=np.int64) * period_ns
     t_s = timestamps / 1e9
-    pump = _pump_params(_asset_rng(asset, seed, 0))
+    # The pump itself depends on the plant, not on the stretch of history: a later `seed`
+    # gives the same pumps running through other hours.
+    pump = _pump_params(_asset_rng(asset, plant_seed, 0))
     rng = _asset_rng(asset, seed, 1)
     n = n_samples
 
@@ -357,6 +360,8 @@ def generate_plant(
     with_faults: bool = True,
     healthy_assets: int = 1,
     max_faults_per_asset: int = 2,
+    start_ns: int = DEFAULT_START_NS,
+    plant_seed: int = 0,
 ) -> dict[str, tuple[Series, list[FaultEvent]]]:
     """Assets ``pump-1``.. with their fault events.
 
@@ -403,7 +408,15 @@ def generate_plant(
                 start = lo + j * slot + int(rng.integers(0, slot - length))
                 plan[asset].append((kind, start, start + length))
     return {
-        asset: generate_asset(asset, n_samples, period_s=period_s, seed=seed, faults=plan[asset])
+        asset: generate_asset(
+            asset,
+            n_samples,
+            period_s=period_s,
+            seed=seed,
+            faults=plan[asset],
+            start_ns=start_ns,
+            plant_seed=plant_seed,
+        )
         for asset in assets
     }
 

@@ -128,6 +128,7 @@ def train_network(
     bar = tqdm(range(cfg.epochs), desc="train", unit="epoch", disable=not progress)
     for epoch in bar:
         model.train()
+        model.start_epoch(epoch)  # KL annealing of the variational variant
         started, total, seen = time.perf_counter(), 0.0, 0
         for idx in torch.randperm(len(x_train), generator=generator).split(cfg.batch_size):
             xb, mb = x_train[idx].to(device), m_train[idx].to(device)

@@ -184,7 +184,8 @@ ASSET = Dashboard(
                     legend="$tag_asset anomalous",
                     flux=_SCORE
                     + _ASSET
-                    + '  |> filter(fn: (r) => r._field == "anomalous" and r._value == true)\n'
+                    + '  |> filter(fn: (r) => r._field == "anomalous")\n'
+                    + "  |> filter(fn: (r) => r._value == true)\n"
                     "  |> aggregateWindow(every: v.windowPeriod, fn: count, createEmpty: true)\n"
                     '  |> keep(columns: ["_time", "_value", "asset"])',
                 ),
@@ -196,7 +197,8 @@ ASSET = Dashboard(
                     legend="$tag_asset gaps",
                     flux=_SCORE
                     + _ASSET
-                    + '  |> filter(fn: (r) => r._field == "gap" and r._value == true)\n'
+                    + '  |> filter(fn: (r) => r._field == "gap")\n'
+                    + "  |> filter(fn: (r) => r._value == true)\n"
                     "  |> aggregateWindow(every: v.windowPeriod, fn: count, createEmpty: true)\n"
                     '  |> keep(columns: ["_time", "_value", "asset"])',
                 ),
@@ -220,8 +222,7 @@ ASSET = Dashboard(
                     + _ASSET
                     + '  |> filter(fn: (r) => r._field == "score" or r._field == "threshold")\n'
                     "  |> last()\n"
-                    '  |> pivot(rowKey: ["asset", "profile", "model_version"], '
-                    'columnKey: ["_field"], valueColumn: "_value")\n'
+                    '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")\n'
                     "  |> group()\n"
                     '  |> keep(columns: ["asset", "profile", "model_version", "score", "threshold"])',
                 ),
@@ -270,7 +271,8 @@ ALERTS = Dashboard(
                     legend="$tag_severity",
                     flux=_ALERT
                     + _ASSET
-                    + '  |> filter(fn: (r) => r._field == "state" and r._value == "open")\n'
+                    + '  |> filter(fn: (r) => r._field == "state")\n'
+                    + '  |> filter(fn: (r) => r._value == "open")\n'
                     '  |> group(columns: ["severity"])\n'
                     "  |> aggregateWindow(every: v.windowPeriod, fn: count, createEmpty: true)",
                 ),
@@ -294,16 +296,17 @@ ALERTS = Dashboard(
                     fmt="table",
                     influxql='SELECT mean(/^err_/) FROM "seqae_score" '
                     'WHERE "anomalous" = true AND "asset" =~ /^$asset$/ AND $timeFilter',
-                    flux=_SCORE
+                    # experimental.unpivot needs InfluxDB 2.3 or later.
+                    flux='import "experimental"\n\n'
+                    + _SCORE
                     + _ASSET
                     + '  |> filter(fn: (r) => r._field == "anomalous" or r._field =~ /^err_/)\n'
-                    '  |> pivot(rowKey: ["_time", "asset"], columnKey: ["_field"], '
-                    'valueColumn: "_value")\n'
+                    '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")\n'
                     "  |> filter(fn: (r) => r.anomalous == true)\n"
-                    '  |> drop(columns: ["anomalous", "_start", "_stop", "_measurement", '
-                    '"profile", "model_version"])\n'
-                    "  |> group()\n"
-                    '  |> mean(column: "err_*")',
+                    '  |> drop(columns: ["anomalous"])\n'
+                    "  |> experimental.unpivot()\n"
+                    '  |> group(columns: ["_field"])\n'
+                    "  |> mean()",
                 ),
             ),
             options={
@@ -328,8 +331,7 @@ ALERTS = Dashboard(
                     'WHERE "asset" =~ /^$asset$/ AND $timeFilter ORDER BY time DESC LIMIT 200',
                     flux=_ALERT
                     + _ASSET
-                    + '  |> pivot(rowKey: ["_time", "asset", "severity"], columnKey: ["_field"], '
-                    'valueColumn: "_value")\n'
+                    + '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")\n'
                     "  |> group()\n"
                     '  |> keep(columns: ["_time", "asset", "severity", "state", "score", '
                     '"peak_score", "duration_s", "top_channels"])\n'
@@ -421,7 +423,8 @@ FLEET = Dashboard(
                     "WHERE \"state\" = 'open' AND $timeFilter "
                     'GROUP BY time(1d), "severity" fill(0)',
                     flux=_ALERT
-                    + '  |> filter(fn: (r) => r._field == "state" and r._value == "open")\n'
+                    + '  |> filter(fn: (r) => r._field == "state")\n'
+                    + '  |> filter(fn: (r) => r._value == "open")\n'
                     '  |> group(columns: ["severity"])\n'
                     "  |> aggregateWindow(every: 1d, fn: count, createEmpty: true)",
                 ),
@@ -446,10 +449,9 @@ FLEET = Dashboard(
                     flux=_ALERT
                     + '  |> filter(fn: (r) => r._field == "state" or r._field == "peak_score" '
                     'or r._field == "top_channels")\n'
-                    '  |> group(columns: ["asset", "severity", "_field"])\n'
-                    "  |> last()\n"
-                    '  |> pivot(rowKey: ["asset", "severity"], columnKey: ["_field"], '
-                    'valueColumn: "_value")\n'
+                    '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")\n'
+                    '  |> group(columns: ["asset", "severity"])\n'
+                    '  |> last(column: "state")\n'
                     '  |> filter(fn: (r) => r.state != "closed")\n'
                     "  |> group()\n"
                     '  |> keep(columns: ["asset", "severity", "state", "peak_score", "top_channels"])',
@@ -471,7 +473,8 @@ FLEET = Dashboard(
                     + '  |> filter(fn: (r) => r._field == "score" or r._field == "threshold")\n'
                     "  |> aggregateWindow(every: v.windowPeriod, fn: max, createEmpty: false)\n"
                     '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")\n'
-                    "  |> map(fn: (r) => ({_time: r._time, asset: r.asset, _value: r.score / r.threshold}))",
+                    "  |> map(fn: (r) => ({r with _value: r.score / r.threshold}))\n"
+                    '  |> keep(columns: ["_time", "_value", "asset"])',
                 ),
             ),
             defaults={
@@ -493,7 +496,8 @@ FLEET = Dashboard(
                     'WHERE "anomalous" = true AND $timeFilter GROUP BY "asset"',
                     legend="$tag_asset",
                     flux=_SCORE
-                    + '  |> filter(fn: (r) => r._field == "anomalous" and r._value == true)\n'
+                    + '  |> filter(fn: (r) => r._field == "anomalous")\n'
+                    + "  |> filter(fn: (r) => r._value == true)\n"
                     '  |> group(columns: ["asset"])\n'
                     "  |> count()",
                 ),
@@ -796,13 +800,42 @@ def _text(doc: dict[str, Any]) -> str:
     return json.dumps(doc, indent=2, sort_keys=False) + "\n"
 
 
+def query_catalogue() -> str:
+    """QUERIES.md: every panel's query for InfluxDB 1.x (InfluxQL), 2.x (Flux) or Prometheus."""
+    out = [
+        "# seqae dashboard queries",
+        "",
+        "Generated by `build_dashboards.py`; do not edit. Each InfluxDB panel has an InfluxQL",
+        "query (InfluxDB 1.x, and 2.x through its database/retention-policy mapping) and a Flux",
+        "query (InfluxDB 2.x; 1.8 only with `flux-enabled = true`; InfluxDB 1.6 has no Flux).",
+        "Grafana fills in `$timeFilter`, `$__interval`, `$asset` (InfluxQL) and",
+        "`v.timeRangeStart`, `v.windowPeriod`, `${bucket}`, `${asset:regex}` (Flux).",
+    ]
+    for dash in (*INFLUX_DASHBOARDS, HEALTH):
+        out += ["", f"## {dash.title}", "", dash.description]
+        for panel in dash.panels:
+            out += ["", f"### {panel.title}"]
+            if panel.description:
+                out += ["", panel.description]
+            for q in panel.queries:
+                blocks = (
+                    [("PromQL", "promql", q.promql)]
+                    if q.promql
+                    else [("InfluxQL", "sql", q.influxql), ("Flux", "flux", q.flux)]
+                )
+                for label, lang, text in blocks:
+                    out += ["", f"{label} ({q.ref}):", "", f"```{lang}", text, "```"]
+    return "\n".join(out) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--check", action="store_true", help="fail if a file on disk differs")
     args = parser.parse_args(argv)
     stale = []
-    for path, doc in dashboard_files():
-        text = _text(doc)
+    files = [(path, _text(doc)) for path, doc in dashboard_files()]
+    files.append((OUT.parent / "QUERIES.md", query_catalogue()))
+    for path, text in files:
         if args.check:
             if not path.is_file() or path.read_text(encoding="utf-8") != text:
                 stale.append(path)

@@ -19,6 +19,7 @@ import argparse
 import base64
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -40,6 +41,13 @@ KAFKA_VERSION = os.environ.get("SEQAE_KAFKA_VERSION", "4.4.0")
 # log4j-slf4j-impl binds Kafka's slf4j 1.7 logging to log4j2; same version as Kafka's log4j-core.
 LOG4J_VERSION = "2.25.5"
 KAFKA_JVM = ["-Xms128m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:+ExitOnOutOfMemoryError"]
+# binary -> Debian package that provides it; Kafka 4 needs Java 17 or newer.
+DEBIAN_PACKAGES = {
+    "java": "openjdk-17-jre-headless",
+    "mvn": "maven",
+    "influxd": "influxdb",
+    "victoria-metrics": "victoria-metrics",
+}
 READY_TOPIC = "seqae-devstack-ready"
 INFLUX_DATABASE = "seqae"
 VM_BUCKET = "seqae"
@@ -96,13 +104,17 @@ def env_port(var: str, default: int) -> int:
 
 
 def load_ports() -> Ports:
-    return Ports(
+    ports = Ports(
         kafka=env_port("SEQAE_DEV_KAFKA_PORT", 19092),
         kafka_controller=env_port("SEQAE_DEV_KAFKA_CONTROLLER_PORT", 19093),
         influx_http=env_port("SEQAE_DEV_INFLUX_PORT", 18086),
         influx_rpc=env_port("SEQAE_DEV_INFLUX_RPC_PORT", 18088),
         victoria=env_port("SEQAE_DEV_VM_PORT", 18428),
     )
+    values = list(vars(ports).values())
+    if len(set(values)) != len(values):
+        raise DevstackError(f"the SEQAE_DEV_*_PORT settings must differ; got {vars(ports)}")
+    return ports
 
 
 def load_paths() -> Paths:
@@ -188,15 +200,14 @@ def stop_process(name: str, record: dict[str, Any], timeout_s: float = 30.0) -> 
 
 
 def wait_until(
-    name: str, check: Callable[[], bool], timeout_s: float, record: dict[str, Any], log: Path
+    name: str, check: Callable[[], bool], timeout_s: float, record: dict[str, Any]
 ) -> None:
+    log = Path(record["log"])
     deadline = time.monotonic() + timeout_s
     last_error = ""
     while time.monotonic() < deadline:
         if not is_ours(record):
-            raise DevstackError(
-                f"{name} exited during start-up; tail of {log}:\n{log_tail(log)}"
-            )
+            raise DevstackError(f"{name} exited during start-up; tail of {log}:\n{log_tail(log)}")
         try:
             if check():
                 return
@@ -401,7 +412,9 @@ def start_kafka(paths: Paths, ports: Ports) -> dict[str, Any]:
     with log.open("ab") as out:
         rc = subprocess.call(fmt, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     if rc != 0:
-        raise DevstackError(f"kafka storage format failed (exit {rc}); tail of {log}:\n{log_tail(log)}")
+        raise DevstackError(
+            f"kafka storage format failed (exit {rc}); tail of {log}:\n{log_tail(log)}"
+        )
     pid = spawn(java_cmd(paths, libs, KAFKA_JVM, "kafka.Kafka", str(cfg)), log, cwd=cfg.parent)
     return {
         "pid": pid,
@@ -467,7 +480,9 @@ def ensure_debian_packages(paths: Paths, binaries: dict[str, str]) -> None:
     policy = Path("/usr/sbin/policy-rc.d")
     placed_policy = False
     if not policy.exists():
-        policy.write_text("#!/bin/sh\n# placed by seqae devstack during apt-get install\nexit 101\n")
+        policy.write_text(
+            "#!/bin/sh\n# placed by seqae devstack during apt-get install\nexit 101\n"
+        )
         policy.chmod(0o755)
         placed_policy = True
     try:
@@ -481,7 +496,9 @@ def ensure_debian_packages(paths: Paths, binaries: dict[str, str]) -> None:
         if placed_policy:
             policy.unlink(missing_ok=True)
     if rc != 0:
-        raise DevstackError(f"apt-get install {' '.join(missing)} failed; tail of {log_path}:\n{log_tail(log_path)}")
+        raise DevstackError(
+            f"apt-get install {' '.join(missing)} failed; tail of {log_path}:\n{log_tail(log_path)}"
+        )
     still = [b for b in binaries if shutil.which(b) is None]
     if still:
         raise DevstackError(f"after apt-get install, still missing: {', '.join(still)}")
@@ -499,11 +516,11 @@ def influx_config(paths: Paths, ports: Ports) -> Path:
 bind-address = "127.0.0.1:{ports.influx_rpc}"
 
 [meta]
-  dir = "{d / 'meta'}"
+  dir = "{d / "meta"}"
 
 [data]
-  dir = "{d / 'data'}"
-  wal-dir = "{d / 'wal'}"
+  dir = "{d / "data"}"
+  wal-dir = "{d / "wal"}"
   query-log-enabled = false
 
 [http]
@@ -667,8 +684,10 @@ def up(paths: Paths) -> dict[str, Any]:
     t0 = time.monotonic()
     with state_lock(paths):
         state = read_state(paths)
-        ensure_debian_packages(paths, {"influxd": "influxdb", "victoria-metrics": "victoria-metrics"})
+        ensure_debian_packages(paths, DEBIAN_PACKAGES)
         started: list[str] = []
+        waiting: list[tuple[Service, dict[str, Any]]] = []
+        # Start everything that is not running first, then wait: the servers boot in parallel.
         for svc in SERVICES:
             record = state["services"].get(svc.name)
             if record and is_ours(record):
@@ -678,17 +697,23 @@ def up(paths: Paths) -> dict[str, Any]:
                         continue
                 except Exception as exc:
                     say(f"{svc.name}: running pid {record['pid']} failed its check ({exc})")
-                # Alive but not answering: wait for it like a fresh start.
+                # Alive but not answering yet: wait for it like a fresh start.
             else:
                 record = svc.start(paths, ports)
                 state["services"][svc.name] = record
                 write_state(paths, state)
                 started.append(svc.name)
-            wait_until(svc.name, lambda r=record, s=svc: s.ready(r), svc.timeout_s, record, Path(record["log"]))
-            say(f"{svc.name}: ready at {record['endpoint']} (pid {record['pid']}, log {record['log']})")
+            waiting.append((svc, record))
+        for svc, record in waiting:
+            wait_until(svc.name, functools.partial(svc.ready, record), svc.timeout_s, record)
+            say(
+                f"{svc.name}: ready at {record['endpoint']} (pid {record['pid']}, log {record['log']})"
+            )
         state["ready_s"] = round(time.monotonic() - t0, 1)
         write_state(paths, state)
-    say(f"up in {state['ready_s']}s ({'started ' + ', '.join(started) if started else 'all reused'})")
+    say(
+        f"up in {state['ready_s']}s ({'started ' + ', '.join(started) if started else 'all reused'})"
+    )
     return state
 
 
@@ -697,7 +722,11 @@ def down(paths: Paths, purge: bool) -> None:
         state = read_state(paths)
         for name, record in reversed(list(state["services"].items())):
             stop_process(name, record)
-            shutil.rmtree(record["data_dir"], ignore_errors=True)
+            data_dir = Path(record["data_dir"]).resolve()
+            if data_dir.is_relative_to(paths.home) and data_dir != paths.home:
+                shutil.rmtree(data_dir, ignore_errors=True)
+            else:
+                say(f"{name}: not removing {data_dir}: outside {paths.home}")
         paths.state_file.unlink(missing_ok=True)
         if purge:
             shutil.rmtree(paths.logs, ignore_errors=True)
@@ -715,7 +744,9 @@ def status(paths: Paths) -> int:
         answers = alive and port_answers(int(record["port"]))
         healthy &= answers
         what = "running" if answers else ("starting/unresponsive" if alive else "stopped")
-        print(f"{name:17} {what:22} pid {record['pid']:>7}  {record['endpoint']}  log {record['log']}")
+        print(
+            f"{name:17} {what:22} pid {record['pid']:>7}  {record['endpoint']}  log {record['log']}"
+        )
     return 0 if healthy else 1
 
 

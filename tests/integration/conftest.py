@@ -70,7 +70,7 @@ def devstack_env() -> dict[str, str]:
             cwd=REPO,
         )
     except subprocess.TimeoutExpired as exc:
-        raise ServerStartError(f"devstack up did not finish in 900s:\n{exc.stderr}") from exc
+        raise ServerStartError(f"devstack up did not finish in 900s:\n{exc.stderr!s}") from exc
     if proc.returncode != 0:
         raise ServerStartError(
             f"devstack up failed (exit {proc.returncode}):\n{proc.stderr[-8000:]}"

@@ -44,7 +44,11 @@ def test_v2_write_through_influxdb_client_reads_back(
         .field("threshold", 1.5)
         .field("anomalous", score > 1.5)
         .time(ts, WritePrecision.NS)
-        for asset, score, ts in [("pump-7", 0.42, T0_NS), ("pump-7", 2.5, T1_NS), ("pump-9", 1.0, T0_NS)]
+        for asset, score, ts in [
+            ("pump-7", 0.42, T0_NS),
+            ("pump-7", 2.5, T1_NS),
+            ("pump-9", 1.0, T0_NS),
+        ]
     ]
     with InfluxDBClient(url=influx_v2.url, token=influx_v2.token, org=influx_v2.org) as client:
         client.write_api(write_options=SYNCHRONOUS).write(bucket=influx_v2.bucket, record=points)
@@ -84,9 +88,7 @@ def test_v1_http_write_reads_back_exact_nanoseconds(
             f'peak_score=3.25,duration_s=2i,top_channels="pressure" {t1}',
         ]
     ).encode()
-    status, body = post(
-        f"{influx_v1.url}/write?db={influx_v1.database}&precision=ns", lines
-    )
+    status, body = post(f"{influx_v1.url}/write?db={influx_v1.database}&precision=ns", lines)
     assert status == 204, body
 
     (series,) = influx_v1_query(f'SELECT * FROM "{measurement}" GROUP BY *')
@@ -101,8 +103,6 @@ def test_v1_http_write_reads_back_exact_nanoseconds(
 
 
 def test_v1_write_to_unknown_database_is_refused(influx_v1: InfluxV1) -> None:
-    status, body = post(
-        f"{influx_v1.url}/write?db=no_such_db_{uuid.uuid4().hex[:6]}", b"m f=1 1"
-    )
+    status, body = post(f"{influx_v1.url}/write?db=no_such_db_{uuid.uuid4().hex[:6]}", b"m f=1 1")
     assert status == 404
     assert b"database not found" in body

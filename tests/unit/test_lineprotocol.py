@@ -1,4 +1,5 @@
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -39,14 +40,13 @@ def test_tags_sorted_so_encoding_is_deterministic() -> None:
 
 def test_float_full_precision_and_numpy_scalars() -> None:
     x = 0.1 + 0.2
-    line = encode(
-        Point(
-            "m",
-            {},
-            {"x": x, "f32": np.float32(0.25), "i64": np.int64(-7), "b": np.bool_(True)},
-            0,
-        )
-    )
+    fields: dict[str, Any] = {
+        "x": x,
+        "f32": np.float32(0.25),
+        "i64": np.int64(-7),
+        "b": np.bool_(True),
+    }
+    line = encode(Point("m", {}, fields, 0))
     assert line == f"m x={x!r},f32=0.25,i64=-7i,b=true 0"
     assert float(line.split("x=")[1].split(",")[0]) == x
     assert "1e-300" in encode(Point("m", {}, {"tiny": 1e-300}, 0))

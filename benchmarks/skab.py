@@ -1,0 +1,663 @@
+"""The honest SKAB benchmark: global and per-file protocols, settings tuned on valve2 only.
+
+Protocols (every test row is a row after a file's first 400, so all three share one test set):
+- ``global``: one network trained on the first 80% of ``anomaly-free.csv``, its baseline
+  (scaler, error statistics, threshold) calibrated on the last 20%; scored on every file.
+- ``global+baseline``: the same network, with a per-asset baseline re-fitted on each file's
+  first 400 rows (the daemon's warm-up calibration); no retraining.
+- ``per-file``: the public leaderboard protocol, one model per file trained on its first
+  400 rows; calibration also comes from those rows (the test rows are off limits).
+
+SKAB rows are irregular (about 1.05 s apart, gaps up to 33 s) and SKAB scores per row, so a
+file's rows are used as they come: timestamps are replaced by the row index at 1 s, and delays
+and alarm rates are in rows (about seconds). ``other/2.csv`` holds anomalies in its first 400
+rows: it is excluded from the per-file protocol and flagged in the global ones. ``valve2/*``
+is the only tuning set; the "report" subset is the other 30 files.
+
+Run: ``python benchmarks/skab.py`` (``--help`` for options). Import ``run_protocols`` with
+your own ``DetectorSpec`` list to add model variants.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import subprocess
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from seqae.calibrate import Baseline, ScoreKind, ThresholdPolicy, fit_baseline, set_threshold
+from seqae.data import Series, make_windows, read_series
+from seqae.evaluate import (
+    always_alarm_reference,
+    evaluate_scores,
+    plot_series,
+    plot_summary,
+    random_score_reference,
+    vus_pr,
+)
+from seqae.score import Scorer
+from seqae.train import DetectorKind, FittedProfile, TrainConfig, fit_profile
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "skab"
+RESULTS_DIR = REPO / "benchmarks" / "results"
+HEAD_ROWS = 400  # SKAB's training span per file
+CONTAMINATED = ("other/2",)  # anomalous rows inside the first 400
+TUNING_GROUP = "valve2"
+PERIOD_S = 1.0  # one row
+Protocol = Literal["global", "global+baseline", "per-file"]
+PROTOCOLS: tuple[Protocol, ...] = ("global", "global+baseline", "per-file")
+SUBSETS = ("all", "report", "tuning")
+
+
+class BenchmarkError(ValueError):
+    """A benchmark input that cannot be used; the message names the file or setting."""
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """One detector variant: what to fit, how to score and where to put the threshold."""
+
+    name: str
+    kind: DetectorKind = "lstm"
+    model_cfg: dict[str, Any] = field(default_factory=dict)
+    window: int = 10
+    score_kind: ScoreKind = "mahalanobis"
+    policy: ThresholdPolicy = field(default_factory=ThresholdPolicy)
+    epochs: int = 15
+    batch_size: int = 64
+    lr: float = 2e-3
+    smooth: int = 1  # causal moving average of the score over this many rows (1: none)
+    stats_fraction: float = 0.5  # share of a calibration span that fits the error statistics
+    per_file_calib_rows: int = 100  # per-file protocol: the last rows of the 400 calibrate
+
+    def describe(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["policy"] = asdict(self.policy)
+        return d
+
+
+@dataclass
+class SkabData:
+    normal: Series  # anomaly-free.csv
+    files: dict[str, Series]  # "valve1/0" -> labelled series
+
+
+@dataclass
+class FileScores:
+    """Test-row results of one file: labels, raw score and the per-file threshold."""
+
+    name: str
+    labels: np.ndarray  # int8 [T_test]
+    score: np.ndarray  # float64 [T_test]
+    threshold: float
+
+    @property
+    def normalised(self) -> np.ndarray:
+        """score / threshold, so that files are comparable and alarms are > 1."""
+        return self.score / self.threshold
+
+
+@dataclass
+class RunResult:
+    detector: str
+    protocol: Protocol
+    seed: int
+    train_seconds: float
+    files: list[FileScores]
+
+
+# --- data -----------------------------------------------------------------------------------
+
+
+def row_indexed(series: Series) -> Series:
+    """The same rows with timestamps 0, 1, 2, ... s: SKAB is evaluated per row."""
+    return replace(series, timestamps=np.arange(len(series), dtype=np.int64) * 1_000_000_000)
+
+
+def load_skab(root: Path = DEFAULT_ROOT) -> SkabData:
+    """anomaly-free.csv and the 34 labelled files, read in place."""
+    root = Path(root)
+    normal_path = root / "anomaly-free" / "anomaly-free.csv"
+    if not normal_path.exists():
+        raise BenchmarkError(f"{normal_path}: not found; pass --data with the SKAB folder")
+    normal = row_indexed(read_series(normal_path, sep=";"))
+    files: dict[str, Series] = {}
+    for group in ("valve1", "valve2", "other"):
+        paths = sorted((root / group).glob("*.csv"), key=lambda p: int(p.stem))
+        if not paths:
+            raise BenchmarkError(f"{root / group}: no CSV files")
+        for path in paths:
+            s = read_series(path, sep=";").select(normal.channels)
+            if s.labels is None:
+                raise BenchmarkError(f"{path}: no 'anomaly' label column")
+            if len(s) <= HEAD_ROWS + 50:
+                raise BenchmarkError(f"{path}: {len(s)} rows leave no test part after {HEAD_ROWS}")
+            files[f"{group}/{path.stem}"] = row_indexed(s)
+    return SkabData(normal, files)
+
+
+def subset_names(names: Iterable[str], subset: str) -> list[str]:
+    names = list(names)
+    if subset == "all":
+        return names
+    if subset == "tuning":
+        return [n for n in names if n.startswith(TUNING_GROUP + "/")]
+    if subset == "report":
+        return [n for n in names if not n.startswith(TUNING_GROUP + "/")]
+    raise BenchmarkError(f"unknown subset {subset!r}; expected one of {SUBSETS}")
+
+
+# --- calibration and scoring ----------------------------------------------------------------
+
+
+def causal_mean(score: np.ndarray, k: int) -> np.ndarray:
+    """Mean of the last `k` values at each position (fewer at the start)."""
+    if k <= 1:
+        return score
+    c = np.cumsum(np.concatenate(([0.0], score)))
+    idx = np.arange(1, len(score) + 1)
+    lo = np.maximum(idx - k, 0)
+    return (c[idx] - c[lo]) / (idx - lo)
+
+
+def calibrate(
+    scorer: Scorer,
+    rows: np.ndarray,
+    spec: DetectorSpec,
+    scaler_from: Baseline | None = None,
+) -> Baseline:
+    """A baseline from normal rows [T, C] in time order: statistics on the first part, the
+    threshold on the rest (windows of the two parts share no sample). The scaler is re-fitted
+    on these rows unless `scaler_from` gives one."""
+    k = int(len(rows) * spec.stats_fraction)
+    stats_w, _ = make_windows(rows[:k], spec.window, 1)
+    thr_w, _ = make_windows(rows[k:], spec.window, 1)
+    baseline = fit_baseline(
+        scorer,
+        np.concatenate([stats_w, thr_w]),
+        hop=1,
+        score_kind=spec.score_kind,
+        policy=spec.policy,
+        scaler=None if scaler_from is None else scaler_from.scaler,
+        period_s=PERIOD_S,
+        split=len(stats_w),
+    )
+    if spec.smooth > 1:
+        # The threshold must be set on scores smoothed the way test scores are.
+        held_out = scorer.score(thr_w, baseline).score.astype(np.float64)
+        baseline.threshold = set_threshold(causal_mean(held_out, spec.smooth), spec.policy)
+    return baseline
+
+
+def score_test_rows(
+    scorer: Scorer, series: Series, baseline: Baseline, spec: DetectorSpec, name: str
+) -> FileScores:
+    """Score every window of the file (hop 1) and keep the rows after the head."""
+    windows, ends = make_windows(series.values, spec.window, 1)
+    raw = scorer.score(windows, baseline).score.astype(np.float64)
+    score = causal_mean(raw, spec.smooth)
+    keep = ends >= HEAD_ROWS
+    assert series.labels is not None
+    return FileScores(name, series.labels[ends[keep]], score[keep], float(baseline.threshold))
+
+
+def train_config(spec: DetectorSpec, seed: int, calib_fraction: float) -> TrainConfig:
+    return TrainConfig(
+        epochs=spec.epochs,
+        batch_size=spec.batch_size,
+        lr=spec.lr,
+        seed=seed,
+        device="cpu",
+        calib_fraction=calib_fraction,
+    )
+
+
+def fit_detector(
+    spec: DetectorSpec, normal: Series, seed: int, calib_fraction: float
+) -> tuple[FittedProfile, float]:
+    """A profile fitted on the first (1 - calib_fraction) of `normal`, and its seconds."""
+    started = time.perf_counter()
+    fitted = fit_profile(
+        [normal],
+        profile=spec.name,
+        window=spec.window,
+        hop=1,
+        period_s=PERIOD_S,
+        kind=spec.kind,
+        model_cfg=dict(spec.model_cfg),
+        train_cfg=train_config(spec, seed, calib_fraction),
+        score_kind=spec.score_kind,
+        policy=spec.policy,
+        progress=False,
+    )
+    return fitted, time.perf_counter() - started
+
+
+# --- protocols ------------------------------------------------------------------------------
+
+
+def run_global(
+    spec: DetectorSpec, seed: int, data: SkabData, names: Sequence[str]
+) -> tuple[RunResult, RunResult]:
+    """(global, global+baseline) results of one network trained on anomaly-free.csv."""
+    calib_fraction = 0.2
+    fitted, seconds = fit_detector(spec, data.normal, seed, calib_fraction)
+    scorer = Scorer(fitted.detector, device="cpu")
+    held_out = data.normal.values[int(len(data.normal) * (1.0 - calib_fraction)) :]
+    # The training scaler, statistics and threshold from the held-out 20% (as fit_profile does,
+    # with a gap between the statistics and threshold windows and the spec's smoothing).
+    default = calibrate(scorer, held_out, spec, scaler_from=fitted.baseline)
+    plain, refit = [], []
+    for name in names:
+        s = data.files[name]
+        plain.append(score_test_rows(scorer, s, default, spec, name))
+        own = calibrate(scorer, s.values[:HEAD_ROWS], spec)
+        refit.append(score_test_rows(scorer, s, own, spec, name))
+    return (
+        RunResult(spec.name, "global", seed, seconds, plain),
+        RunResult(spec.name, "global+baseline", seed, seconds, refit),
+    )
+
+
+def run_per_file(spec: DetectorSpec, seed: int, data: SkabData, names: Sequence[str]) -> RunResult:
+    """One model per file, trained and calibrated on its first 400 rows only."""
+    results, seconds = [], 0.0
+    calib_fraction = spec.per_file_calib_rows / HEAD_ROWS
+    for name in names:
+        if name in CONTAMINATED:
+            continue
+        s = data.files[name]
+        head = s.slice(0, HEAD_ROWS)  # fit_profile refuses a head with labelled anomalies
+        fitted, t = fit_detector(spec, head, seed, calib_fraction)
+        seconds += t
+        scorer = Scorer(fitted.detector, device="cpu")
+        calib_rows = head.values[HEAD_ROWS - spec.per_file_calib_rows :]
+        baseline = calibrate(scorer, calib_rows, spec, scaler_from=fitted.baseline)
+        results.append(score_test_rows(scorer, s, baseline, spec, name))
+    return RunResult(spec.name, "per-file", seed, seconds, results)
+
+
+def run_protocols(
+    specs: Sequence[DetectorSpec],
+    seeds: Sequence[int],
+    data: SkabData,
+    protocols: Sequence[Protocol] = PROTOCOLS,
+    names: Sequence[str] | None = None,
+    progress: bool = True,
+) -> list[RunResult]:
+    """Every spec x seed x protocol; `names` restricts the files (default: all 34)."""
+    unknown = set(protocols) - set(PROTOCOLS)
+    if unknown:
+        raise BenchmarkError(f"unknown protocols {sorted(unknown)}; expected {PROTOCOLS}")
+    names = list(data.files) if names is None else list(names)
+    jobs = [(spec, seed) for spec in specs for seed in seeds]
+    out: list[RunResult] = []
+    bar = tqdm(jobs, desc="skab", unit="run", disable=not progress)
+    for spec, seed in bar:
+        bar.set_postfix(detector=spec.name, seed=seed)
+        if "global" in protocols or "global+baseline" in protocols:
+            plain, refit = run_global(spec, seed, data, names)
+            out += [r for r in (plain, refit) if r.protocol in protocols]
+        if "per-file" in protocols:
+            out.append(run_per_file(spec, seed, data, names))
+    return out
+
+
+# --- metrics --------------------------------------------------------------------------------
+
+
+def _concat(files: Sequence[FileScores]) -> tuple[np.ndarray, np.ndarray]:
+    return (
+        np.concatenate([f.labels for f in files]),
+        np.concatenate([f.normalised for f in files]),
+    )
+
+
+def file_vus(f: FileScores, cache: dict[tuple[int, str], float]) -> float:
+    key = (id(f), f.name)
+    if key not in cache:
+        cache[key] = vus_pr(f.labels, f.score)
+    return cache[key]
+
+
+def summarise(
+    run: RunResult,
+    subset: str,
+    *,
+    concat_vus: bool = True,
+    vus_cache: dict[tuple[int, str], float] | None = None,
+) -> dict[str, float]:
+    """SKAB metrics of one run over one subset of files: point-wise over the concatenated test
+    rows at the per-file thresholds, threshold-free on score / threshold."""
+    files = [
+        f for f in run.files if f.name in set(subset_names([g.name for g in run.files], subset))
+    ]
+    if not files:
+        raise BenchmarkError(f"{run.detector}/{run.protocol}: no files in subset {subset!r}")
+    labels, score = _concat(files)
+    # vus_window=0 keeps the call cheap when the concatenated VUS-PR is not asked for.
+    report = evaluate_scores(labels, score, 1.0, PERIOD_S, vus_window=100 if concat_vus else 0)
+    cache = {} if vus_cache is None else vus_cache
+    return {
+        "vus_pr": report.vus_pr if concat_vus else math.nan,
+        "auc_pr": report.auc_pr,
+        "vus_pr_file_mean": float(np.mean([file_vus(f, cache) for f in files])),
+        "f1": report.f1,
+        "far": report.far,
+        "mar": report.mar,
+        "event_recall": report.event_recall,
+        "median_delay_s": report.median_detection_delay_s,
+        "false_alarms_per_hour": report.false_alarms_per_hour,
+        "alarm_rate": float(np.mean(score > 1.0)),
+        "files": len(files),
+        "rows": len(labels),
+        "train_seconds": run.train_seconds,
+    }
+
+
+def references(run: RunResult, subset: str, seed: int) -> dict[str, dict[str, float]]:
+    """Always-alarm and random-score references on the same test rows as `run`."""
+    names = set(subset_names([f.name for f in run.files], subset))
+    labels, _ = _concat([f for f in run.files if f.name in names])
+    out = {}
+    for ref, rep in (
+        ("always-alarm", always_alarm_reference(labels, PERIOD_S)),
+        ("random", random_score_reference(labels, seed, PERIOD_S)),
+    ):
+        out[ref] = {
+            "vus_pr": rep.vus_pr,
+            "auc_pr": rep.auc_pr,
+            "f1": rep.f1,
+            "far": rep.far,
+            "mar": rep.mar,
+            "event_recall": rep.event_recall,
+            "false_alarms_per_hour": rep.false_alarms_per_hour,
+        }
+    return out
+
+
+def aggregate(values: Sequence[float]) -> dict[str, float]:
+    arr = np.asarray([v for v in values if v is not None and math.isfinite(v)], np.float64)
+    if arr.size == 0:
+        return {"mean": math.nan, "std": math.nan, "n": 0}
+    return {
+        "mean": float(arr.mean()),
+        "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
+        "n": int(arr.size),
+    }
+
+
+def build_table(
+    runs: Sequence[RunResult],
+    subsets: Sequence[str] = ("report", "all"),
+    *,
+    concat_vus_subsets: Sequence[str] = ("report", "all"),
+    progress: bool = True,
+) -> dict[str, Any]:
+    """{subset: {"detectors": {detector: {protocol: {metric: {mean, std, n}}}}, "references":
+    {protocol: {reference: {metric: value}}}, "per_seed": [...]}}."""
+    table: dict[str, Any] = {}
+    cache: dict[tuple[int, str], float] = {}
+    work = [(subset, run) for subset in subsets for run in runs]
+    bar = tqdm(work, desc="metrics", unit="run", disable=not progress)
+    per_seed: dict[str, list[dict[str, Any]]] = {s: [] for s in subsets}
+    for subset, run in bar:
+        m = summarise(run, subset, concat_vus=subset in concat_vus_subsets, vus_cache=cache)
+        per_seed[subset].append(
+            {"detector": run.detector, "protocol": run.protocol, "seed": run.seed, **m}
+        )
+    for subset in subsets:
+        detectors: dict[str, Any] = {}
+        for row in per_seed[subset]:
+            detectors.setdefault(row["detector"], {}).setdefault(row["protocol"], []).append(row)
+        agg = {
+            det: {
+                proto: {
+                    k: aggregate([r[k] for r in rows])
+                    for k in rows[0]
+                    if k not in ("detector", "protocol", "seed")
+                }
+                for proto, rows in protos.items()
+            }
+            for det, protos in detectors.items()
+        }
+        refs: dict[str, Any] = {}
+        for run in runs:
+            if run.protocol not in refs:
+                refs[run.protocol] = references(run, subset, seed=0)
+        table[subset] = {"detectors": agg, "references": refs, "per_seed": per_seed[subset]}
+    return table
+
+
+# --- output ---------------------------------------------------------------------------------
+
+COLUMNS = (
+    ("VUS-PR", "vus_pr", 1.0, 3),
+    ("VUS/file", "vus_pr_file_mean", 1.0, 3),
+    ("AUC-PR", "auc_pr", 1.0, 3),
+    ("F1", "f1", 1.0, 3),
+    ("FAR%", "far", 100.0, 1),
+    ("MAR%", "mar", 100.0, 1),
+    ("ev.rec", "event_recall", 1.0, 2),
+    ("delay", "median_delay_s", 1.0, 0),
+    ("FA/h", "false_alarms_per_hour", 1.0, 1),
+    ("train s", "train_seconds", 1.0, 1),
+)
+
+
+def _cell(stat: dict[str, float] | float | None, factor: float, digits: int) -> str:
+    if isinstance(stat, dict):
+        mean, std = stat["mean"], stat["std"]
+        if not math.isfinite(mean):
+            return "-"
+        return f"{mean * factor:.{digits}f}±{std * factor:.{digits}f}"
+    if stat is None or not math.isfinite(stat):
+        return "-"
+    return f"{stat * factor:.{digits}f}"
+
+
+def format_table(table: dict[str, Any], subset: str, markdown: bool = False) -> str:
+    """Detector x protocol rows (mean ± std over seeds), references after each protocol."""
+    part = table[subset]
+    head = ["detector", "protocol", *[c[0] for c in COLUMNS]]
+    rows: list[list[str]] = []
+    protocols = [p for p in PROTOCOLS if p in part["references"]]
+    for proto in protocols:
+        for det, protos in part["detectors"].items():
+            if proto in protos:
+                stats = protos[proto]
+                rows.append([det, proto, *[_cell(stats.get(k), f, d) for _, k, f, d in COLUMNS]])
+        for ref, stats in part["references"][proto].items():
+            rows.append([f"({ref})", proto, *[_cell(stats.get(k), f, d) for _, k, f, d in COLUMNS]])
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines)
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join(fmt.format(*r) for r in [head, *rows])
+
+
+def plot_results(
+    table: dict[str, Any], runs: Sequence[RunResult], data: SkabData, out_dir: Path
+) -> list[Path]:
+    """Bar chart of VUS-PR / F1 / FAR / MAR per detector and protocol on the report set, and
+    one per-file plot of the first detector's global+baseline run."""
+    part = table["report"]
+    rows = []
+    for proto in PROTOCOLS:
+        for det, protos in part["detectors"].items():
+            if proto not in protos:
+                continue
+            for label, key in (("VUS-PR", "vus_pr"), ("F1", "f1"), ("FAR", "far"), ("MAR", "mar")):
+                stat = protos[proto][key]
+                if math.isfinite(stat["mean"]):
+                    rows.append({"detector": f"{det} {proto}", "metric": label, **stat})
+        for ref, stats in part["references"].get(proto, {}).items():
+            if proto == "global+baseline":
+                for label, key in (
+                    ("VUS-PR", "vus_pr"),
+                    ("F1", "f1"),
+                    ("FAR", "far"),
+                    ("MAR", "mar"),
+                ):
+                    rows.append({"detector": ref, "metric": label, "mean": stats[key], "std": 0.0})
+    paths = [
+        plot_summary(
+            out_dir / "skab_summary.png",
+            rows,
+            title="SKAB, 30 non-tuning files, mean ± std over seeds",
+        )
+    ]
+    example = next((r for r in runs if r.protocol == "global+baseline"), None)
+    if example is not None:
+        f = (
+            next(f for f in example.files if f.name == "valve1/1")
+            if any(f.name == "valve1/1" for f in example.files)
+            else example.files[0]
+        )
+        s = data.files[f.name]
+        rows_idx = np.arange(HEAD_ROWS, len(s))
+        paths.append(
+            plot_series(
+                out_dir / "skab_example.png",
+                s.timestamps[rows_idx],
+                s.values[rows_idx],
+                s.channels,
+                f.normalised,
+                1.0,
+                f.labels,
+                title=f"{f.name}: {example.detector}, global network + per-asset baseline (seed {example.seed}), score / threshold",
+            )
+        )
+    return paths
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    import torch
+
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "git": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip(),
+    }
+
+
+# --- the detectors of issue 2 --------------------------------------------------------------
+
+
+def default_specs() -> dict[str, DetectorSpec]:
+    """The named detectors the script runs; settings chosen on valve2 only (see RESULTS.md)."""
+    textbook = {"hidden_size": 32, "latent_size": 16}
+    return {
+        "lstm-mse": DetectorSpec("lstm-mse", "lstm", textbook, score_kind="mse"),
+        "lstm-maha": DetectorSpec("lstm-maha", "lstm", textbook, score_kind="mahalanobis"),
+        "pca": DetectorSpec("pca", "pca", {}, score_kind="mahalanobis"),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    specs = default_specs()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap.add_argument("--data", type=Path, default=DEFAULT_ROOT, help="the SKAB folder")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--detectors", nargs="+", default=list(specs), choices=list(specs))
+    ap.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
+    ap.add_argument("--files", choices=("all", "tuning"), default="all", help="tuning: valve2 only")
+    ap.add_argument(
+        "--no-concat-vus", action="store_true", help="skip the slow concatenated VUS-PR"
+    )
+    ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for skab.json and plots")
+    ap.add_argument("--no-plots", action="store_true")
+    args = ap.parse_args(argv)
+
+    started = time.perf_counter()
+    data = load_skab(args.data)
+    names = subset_names(data.files, args.files)
+    chosen = [specs[d] for d in args.detectors]
+    runs = run_protocols(chosen, args.seeds, data, args.protocols, names)
+    subsets = ("tuning",) if args.files == "tuning" else ("report", "all", "tuning")
+    concat = () if args.no_concat_vus else ("report", "all", "tuning")
+    table = build_table(runs, subsets, concat_vus_subsets=concat)
+    elapsed = time.perf_counter() - started
+    for subset in subsets:
+        n = {"report": "30 non-tuning files", "all": "all 34 files", "tuning": "valve2 (tuning)"}[
+            subset
+        ]
+        print(
+            f"\n== SKAB, {n} (per-file protocol without other/2); mean ± std over seeds {args.seeds}"
+        )
+        print(format_table(table, subset))
+    flagged = {
+        r.protocol: next((f for f in r.files if f.name in CONTAMINATED), None)
+        for r in runs
+        if r.protocol != "per-file"
+    }
+    for proto, f in flagged.items():
+        if f is not None:
+            pm = evaluate_scores(f.labels, f.normalised, 1.0, PERIOD_S, vus_window=0)
+            print(
+                f"flagged other/2 ({proto}, last seed): F1 {pm.f1:.3f} FAR {100 * pm.far:.1f}% MAR {100 * pm.mar:.1f}%"
+            )
+    print(f"\nwall time {elapsed:.0f} s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "command": "python benchmarks/skab.py "
+        + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": machine(),
+        "wall_seconds": round(elapsed, 1),
+        "seeds": list(args.seeds),
+        "detectors": {s.name: s.describe() for s in chosen},
+        "excluded_from_per_file": list(CONTAMINATED),
+        "tuning_files": subset_names(data.files, "tuning"),
+        "table": table,
+    }
+    json_name = "skab.json" if args.files == "all" else "skab_tuning.json"
+    (args.out / json_name).write_text(json.dumps(_clean(payload), indent=1) + "\n")
+    if not args.no_plots and args.files == "all":
+        for p in plot_results(table, runs, data, args.out):
+            print(f"plot: {p}")
+    print(f"json: {args.out / json_name}")
+    return 0
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float):
+        return None if not math.isfinite(v) else round(v, 6)
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_clean(x) for x in v]
+    if isinstance(v, np.generic):
+        return _clean(v.item())
+    return v
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

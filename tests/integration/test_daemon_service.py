@@ -1,0 +1,484 @@
+"""The daemon as a subprocess against the real Kafka and InfluxDB 1.x of deploy/local.
+
+A tiny PCA profile is trained on the normal history of three synthetic pumps; the stream replays
+that history with a known cavitation fault injected into pump-1, while pump-3 stays healthy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
+
+from seqae.synth import DEFAULT_START_NS, generate_asset
+from seqae.train import train_profile
+
+from conftest import InfluxV1, http_request
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+WINDOW, HOP, PERIOD_NS = 20, 5, 1_000_000_000
+SAMPLES = 1200
+FAULT = (600, 800)  # samples of pump-1 with cavitation
+FAULTY, HEALTHY = "pump-1", "pump-3"
+Query = Callable[[str], list[dict[str, Any]]]
+
+
+# -- fixtures ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    history = [generate_asset(f"pump-{i}", 3000, seed=0, plant_seed=0)[0] for i in (1, 2, 3)]
+    train_profile(
+        history, models_root=root, profile="pumps", window=WINDOW, hop=HOP, kind="pca",
+        epochs=3, progress=False, device="cpu",
+    )
+    return root
+
+
+@pytest.fixture
+def database(influx_v1: InfluxV1) -> Iterator[str]:
+    name = f"it_daemon_{uuid.uuid4().hex[:10]}"
+    status, body = http_request("POST", f"{influx_v1.url}/query?" + urllib.parse.urlencode({"q": f'CREATE DATABASE "{name}"'}))
+    assert status == 200, body
+    yield name
+    http_request("POST", f"{influx_v1.url}/query?" + urllib.parse.urlencode({"q": f'DROP DATABASE "{name}"'}))
+
+
+@pytest.fixture
+def query(influx_v1: InfluxV1, database: str) -> Query:
+    def run(q: str) -> list[dict[str, Any]]:
+        params = urllib.parse.urlencode({"db": database, "q": q, "epoch": "ns"})
+        status, body = http_request("GET", f"{influx_v1.url}/query?{params}")
+        assert status == 200, body
+        result = json.loads(body)["results"][0]
+        assert "error" not in result, result
+        return result.get("series", [])  # type: ignore[no-any-return]
+
+    return run
+
+
+def make_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    finally:
+        admin.close()
+
+
+def stream(asset: str) -> list[bytes]:
+    faults = [("cavitation", *FAULT)] if asset == FAULTY else []
+    series, _ = generate_asset(asset, SAMPLES, seed=0, faults=faults, plant_seed=0)
+    channels = series.channels
+    out = []
+    for ts, row in zip(series.timestamps, series.values, strict=True):
+        values = {c: float(v) for c, v in zip(channels, row, strict=True)}
+        out.append(json.dumps({"asset": asset, "ts": int(ts) // 1_000_000, "values": values}).encode())
+    return out
+
+
+def produce(bootstrap: str, topic: str, messages: list[tuple[str, bytes]]) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    for key, value in messages:
+        producer.send(topic, key=key.encode(), value=value)
+    producer.flush()
+    producer.close()
+
+
+def interleave(*streams: list[bytes], assets: tuple[str, ...]) -> list[tuple[str, bytes]]:
+    return [(assets[i], s[k]) for k in range(len(streams[0])) for i, s in enumerate(streams)]
+
+
+def expected_ends(samples: int = SAMPLES) -> list[int]:
+    """Window ends on the absolute grid that a stream of `samples` readings makes final."""
+    first = DEFAULT_START_NS // PERIOD_NS
+    last = first + samples - 1  # the newest slot is never final (no later reading)
+    return [e * PERIOD_NS for e in range(first + WINDOW - 1, last) if e % HOP == HOP - 1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class DaemonProcess:
+    def __init__(self, config: Path, log_path: Path) -> None:
+        self.config, self.log_path = config, log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> DaemonProcess:
+        log = self.log_path.open("ab")
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daemon.cli", "daemon", "run", "--config", str(self.config)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env,
+        )
+        return self
+
+    def signal(self, sig: int) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=60)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+
+def write_config(
+    tmp_path: Path, name: str, *, bootstrap: str, topic: str, influx_url: str, database: str,
+    models_root: Path, group: str, health_port: int, extra: str = "",
+) -> Path:
+    state = tmp_path / f"state-{name}"
+    text = f"""
+state_dir = "{state}"
+commit_interval_s = 0.5
+log_level = "INFO"
+[kafka]
+bootstrap_servers = ["{bootstrap}"]
+topics = ["{topic}"]
+group_id = "{group}"
+client_id = "{name}"
+[profiles]
+models_root = "{models_root}"
+reload_poll_s = 1.0
+routes = [{{ pattern = "pump-*", profile = "pumps" }}]
+[baselines]
+mode = "model"
+[engine]
+device = "cpu"
+max_batch = 64
+max_wait_ms = 20
+[windows]
+max_fill = 3
+[alerts]
+enter_level = 1.0
+exit_level = 0.8
+min_duration_s = 10
+update_every_s = 600
+[influx]
+api = "v1"
+url = "{influx_url}"
+database = "{database}"
+timeout_s = 5
+retry_initial_s = 0.2
+retry_max_s = 2
+max_buffered_points = 400
+batch_points = 100
+[health]
+port = {health_port}
+{extra}
+"""
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def score_times(query: Query, asset: str) -> list[int]:
+    series = query(f"SELECT score FROM seqae_score WHERE asset = '{asset}'")
+    return [row[0] for row in series[0]["values"]] if series else []
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str, daemon: DaemonProcess | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if daemon is not None and daemon.proc is not None and daemon.proc.poll() is not None:
+            raise AssertionError(f"daemon exited ({daemon.proc.returncode}) while waiting for {what}:\n{daemon.log()}")
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}" + (f"\n{daemon.log()}" if daemon else ""))
+
+
+def metrics(port: int) -> str:
+    status, body = http_request("GET", f"http://127.0.0.1:{port}/metrics")
+    assert status == 200
+    return body.decode()
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        if key == name or key == f"{name}{{{want}}}":
+            return float(value)
+    return 0.0
+
+
+@pytest.fixture
+def setup(
+    tmp_path: Path, kafka_bootstrap: str, unique_topic: str, influx_v1: InfluxV1, database: str,
+    models_root: Path,
+) -> Iterator[Callable[..., tuple[DaemonProcess, int]]]:
+    started: list[DaemonProcess] = []
+
+    def launch(name: str = "d1", *, influx_url: str | None = None, extra: str = "") -> tuple[DaemonProcess, int]:
+        port = free_port()
+        config = write_config(
+            tmp_path, name, bootstrap=kafka_bootstrap, topic=unique_topic,
+            influx_url=influx_url or influx_v1.url, database=database, models_root=models_root,
+            group=f"g-{unique_topic}", health_port=port, extra=extra,
+        )
+        daemon = DaemonProcess(config, tmp_path / f"{name}.log").start()
+        started.append(daemon)
+        return daemon, port
+
+    yield launch
+    for daemon in started:
+        daemon.stop()
+
+
+def assert_alert_story(query: Query) -> None:
+    alerts = query(f"SELECT state, peak_score FROM seqae_alert WHERE asset = '{FAULTY}'")
+    assert alerts, "no alert for the faulty pump"
+    rows = [(r[0], r[1]) for r in alerts[0]["values"]]
+    start_ns = DEFAULT_START_NS + FAULT[0] * PERIOD_NS
+    end_ns = DEFAULT_START_NS + FAULT[1] * PERIOD_NS
+    opens = [t for t, s in rows if s == "open"]
+    closes = [t for t, s in rows if s == "closed"]
+    assert len(opens) == 1 and len(closes) == 1, rows
+    assert start_ns <= opens[0] < end_ns
+    assert closes[0] >= end_ns
+    assert query(f"SELECT state FROM seqae_alert WHERE asset = '{HEALTHY}'") == []
+
+
+# -- tests ---------------------------------------------------------------------------------
+
+
+def test_known_fault_yields_exact_scores_and_one_alert(
+    setup: Callable[..., tuple[DaemonProcess, int]], kafka_bootstrap: str, unique_topic: str,
+    query: Query,
+) -> None:
+    make_topic(kafka_bootstrap, unique_topic, 2)
+    produce(kafka_bootstrap, unique_topic, interleave(stream(FAULTY), stream(HEALTHY), assets=(FAULTY, HEALTHY)))
+    daemon, port = setup()
+    want = expected_ends()
+    wait_for(lambda: len(score_times(query, FAULTY)) >= len(want) and len(score_times(query, HEALTHY)) >= len(want),
+             60, "all scores", daemon)
+    assert daemon.signal(signal.SIGTERM) == 0, daemon.log()
+    for asset in (FAULTY, HEALTHY):
+        assert score_times(query, asset) == want
+    fields = query(f"SELECT anomalous, state, gap, threshold, err_flow FROM seqae_score WHERE asset = '{HEALTHY}'")
+    values = fields[0]["values"]
+    assert {row[2] for row in values} == {"ok"} and {row[3] for row in values} == {False}
+    tags = query("SHOW TAG VALUES FROM seqae_score WITH KEY = model_version")
+    assert [v[1] for v in tags[0]["values"]] == ["v0001"]
+    assert_alert_story(query)
+
+
+def test_sigkill_restart_leaves_no_window_unscored_and_none_doubled(
+    setup: Callable[..., tuple[DaemonProcess, int]], kafka_bootstrap: str, unique_topic: str,
+    query: Query,
+) -> None:
+    make_topic(kafka_bootstrap, unique_topic, 2)
+    messages = interleave(stream(FAULTY), stream(HEALTHY), assets=(FAULTY, HEALTHY))
+    half = len(messages) * 7 // 12  # the fault is open by then
+    produce(kafka_bootstrap, unique_topic, messages[:half])
+    daemon, _ = setup()
+    wait_for(lambda: len(score_times(query, FAULTY)) > 60, 60, "some scores", daemon)
+    assert daemon.signal(signal.SIGKILL) == -signal.SIGKILL
+    produce(kafka_bootstrap, unique_topic, messages[half:])
+    daemon, _ = setup("d1-restarted")
+    want = expected_ends()
+    wait_for(lambda: len(score_times(query, FAULTY)) >= len(want) and len(score_times(query, HEALTHY)) >= len(want),
+             60, "all scores after restart", daemon)
+    assert daemon.signal(signal.SIGTERM) == 0, daemon.log()
+    for asset in (FAULTY, HEALTHY):
+        assert score_times(query, asset) == want  # on the grid, none missing, none extra
+    assert_alert_story(query)
+
+
+def test_malformed_messages_are_dead_lettered_and_counted(
+    setup: Callable[..., tuple[DaemonProcess, int]], kafka_bootstrap: str, unique_topic: str,
+    query: Query,
+) -> None:
+    make_topic(kafka_bootstrap, unique_topic, 1)
+    dead = f"{unique_topic}-dead"
+    make_topic(kafka_bootstrap, dead, 1)
+    bad: list[tuple[bytes, str]] = [
+        (b"{not json", "not_json"),
+        (json.dumps({"ts": 1767225600000, "values": {"flow": 1.0}}).encode(), "missing_field"),
+        (json.dumps({"asset": HEALTHY, "ts": 1767225600000, "values": {"flow": "x"}}).encode(), "bad_type"),
+        (b'{"asset": "pump-3", "ts": 1767225600000, "values": {"flow": NaN}}', "non_finite"),
+        (json.dumps({"asset": "boiler-1", "ts": 1767225600000, "values": {"flow": 1.0}}).encode(), "unknown_asset"),
+        (json.dumps({"asset": HEALTHY, "ts": "soon", "values": {"flow": 1.0}}).encode(), "bad_timestamp"),
+        (json.dumps({"asset": HEALTHY, "ts": 1767225600000, "values": {"torque": 1.0}}).encode(), "unknown_channel"),
+    ]
+    good = stream(HEALTHY)
+    messages: list[tuple[str, bytes]] = []
+    for i, value in enumerate(good):
+        messages.append((HEALTHY, value))
+        if i % 100 == 50:
+            messages += [(HEALTHY, raw) for raw, _ in bad]
+    produce(kafka_bootstrap, unique_topic, messages)
+    daemon, port = setup(extra="")
+    config = daemon.config.read_text().replace("[kafka]\n", f'[kafka]\ndead_letter_topic = "{dead}"\n')
+    daemon.stop()
+    daemon.config.write_text(config)
+    daemon.start()
+    want = expected_ends()
+    wait_for(lambda: len(score_times(query, HEALTHY)) >= len(want), 60, "scores of good messages", daemon)
+    rounds = sum(1 for i in range(len(good)) if i % 100 == 50)
+    text = metrics(port)
+    for _, reason in bad:
+        assert metric_value(text, "seqae_bad_messages_total", reason=reason) == rounds, reason
+    assert daemon.signal(signal.SIGTERM) == 0, daemon.log()
+    assert score_times(query, HEALTHY) == want
+    consumer = KafkaConsumer(dead, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
+                             consumer_timeout_ms=5000, group_id=None)
+    letters = [json.loads(m.value) for m in consumer]
+    consumer.close()
+    assert sorted(x["reason"] for x in letters) == sorted([r for _, r in bad] * rounds)
+    assert all(x["topic"] == unique_topic for x in letters)
+
+
+class FlakyProxy:
+    """A TCP forwarder to InfluxDB that can be switched off, to take InfluxDB away from the
+    daemon without stopping the server other tests share."""
+
+    def __init__(self, target: str) -> None:
+        url = urllib.parse.urlparse(target)
+        self.target = (url.hostname or "127.0.0.1", url.port or 80)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.up = threading.Event()
+        self.up.set()
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.up.is_set():
+                client.close()
+                continue
+            try:
+                server = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            self.conns += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def down(self) -> None:
+        self.up.clear()
+        for s in self.conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.conns = []
+
+    def restore(self) -> None:
+        self.up.set()
+
+    def close(self) -> None:
+        self.down()
+        self.listener.close()
+
+
+def test_influx_outage_loses_nothing_and_bounds_the_buffer(
+    setup: Callable[..., tuple[DaemonProcess, int]], kafka_bootstrap: str, unique_topic: str,
+    influx_v1: InfluxV1, query: Query,
+) -> None:
+    make_topic(kafka_bootstrap, unique_topic, 2)
+    proxy = FlakyProxy(influx_v1.url)
+    try:
+        messages = interleave(stream(FAULTY), stream(HEALTHY), assets=(FAULTY, HEALTHY))
+        produce(kafka_bootstrap, unique_topic, messages[: len(messages) // 4])
+        daemon, port = setup(influx_url=proxy.url)
+        wait_for(lambda: len(score_times(query, HEALTHY)) > 20, 60, "first scores", daemon)
+        proxy.down()
+        produce(kafka_bootstrap, unique_topic, messages[len(messages) // 4 :])
+        peak = 0.0
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            text = metrics(port)
+            peak = max(peak, metric_value(text, "seqae_sink_buffered_points"))
+            time.sleep(0.5)
+        assert metric_value(text, "seqae_source_paused") == 1.0  # backpressure engaged
+        status, _ = http_request("GET", f"http://127.0.0.1:{port}/readyz")
+        assert status == 503
+        proxy.restore()
+        want = expected_ends()
+        wait_for(lambda: len(score_times(query, FAULTY)) >= len(want) and len(score_times(query, HEALTHY)) >= len(want),
+                 60, "all scores after the outage", daemon)
+        assert daemon.signal(signal.SIGTERM) == 0, daemon.log()
+        for asset in (FAULTY, HEALTHY):
+            assert score_times(query, asset) == want
+        # bounded: the buffer stops growing at max_buffered_points plus at most one round of points
+        print(f"peak buffered points during the outage: {peak:.0f} (limit 400)")
+        assert 0 < peak <= 400 + 2 * 64 * 2
+    finally:
+        proxy.close()
+
+
+def test_two_daemons_split_assets_and_survive_a_rebalance(
+    setup: Callable[..., tuple[DaemonProcess, int]], kafka_bootstrap: str, unique_topic: str,
+    query: Query,
+) -> None:
+    assets = tuple(f"pump-{i}" for i in (1, 2, 3, 4))
+    make_topic(kafka_bootstrap, unique_topic, 4)
+    streams = [stream(a) for a in assets]
+    messages = interleave(*streams, assets=assets)
+    produce(kafka_bootstrap, unique_topic, messages[: len(messages) // 3])
+    first, port1 = setup("d1")
+    wait_for(lambda: all(len(score_times(query, a)) > 10 for a in assets), 60, "first daemon scoring", first)
+    second, port2 = setup("d2")  # joins the group: a rebalance moves partitions
+    time.sleep(8)
+    produce(kafka_bootstrap, unique_topic, messages[len(messages) // 3 :])
+    want = expected_ends()
+    wait_for(lambda: all(len(score_times(query, a)) >= len(want) for a in assets), 90, "all scores", second)
+    scored = [metric_value(metrics(p), "seqae_windows_scored_total", profile="pumps") for p in (port1, port2)]
+    assert first.signal(signal.SIGTERM) == 0, first.log()
+    assert second.signal(signal.SIGTERM) == 0, second.log()
+    assert all(n > 0 for n in scored), scored  # both took part
+    for a in assets:
+        assert score_times(query, a) == want, a
+    assert np.sum(scored) >= len(want) * len(assets)

@@ -1,0 +1,189 @@
+"""seqae.calibrate: thresholds, the calibration split, baselines and their scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from seqae.calibrate import (
+    Baseline,
+    CalibrationError,
+    ThresholdPolicy,
+    fit_baseline,
+    fit_error_stats,
+    pot_threshold,
+    set_threshold,
+    split_for_calibration,
+)
+from seqae.data import RobustScaler, make_windows, nan_to_mask
+from seqae.pca import PCAConfig, PCADetector
+from seqae.score import Scorer
+
+WINDOW = 10
+
+
+def _plant(n: int, seed: int) -> np.ndarray:
+    """Three periodic channels with AR(1) noise (slowly wandering, like real sensors)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n, dtype=np.float64)
+    noise = np.zeros((n, 3))
+    for i in range(1, n):
+        noise[i] = 0.8 * noise[i - 1] + rng.normal(0, 0.1, 3)
+    base = np.stack(
+        [np.sin(2 * np.pi * t / 20), 2 + np.cos(2 * np.pi * t / 30), 5 + 0.5 * np.sin(t / 7)], 1
+    )
+    return (base + noise).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def pca_scorer() -> tuple[Scorer, RobustScaler]:
+    train = _plant(1500, seed=1)
+    scaler = RobustScaler.fit(train)
+    x, _ = make_windows(scaler.transform(train), WINDOW, 2)
+    detector = PCADetector(PCAConfig(3, WINDOW, n_components=6)).fit(nan_to_mask(x)[0])
+    return Scorer(detector, device="cpu"), scaler
+
+
+def test_quantile_threshold() -> None:
+    scores = np.arange(1001, dtype=np.float64)
+    assert set_threshold(scores, ThresholdPolicy(quantile=0.99)) == pytest.approx(990.0)
+    assert set_threshold(scores, ThresholdPolicy(quantile=0.99, margin=2.0)) == pytest.approx(1980.0)
+
+
+def test_pot_on_exponential_tail_finds_the_level() -> None:
+    scores = np.random.default_rng(0).exponential(1.0, 100_000)
+    level = pot_threshold(scores, risk=1e-3)
+    assert level == pytest.approx(-np.log(1e-3), rel=0.08)  # P(X > t) = e^-t
+    policy = ThresholdPolicy(method="pot", pot_risk=1e-3)
+    assert set_threshold(scores, policy) == pytest.approx(level)
+
+
+def test_pot_with_few_peaks_falls_back_to_quantile() -> None:
+    scores = np.arange(100, dtype=np.float64)
+    assert pot_threshold(scores, risk=0.05) == pytest.approx(np.quantile(scores, 0.95))
+    assert pot_threshold(scores, risk=1e-4) == 99.0
+
+
+def test_split_for_calibration() -> None:
+    stats, thr = split_for_calibration(100, gap=9)
+    assert (stats.start, stats.stop, thr.start, thr.stop) == (0, 45, 54, 100)
+    assert thr.start - stats.stop == 9
+    with pytest.raises(CalibrationError, match="25 calibration windows are too few"):
+        split_for_calibration(25, gap=9)
+
+
+def _baseline(f: int = 3) -> Baseline:
+    rng = np.random.default_rng(0)
+    errors = np.abs(rng.normal(1.0, 0.2, (500, f)))
+    mean, sq, precision = fit_error_stats(errors)
+    return Baseline(
+        center=np.zeros(f, np.float32),
+        scale=np.ones(f, np.float32),
+        err_mean=mean,
+        err_sq_mean=sq,
+        precision=precision,
+        threshold=2.5,
+        range_low=np.full(f, -1.0, np.float32),
+        range_high=np.full(f, 1.0, np.float32),
+        info={"windows": 500},
+    )
+
+
+def test_baseline_dict_round_trip() -> None:
+    b = _baseline()
+    back = Baseline.from_dict(b.to_dict())
+    assert back.threshold == b.threshold and back.score_kind == b.score_kind
+    np.testing.assert_array_equal(back.precision, b.precision)
+    np.testing.assert_array_equal(back.range_high, b.range_high)
+    errors = np.abs(np.random.default_rng(1).normal(1.0, 0.3, (7, 3)))
+    np.testing.assert_allclose(back.scores(errors)[0], b.scores(errors)[0])
+    assert back.info == {"windows": 500}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d.pop("threshold"), "malformed.*'threshold'"),
+        (lambda d: d.update(threshold="high"), "malformed.*high"),
+        (lambda d: d.update(precision=[[1.0]]), "inconsistent shapes"),
+        (lambda d: d.update(scale=[1.0]), "inconsistent shapes"),
+        (lambda d: d.update(score_kind="cosine"), "unknown score kind 'cosine'"),
+    ],
+)
+def test_malformed_baseline_dict(change: object, message: str) -> None:
+    d = _baseline().to_dict()
+    change(d)  # type: ignore[operator]
+    with pytest.raises(CalibrationError, match=message):
+        Baseline.from_dict(d)
+
+
+@pytest.mark.parametrize("kind", ["mahalanobis", "mse"])
+def test_contributions_sum_to_score(kind: str) -> None:
+    b = _baseline()
+    b.score_kind = kind  # type: ignore[assignment]
+    errors = np.abs(np.random.default_rng(2).normal(1.0, 0.5, (50, 3)))
+    score, contrib = b.scores(errors)
+    assert contrib.shape == (50, 3)
+    np.testing.assert_allclose(contrib.sum(axis=1), score, rtol=1e-10)
+
+
+def test_fault_on_channel_k_is_top_contribution(pca_scorer: tuple[Scorer, RobustScaler]) -> None:
+    scorer, scaler = pca_scorer
+    calib, _ = make_windows(_plant(1200, seed=2), WINDOW, 2)
+    baseline = fit_baseline(scorer, calib, hop=2, scaler=scaler)
+    test, _ = make_windows(_plant(400, seed=3), WINDOW, 5)
+    normal = scorer.score(test, baseline)
+    assert normal.anomalous.mean() < 0.1
+    for k in range(3):
+        faulty = test.copy()
+        faulty[:, 4:7, k] += 5 * scaler.scale[k]  # a bump on channel k only
+        batch = scorer.score(faulty, baseline)
+        assert batch.anomalous.all()
+        assert (batch.contributions.argmax(axis=1) == k).all()
+        np.testing.assert_allclose(
+            batch.contributions.sum(axis=1) + batch.latent, batch.score, rtol=1e-4
+        )
+
+
+def test_shifted_flags_windows_outside_the_known_range() -> None:
+    b = _baseline()  # range [-1, 1], scale 1, margin 3 scales
+    inside = np.zeros((1, 10, 3), np.float32)
+    far = inside + np.array([0, 0, 10], np.float32)
+    half = inside.copy()
+    half[0, :4, 0] = 10  # 40 % of the window outside: not shifted
+    nan_window = far.copy()
+    nan_window[0, :, 0] = np.nan
+    assert b.shifted(np.concatenate([inside, far, half, nan_window])).tolist() == [
+        False,
+        True,
+        False,
+        True,
+    ]
+
+
+def test_fit_baseline_refuses_too_few_windows(pca_scorer: tuple[Scorer, RobustScaler]) -> None:
+    scorer, _ = pca_scorer
+    windows, _ = make_windows(_plant(30, seed=4), WINDOW, 1)
+    with pytest.raises(CalibrationError, match="21 calibration windows are too few"):
+        fit_baseline(scorer, windows, hop=1)
+    with pytest.raises(CalibrationError, match="non-empty"):
+        fit_baseline(scorer, windows[0], hop=1)
+
+
+def test_same_windows_set_a_lower_threshold_than_disjoint_halves(
+    pca_scorer: tuple[Scorer, RobustScaler],
+) -> None:
+    """Why fit_baseline splits: statistics fitted on the windows they then score look better
+    on those windows than on the next ones, so the threshold comes out too low."""
+    scorer, scaler = pca_scorer
+    # A short span, as when an asset calibrates from its warm-up: 71 overlapping windows.
+    windows, _ = make_windows(_plant(80, seed=5), WINDOW, 1)
+    errors = scorer.features(windows, scaler.center, scaler.scale)
+    stats_part, thr_part = split_for_calibration(len(windows), gap=WINDOW - 1)
+    mean, sq, precision = fit_error_stats(errors[stats_part])
+    b = Baseline(scaler.center, scaler.scale, mean, sq, precision, threshold=0.0)
+    policy = ThresholdPolicy(quantile=0.99)
+    same = set_threshold(b.scores(errors[stats_part])[0], policy)
+    disjoint = set_threshold(b.scores(errors[thr_part])[0], policy)
+    print(f"threshold on the same windows {same:.3f}, on disjoint windows {disjoint:.3f}")
+    assert disjoint > 1.5 * same

@@ -1,0 +1,89 @@
+from daemon.delivery import CommitLedger
+
+A = ("sensors", 0)
+B = ("sensors", 1)
+
+
+def test_nothing_pending_commits_last_consumed_plus_one() -> None:
+    ledger = CommitLedger()
+    for off in range(10):
+        ledger.consumed(A, off)
+    assert ledger.committable() == {A: 10}
+
+
+def test_unacknowledged_ticket_holds_its_first_offset() -> None:
+    ledger = CommitLedger()
+    for off in range(10):
+        ledger.consumed(A, off)
+    t = ledger.new_ticket()
+    ledger.track(t, {A: 4})
+    assert ledger.committable() == {A: 4}
+    ledger.acknowledge([t])
+    assert ledger.committable() == {A: 10}
+
+
+def test_window_hold_limits_the_commit() -> None:
+    ledger = CommitLedger()
+    for off in range(10):
+        ledger.consumed(A, off)
+        ledger.consumed(B, off)
+    assert ledger.committable(hold={A: 7}) == {A: 7, B: 10}
+
+
+def test_out_of_order_acknowledgements_step_by_step() -> None:
+    ledger = CommitLedger()
+    for off in range(30):
+        ledger.consumed(A, off)
+    t1, t2, t3 = ledger.new_ticket(), ledger.new_ticket(), ledger.new_ticket()
+    ledger.track(t1, {A: 5})
+    ledger.track(t2, {A: 12})
+    ledger.track(t3, {A: 20})
+    hold = {A: 25}
+    assert ledger.committable(hold) == {A: 5}
+    ledger.acknowledge([t3])  # the newest first: nothing moves
+    assert ledger.committable(hold) == {A: 5}
+    ledger.acknowledge([t1])
+    assert ledger.committable(hold) == {A: 12}
+    ledger.committed({A: 12})
+    assert ledger.committable(hold) == {}  # no advance, nothing to commit
+    ledger.acknowledge([t2])
+    assert ledger.committable(hold) == {A: 25}
+
+
+def test_commits_never_go_backwards() -> None:
+    ledger = CommitLedger()
+    for off in range(10):
+        ledger.consumed(A, off)
+    ledger.committed({A: 10})
+    ledger.consumed(A, 3)  # re-read after a seek back
+    t = ledger.new_ticket()
+    ledger.track(t, {A: 2})
+    assert ledger.committable() == {}
+
+
+def test_mark_settles_when_its_tickets_are_acknowledged() -> None:
+    ledger = CommitLedger()
+    for off in range(10):
+        ledger.consumed(A, off)
+    t1 = ledger.new_ticket()
+    ledger.track(t1, {A: 3})
+    mark = ledger.mark(hold={A: 8})
+    assert mark.offsets == {A: 8}
+    t2 = ledger.new_ticket()  # later tickets do not delay the mark
+    ledger.track(t2, {A: 8})
+    assert not ledger.settled(mark)
+    ledger.acknowledge([t1])
+    assert ledger.settled(mark)
+
+
+def test_forget_drops_revoked_partition_state() -> None:
+    ledger = CommitLedger()
+    ledger.consumed(A, 1)
+    ledger.consumed(B, 1)
+    t = ledger.new_ticket()
+    ledger.track(t, {A: 0, B: 0})
+    ledger.forget([A])
+    assert ledger.committable() == {B: 0}
+    assert ledger.pending == 1
+    ledger.forget([B])
+    assert ledger.pending == 0

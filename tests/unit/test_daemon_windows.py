@@ -1,0 +1,145 @@
+import numpy as np
+import pytest
+
+from daemon.codec import Reading
+from daemon.settings import WindowSettings
+from daemon.windows import ReadyWindow, WindowGeometry, WindowStore
+
+TP = ("sensors", 0)
+GEO = WindowGeometry.of(["a", "b"], period_s=1.0, window=4, hop=2)
+S = 1_000_000_000
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def feed(store: WindowStore, slots: list[int], asset: str = "p1", start_offset: int = 0,
+         values: dict[int, dict[str, float]] | None = None) -> list[ReadyWindow]:
+    out = []
+    for i, slot in enumerate(slots):
+        v = (values or {}).get(slot, {"a": float(slot), "b": float(slot) * 10})
+        out += store.add(Reading(asset, slot * S + 123, v), GEO, TP, start_offset + i)
+    return out
+
+
+def test_windows_end_on_absolute_grid_slots_and_are_whole() -> None:
+    store = WindowStore(WindowSettings(max_fill=1))
+    ready = feed(store, list(range(5, 16)))
+    ends = [w.end_ns // S for w in ready]
+    # ends where slot % hop == hop-1, first whole one needs 4 slots from slot 5; slot 15 not final
+    assert ends == [9, 11, 13]
+    assert ready[0].values[:, 0].tolist() == [6, 7, 8, 9]
+    assert ready[0].offsets == {TP: 1}
+    assert not any(w.gap for w in ready)
+
+
+def test_last_value_in_slot_wins() -> None:
+    store = WindowStore(WindowSettings())
+    store.add(Reading("p1", 0 * S, {"a": 1.0, "b": 1.0}), GEO, TP, 0)
+    for slot in range(1, 4):
+        store.add(Reading("p1", slot * S, {"a": 5.0, "b": 5.0}), GEO, TP, slot)
+    store.add(Reading("p1", 3 * S + S // 2, {"a": 7.0}), GEO, TP, 10)
+    (w,) = store.add(Reading("p1", 4 * S, {"a": 0.0, "b": 0.0}), GEO, TP, 11)
+    assert w.values[-1].tolist() == [7.0, 5.0]
+
+
+def test_forward_fill_up_to_max_fill_per_channel() -> None:
+    store = WindowStore(WindowSettings(max_fill=1))
+    # channel b is missing at slots 2 and 3: filled once, then NaN
+    values = {s: {"a": float(s)} for s in (2, 3)}
+    ready = feed(store, [0, 1, 2, 3, 4], values=values)
+    (w,) = ready
+    assert w.values[:, 0].tolist() == [0, 1, 2, 3]
+    assert w.values[:3, 1].tolist() == [0, 10, 10]
+    assert np.isnan(w.values[3, 1])
+
+
+def test_short_gap_is_filled_long_gap_resets_and_flags() -> None:
+    store = WindowStore(WindowSettings(max_fill=2))
+    ready = feed(store, [0, 1, 2, 3, 6, 7, 8, 9])  # slots 4,5 missing: filled
+    assert [w.end_ns // S for w in ready] == [3, 5, 7]
+    assert ready[1].values[:, 0].tolist() == [2, 3, 3, 3]
+    store = WindowStore(WindowSettings(max_fill=2))
+    ready = feed(store, [0, 1, 2, 3, 4, 8, 9, 10, 11, 12, 13, 14])  # 3 empty slots: reset
+    assert [(w.end_ns // S, w.gap) for w in ready] == [(3, False), (11, True), (13, False)]
+    assert store.counters.gap_resets == 1
+
+
+def test_late_readings_are_dropped_and_counted() -> None:
+    store = WindowStore(WindowSettings(max_lateness_s=0))
+    feed(store, [0, 1, 2, 3])
+    assert feed(store, [1], start_offset=50) == []
+    assert store.counters.late_dropped == 1
+    lenient = WindowStore(WindowSettings(max_lateness_s=2))
+    ready = feed(lenient, [0, 1, 2, 3, 5, 4, 6, 7])
+    assert lenient.counters.late_dropped == 0
+    assert [w.end_ns // S for w in ready] == [3]
+    assert ready[0].values[:, 0].tolist() == [0, 1, 2, 3]
+
+
+def test_hold_keeps_the_next_windows_first_reading() -> None:
+    store = WindowStore(WindowSettings(max_fill=0))
+    ready = feed(store, list(range(0, 8)))  # offsets == slots
+    assert [w.end_ns // S for w in ready] == [3, 5]
+    # next window ends at 7 and starts at slot 4
+    assert store.hold() == {TP: 4}
+
+
+def test_hold_reaches_back_to_the_reading_that_fills_the_first_slot() -> None:
+    store = WindowStore(WindowSettings(max_fill=2))
+    ready = feed(store, [0, 1, 2, 3, 5, 6, 7])  # slot 4 empty, next window starts at 4
+    assert [w.end_ns // S for w in ready] == [3, 5]
+    assert store.hold() == {TP: 3}  # slot 3 (offset 3) fills slot 4
+
+
+def test_restart_from_hold_rebuilds_identical_windows() -> None:
+    slots = [0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13]
+    full = feed(WindowStore(WindowSettings(max_fill=2)), slots)
+    first = WindowStore(WindowSettings(max_fill=2))
+    before = feed(first, slots[:8])
+    hold = first.hold()[TP]
+    restarted = WindowStore(WindowSettings(max_fill=2))
+    restarted.resume_after(first.last_ends())
+    after = feed(restarted, slots[hold:], start_offset=hold)
+    assert [w.end_ns for w in before + after] == [w.end_ns for w in full]
+    for a, b in zip(before + after, full, strict=True):
+        np.testing.assert_array_equal(a.values, b.values)
+
+
+def test_pending_gap_is_held_so_a_restart_sees_it() -> None:
+    store = WindowStore(WindowSettings(max_fill=1))
+    feed(store, [0, 1, 2, 3, 4, 10, 11])
+    assert store.hold() == {TP: 4}  # the reading before the gap
+    feed(store, [12, 13, 14, 15], start_offset=7)
+    assert store.hold()[TP] > 4
+
+
+def test_idle_eviction_releases_hold_and_remembers_last_end() -> None:
+    clock = Clock()
+    store = WindowStore(WindowSettings(idle_eviction_s=60), clock=clock)
+    feed(store, list(range(6)))
+    feed(store, list(range(6)), asset="p2", start_offset=100)
+    clock.now = 30
+    feed(store, [6], asset="p2", start_offset=106)
+    clock.now = 70
+    assert store.evict_idle() == ["p1"]
+    assert len(store) == 1 and store.hold() == {TP: 104}
+    assert store.last_ends()["p1"] == 3 * S
+
+
+def test_drop_partitions_forgets_their_assets() -> None:
+    store = WindowStore(WindowSettings())
+    feed(store, list(range(6)))
+    store.add(Reading("p9", 0, {"a": 1.0}), GEO, ("sensors", 1), 0)
+    assert store.drop_partitions({TP}) == ["p1"]
+    assert len(store) == 1
+
+
+def test_geometry_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="window geometry"):
+        WindowGeometry.of(["a"], period_s=0, window=4, hop=2)

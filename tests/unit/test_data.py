@@ -1,0 +1,249 @@
+"""seqae.data: reading tables, the sampling grid, windows and the robust scaler."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from seqae.data import (
+    DataError,
+    RobustScaler,
+    Series,
+    make_windows,
+    nan_to_mask,
+    read_series,
+    regularize,
+)
+
+T0 = pd.Timestamp("2026-01-01T00:00:00Z")
+
+
+def _frame(n: int = 6) -> pd.DataFrame:
+    ts = [(T0 + pd.Timedelta(seconds=i)).isoformat() for i in range(n)]
+    return pd.DataFrame(
+        {
+            "timestamp": ts,
+            "a": np.arange(n, dtype=float),
+            "b": np.arange(n, dtype=float) * 10,
+            "label": [0] * (n - 1) + [1],
+        }
+    )
+
+
+def _write(tmp_path: Path, text: str, name: str = "d.csv") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_reads_csv_with_timestamp_channels_and_label(tmp_path: Path) -> None:
+    path = tmp_path / "pump-1.csv"
+    _frame().to_csv(path, index=False)
+    s = read_series(path)
+    assert s.channels == ["a", "b"]
+    assert s.values.dtype == np.float32 and s.values.shape == (6, 2)
+    np.testing.assert_array_equal(s.values[:, 1], np.arange(6) * 10)
+    assert s.labels is not None and s.labels.tolist() == [0, 0, 0, 0, 0, 1]
+    assert s.asset == "pump-1"
+    assert s.timestamps[0] == T0.value
+    np.testing.assert_array_equal(np.diff(s.timestamps), 1_000_000_000)
+
+
+def test_reads_parquet(tmp_path: Path) -> None:
+    path = tmp_path / "p.parquet"
+    _frame().to_parquet(path, index=False)
+    s = read_series(path, channels=["b"])
+    assert s.channels == ["b"]
+    assert s.labels is not None and s.labels.sum() == 1
+    assert s.timestamps[0] == T0.value
+
+
+def test_timestamp_column_is_detected_by_name(tmp_path: Path) -> None:
+    path = _write(tmp_path, "x,Datetime,y\n1,2026-01-01 00:00:00,2\n3,2026-01-01 00:00:01,4\n")
+    s = read_series(path)
+    assert s.channels == ["x", "y"]
+    assert s.timestamps[1] - s.timestamps[0] == 1_000_000_000
+
+
+def test_numeric_timestamps_are_epoch_milliseconds(tmp_path: Path) -> None:
+    path = _write(tmp_path, "ts,v\n1795723200125,1.0\n1795723200625,2.0\n")
+    s = read_series(path)
+    assert s.timestamps.tolist() == [1795723200125 * 1_000_000, 1795723200625 * 1_000_000]
+
+
+def test_semicolon_separator_is_sniffed(tmp_path: Path) -> None:
+    # SKAB files: `;`-separated, a `datetime` column, `anomaly` and `changepoint` columns.
+    text = (
+        "datetime;Accelerometer1RMS;Pressure;anomaly;changepoint\n"
+        "2020-03-09 10:14:33;0.0266;0.054;0.0;0.0\n"
+        "2020-03-09 10:14:34;0.0264;0.382;1.0;0.0\n"
+    )
+    s = read_series(_write(tmp_path, text))
+    assert s.channels == ["Accelerometer1RMS", "Pressure"]
+    assert s.labels is not None and s.labels.tolist() == [0, 1]
+    assert read_series(_write(tmp_path, text, "e.csv"), sep=";").channels == s.channels
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, "")
+    with pytest.raises(DataError, match=r"d\.csv.*empty"):
+        read_series(path)
+
+
+def test_header_only_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, "timestamp,a,b\n")
+    with pytest.raises(DataError, match=r"d\.csv.*no rows"):
+        read_series(path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="nope.csv: no such file"):
+        read_series(tmp_path / "nope.csv")
+
+
+def test_missing_channel_names_it(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    _frame().to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"d\.csv: missing channels \['c'\]"):
+        read_series(path, channels=["a", "c"])
+
+
+def test_extra_channel_refused_when_not_allowed(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    _frame().to_csv(path, index=False)
+    assert read_series(path, channels=["a"]).channels == ["a"]
+    with pytest.raises(DataError, match=r"d\.csv: unexpected extra channels \['b'\]"):
+        read_series(path, channels=["a"], allow_extra=False)
+
+
+def test_infinite_value_names_channel_and_row(tmp_path: Path) -> None:
+    frame = _frame()
+    frame.loc[3, "b"] = np.inf
+    path = tmp_path / "d.csv"
+    frame.to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"infinite value in channel 'b' at row 3"):
+        read_series(path)
+
+
+def test_all_nan_channel(tmp_path: Path) -> None:
+    frame = _frame()
+    frame["b"] = np.nan
+    path = tmp_path / "d.csv"
+    frame.to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"channel 'b' has no finite value"):
+        read_series(path)
+
+
+def test_nan_cells_stay_missing_and_become_mask(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "timestamp,a,b\n2026-01-01T00:00:00Z,1,\n2026-01-01T00:00:01Z,,2\n2026-01-01T00:00:02Z,3,4\n",
+    )
+    s = read_series(path)
+    assert np.isnan(s.values[0, 1]) and np.isnan(s.values[1, 0])
+    x, mask = nan_to_mask(s.values[None])
+    assert mask[0].tolist() == [[True, False], [False, True], [True, True]]
+    assert x[0, 0, 1] == 0.0 and x[0, 2, 1] == 4.0
+
+
+def test_duplicate_timestamp(tmp_path: Path) -> None:
+    path = _write(tmp_path, "ts,a\n1000,1\n2000,2\n2000,3\n")
+    with pytest.raises(DataError, match=r"d\.csv: duplicate timestamp at row 2"):
+        read_series(path)
+
+
+def test_backwards_timestamps(tmp_path: Path) -> None:
+    path = _write(tmp_path, "ts,a\n1000,1\n3000,2\n2000,3\n")
+    with pytest.raises(DataError, match=r"d\.csv: timestamps go backwards at row 2"):
+        read_series(path)
+
+
+def test_unparseable_timestamp(tmp_path: Path) -> None:
+    path = _write(tmp_path, "timestamp,a\n2026-01-01T00:00:00Z,1\nyesterday-ish,2\n")
+    with pytest.raises(DataError, match=r"d\.csv: unparseable timestamp 'yesterday-ish'"):
+        read_series(path)
+
+
+def test_no_timestamp_column(tmp_path: Path) -> None:
+    path = _write(tmp_path, "a,b\n1,2\n")
+    with pytest.raises(DataError, match=r"d\.csv: no timestamp column"):
+        read_series(path)
+
+
+def test_non_numeric_cell(tmp_path: Path) -> None:
+    path = _write(tmp_path, "ts,a\n1000,1\n2000,oops\n")
+    with pytest.raises(DataError, match=r"d\.csv: non-numeric value.*oops"):
+        read_series(path)
+
+
+def _series(seconds: list[float], values: list[float], labels: list[int] | None = None) -> Series:
+    ts = (np.asarray(seconds) * 1e9).astype(np.int64)
+    vals = np.asarray(values, np.float32)[:, None]
+    lab = None if labels is None else np.asarray(labels, np.int8)
+    return Series(ts, vals, ["v"], lab, "a")
+
+
+def test_regularize_keeps_last_value_per_slot_and_carries_labels() -> None:
+    s = _series([0.0, 1.2, 1.7, 3.0], [1, 2, 3, 4], [0, 1, 0, 0])
+    g = regularize(s, 1.0, max_fill=0)
+    assert g.timestamps.tolist() == [0, 1_000_000_000, 2_000_000_000, 3_000_000_000]
+    assert g.values[:, 0].tolist()[:2] == [1.0, 3.0]  # slot 1 holds the later sample
+    assert np.isnan(g.values[2, 0])
+    assert g.labels is not None and g.labels.tolist() == [0, 1, 0, 0]
+
+
+def test_regularize_fills_short_gaps_only_up_to_max_fill() -> None:
+    s = _series([0, 1, 4, 5, 12], [1, 2, 5, 6, 13])
+    g = regularize(s, 1.0, max_fill=2)
+    v = g.values[:, 0]
+    assert v[:6].tolist() == [1, 2, 2, 2, 5, 6]  # two empty slots: both filled
+    assert v[6:8].tolist() == [6, 6]  # a longer gap is filled for max_fill slots...
+    assert np.isnan(v[8:12]).all()  # ...and the rest stays missing
+    assert v[12] == 13
+
+
+def test_regularize_rejects_bad_period() -> None:
+    with pytest.raises(DataError, match="period must be positive"):
+        regularize(_series([0, 1], [1, 2]), 0.0)
+
+
+def test_make_windows_shapes_ends_and_hop() -> None:
+    values = np.arange(20, dtype=np.float32).reshape(10, 2)
+    x, ends = make_windows(values, window=4, hop=3)
+    assert x.shape == (3, 4, 2) and x.dtype == np.float32
+    assert ends.tolist() == [3, 6, 9]
+    np.testing.assert_array_equal(x[1], values[3:7])
+    np.testing.assert_array_equal(x[:, -1], values[ends])
+
+
+def test_make_windows_bad_arguments() -> None:
+    with pytest.raises(DataError, match="fewer than one window"):
+        make_windows(np.zeros((3, 1), np.float32), window=4, hop=1)
+    with pytest.raises(DataError, match="hop >= 1"):
+        make_windows(np.zeros((8, 1), np.float32), window=4, hop=0)
+
+
+def test_robust_scaler_ignores_nan_and_floors_constant_channel() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.normal(5.0, 2.0, 4000)
+    a[::7] = np.nan
+    const = np.full(4000, 100.0)
+    values = np.stack([a, const], axis=1).astype(np.float32)
+    sc = RobustScaler.fit(values)
+    assert np.isfinite(sc.center).all() and np.isfinite(sc.scale).all()
+    assert abs(sc.center[0] - 5.0) < 0.15 and abs(sc.scale[0] - 2.0) < 0.15
+    assert sc.center[1] == 100.0 and sc.scale[1] == pytest.approx(0.1)  # 1e-3 * |centre|
+    out = sc.transform(values)
+    assert np.isnan(out[0, 0]) and np.isfinite(out[1]).all()
+    assert np.abs(out[:, 1]).max() == 0.0
+    np.testing.assert_allclose(sc.inverse(out[1:2]), values[1:2], rtol=1e-5)
+    assert RobustScaler.from_dict(sc.to_dict()).scale.tolist() == sc.scale.tolist()
+
+
+def test_robust_scaler_refuses_channel_without_values() -> None:
+    values = np.array([[1.0, np.nan], [2.0, np.nan]], np.float32)
+    with pytest.raises(DataError, match="no finite value"):
+        RobustScaler.fit(values)
