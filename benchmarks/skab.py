@@ -79,6 +79,7 @@ class DetectorSpec:
     smooth: int = 1  # causal moving average of the score over this many rows (1: none)
     stats_fraction: float = 0.5  # share of a calibration span that fits the error statistics
     per_file_calib_rows: int = 100  # per-file protocol: the last rows of the 400 calibrate
+    baseline_scaler: Literal["refit", "center", "train"] = "refit"  # per-asset baselines
 
     def describe(self) -> dict[str, Any]:
         d = asdict(self)
@@ -174,11 +175,11 @@ def calibrate(
     scorer: Scorer,
     rows: np.ndarray,
     spec: DetectorSpec,
-    scaler_from: Baseline | None = None,
+    scaler: RobustScaler | None = None,
 ) -> Baseline:
     """A baseline from normal rows [T, C] in time order: statistics on the first part, the
     threshold on the rest (windows of the two parts share no sample). The scaler is re-fitted
-    on these rows unless `scaler_from` gives one."""
+    on these rows unless one is given."""
     k = int(len(rows) * spec.stats_fraction)
     stats_w, _ = make_windows(rows[:k], spec.window, 1)
     thr_w, _ = make_windows(rows[k:], spec.window, 1)
@@ -188,7 +189,7 @@ def calibrate(
         hop=1,
         score_kind=spec.score_kind,
         policy=spec.policy,
-        scaler=None if scaler_from is None else scaler_from.scaler,
+        scaler=scaler,
         period_s=PERIOD_S,
         split=len(stats_w),
     )
@@ -197,6 +198,16 @@ def calibrate(
         held_out = scorer.score(thr_w, baseline).score.astype(np.float64)
         baseline.threshold = set_threshold(causal_mean(held_out, spec.smooth), spec.policy)
     return baseline
+
+
+def asset_scaler(rows: np.ndarray, trained: RobustScaler, spec: DetectorSpec) -> RobustScaler | None:
+    """The scaler of a per-asset baseline: re-fitted on the asset's rows (None: fit_baseline
+    does it), re-centred only (the training spread kept), or the training scaler."""
+    if spec.baseline_scaler == "refit":
+        return None
+    if spec.baseline_scaler == "center":
+        return RobustScaler(RobustScaler.fit(rows).center, trained.scale)
+    return trained
 
 
 def score_test_rows(
@@ -222,10 +233,34 @@ def train_config(spec: DetectorSpec, seed: int, calib_fraction: float) -> TrainC
     )
 
 
+NetworkCache = dict[tuple[Any, ...], tuple[FittedProfile, float]]
+
+
 def fit_detector(
-    spec: DetectorSpec, normal: Series, seed: int, calib_fraction: float
+    spec: DetectorSpec,
+    normal: Series,
+    seed: int,
+    calib_fraction: float,
+    cache: NetworkCache | None = None,
+    key: str = "",
 ) -> tuple[FittedProfile, float]:
-    """A profile fitted on the first (1 - calib_fraction) of `normal`, and its seconds."""
+    """A profile fitted on the first (1 - calib_fraction) of `normal`, and its seconds.
+
+    Specs that differ only in scoring share one network through `cache` (keyed by `key`,
+    the training data's name, and every setting that changes the network)."""
+    ident = (
+        key,
+        spec.kind,
+        json.dumps(spec.model_cfg, sort_keys=True),
+        spec.window,
+        spec.epochs,
+        spec.batch_size,
+        spec.lr,
+        seed if spec.kind == "lstm" else 0,  # PCA has no randomness
+        calib_fraction,
+    )
+    if cache is not None and ident in cache:
+        return cache[ident]
     started = time.perf_counter()
     fitted = fit_profile(
         [normal],
@@ -240,28 +275,36 @@ def fit_detector(
         policy=spec.policy,
         progress=False,
     )
-    return fitted, time.perf_counter() - started
+    result = (fitted, time.perf_counter() - started)
+    if cache is not None:
+        cache[ident] = result
+    return result
 
 
 # --- protocols ------------------------------------------------------------------------------
 
 
 def run_global(
-    spec: DetectorSpec, seed: int, data: SkabData, names: Sequence[str]
+    spec: DetectorSpec,
+    seed: int,
+    data: SkabData,
+    names: Sequence[str],
+    cache: NetworkCache | None = None,
 ) -> tuple[RunResult, RunResult]:
     """(global, global+baseline) results of one network trained on anomaly-free.csv."""
     calib_fraction = 0.2
-    fitted, seconds = fit_detector(spec, data.normal, seed, calib_fraction)
+    fitted, seconds = fit_detector(spec, data.normal, seed, calib_fraction, cache, "anomaly-free")
     scorer = Scorer(fitted.detector, device="cpu")
     held_out = data.normal.values[int(len(data.normal) * (1.0 - calib_fraction)) :]
     # The training scaler, statistics and threshold from the held-out 20% (as fit_profile does,
     # with a gap between the statistics and threshold windows and the spec's smoothing).
-    default = calibrate(scorer, held_out, spec, scaler_from=fitted.baseline)
+    default = calibrate(scorer, held_out, spec, fitted.baseline.scaler)
     plain, refit = [], []
     for name in names:
         s = data.files[name]
         plain.append(score_test_rows(scorer, s, default, spec, name))
-        own = calibrate(scorer, s.values[:HEAD_ROWS], spec)
+        head = s.values[:HEAD_ROWS]
+        own = calibrate(scorer, head, spec, asset_scaler(head, fitted.baseline.scaler, spec))
         refit.append(score_test_rows(scorer, s, own, spec, name))
     return (
         RunResult(spec.name, "global", seed, seconds, plain),
@@ -269,7 +312,13 @@ def run_global(
     )
 
 
-def run_per_file(spec: DetectorSpec, seed: int, data: SkabData, names: Sequence[str]) -> RunResult:
+def run_per_file(
+    spec: DetectorSpec,
+    seed: int,
+    data: SkabData,
+    names: Sequence[str],
+    cache: NetworkCache | None = None,
+) -> RunResult:
     """One model per file, trained and calibrated on its first 400 rows only."""
     results, seconds = [], 0.0
     calib_fraction = spec.per_file_calib_rows / HEAD_ROWS
@@ -278,11 +327,11 @@ def run_per_file(spec: DetectorSpec, seed: int, data: SkabData, names: Sequence[
             continue
         s = data.files[name]
         head = s.slice(0, HEAD_ROWS)  # fit_profile refuses a head with labelled anomalies
-        fitted, t = fit_detector(spec, head, seed, calib_fraction)
+        fitted, t = fit_detector(spec, head, seed, calib_fraction, cache, name)
         seconds += t
         scorer = Scorer(fitted.detector, device="cpu")
         calib_rows = head.values[HEAD_ROWS - spec.per_file_calib_rows :]
-        baseline = calibrate(scorer, calib_rows, spec, scaler_from=fitted.baseline)
+        baseline = calibrate(scorer, calib_rows, spec, fitted.baseline.scaler)
         results.append(score_test_rows(scorer, s, baseline, spec, name))
     return RunResult(spec.name, "per-file", seed, seconds, results)
 
@@ -300,16 +349,18 @@ def run_protocols(
     if unknown:
         raise BenchmarkError(f"unknown protocols {sorted(unknown)}; expected {PROTOCOLS}")
     names = list(data.files) if names is None else list(names)
-    jobs = [(spec, seed) for spec in specs for seed in seeds]
+    # PCA is deterministic: one seed says all there is.
+    jobs = [(spec, seed) for spec in specs for seed in (seeds if spec.kind == "lstm" else seeds[:1])]
     out: list[RunResult] = []
+    cache: NetworkCache = {}
     bar = tqdm(jobs, desc="skab", unit="run", disable=not progress)
     for spec, seed in bar:
         bar.set_postfix(detector=spec.name, seed=seed)
         if "global" in protocols or "global+baseline" in protocols:
-            plain, refit = run_global(spec, seed, data, names)
+            plain, refit = run_global(spec, seed, data, names, cache)
             out += [r for r in (plain, refit) if r.protocol in protocols]
         if "per-file" in protocols:
-            out.append(run_per_file(spec, seed, data, names))
+            out.append(run_per_file(spec, seed, data, names, cache))
     return out
 
 
@@ -323,7 +374,7 @@ def _concat(files: Sequence[FileScores]) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def file_vus(f: FileScores, cache: dict[tuple[int, str], float]) -> float:
+def file_vus_pr(f: FileScores, cache: dict[tuple[int, str], float]) -> float:
     key = (id(f), f.name)
     if key not in cache:
         cache[key] = vus_pr(f.labels, f.score)
@@ -335,6 +386,7 @@ def summarise(
     subset: str,
     *,
     concat_vus: bool = True,
+    file_vus: bool = True,
     vus_cache: dict[tuple[int, str], float] | None = None,
 ) -> dict[str, float]:
     """SKAB metrics of one run over one subset of files: point-wise over the concatenated test
@@ -351,7 +403,9 @@ def summarise(
     return {
         "vus_pr": report.vus_pr if concat_vus else math.nan,
         "auc_pr": report.auc_pr,
-        "vus_pr_file_mean": float(np.mean([file_vus(f, cache) for f in files])),
+        "vus_pr_file_mean": (
+            float(np.mean([file_vus_pr(f, cache) for f in files])) if file_vus else math.nan
+        ),
         "f1": report.f1,
         "far": report.far,
         "mar": report.mar,

@@ -66,7 +66,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help="override every spec's epochs")
     ap.add_argument("--files", choices=("all", "tuning"), default="all", help="tuning: valve2 only")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR)
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (more can be far slower on a busy machine)"
+    )
     args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
 
     started = time.perf_counter()
     data = load_skab(args.data)

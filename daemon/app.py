@@ -156,15 +156,20 @@ class Daemon:
         self._checkpoint = None
 
     def on_assigned(self, partitions: set[TopicPartitionId]) -> None:
-        # Commits hold back to the first reading of the next window, so a committed position is
-        # already whole-window safe; a partition never committed and read from `latest` starts
-        # one window length back instead.
+        # Commits hold back to the first reading of the next window, so reading on from the
+        # committed offset makes windows whole at once. The consumer keeps its fetch position
+        # for a partition it owned before the rebalance, past readings whose windows were just
+        # dropped, so seek to the committed offset explicitly. A partition never committed and
+        # read from `latest` starts one window length back instead.
         s = self.settings.kafka
-        if self.source is None or not s.seek_back_on_assign or s.auto_offset_reset != "latest":
+        if self.source is None or not s.seek_back_on_assign:
             return
         span_s = max(p.geometry.window * p.geometry.period_ns / 1e9 for p in self.profiles)
         for tp in partitions:
-            if self.source.committed(tp) is None:
+            committed = self.source.committed(tp)
+            if committed is not None:
+                self.source.seek(tp, committed)
+            elif s.auto_offset_reset == "latest":
                 self.source.seek_to_time(tp, int((time.time() - span_s) * 1000))
 
     # -- the loop ----------------------------------------------------------------------------

@@ -101,12 +101,16 @@ class AssetBaselines:
         time_ns: int,
         window: np.ndarray,
         shifted: bool,
+        own_baseline: bool = True,
     ) -> tuple[ScoreState, ShiftEvent | None]:
-        """Account for one scored window; returns its state and a shift event if one began/ended."""
+        """Account for one scored window; returns its state and a shift event if one began/ended.
+        `own_baseline` is False when the window was scored with the model's default."""
         if self._s.mode == "model":
             entry = self._assets.setdefault((profile, asset), _AssetCalibration(version))
         else:
             entry = self._entry(profile, version, asset)
+            if entry.baseline is not None and not own_baseline:
+                return "calibrating", None  # fitted earlier in this same batch
             if entry.baseline is None:
                 entry.warmup.append(window)
                 entry.dirty = True

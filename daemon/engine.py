@@ -110,10 +110,8 @@ class ScoredWindow:
             "gap": bool(self.gap),
         }
         for name, err in zip(self.channels, self.errors, strict=True):
-            if math.isfinite(float(err)):
+            if math.isfinite(float(err)):  # a channel with no observed sample has no error
                 fields[f"err_{name}"] = float(err)
-        if not math.isfinite(fields["score"]):  # type: ignore[arg-type]
-            fields["score"] = -1.0  # no observed sample at all; kept visible, never anomalous
         tags = {"asset": self.asset, "profile": self.profile, "model_version": self.version}
         return Point("seqae_score", tags, fields, self.end_ns)
 
@@ -215,6 +213,7 @@ class ScoringEngine:
                 w.end_ns,
                 w.values,
                 bool(result.shifted[i]),
+                own_baseline=baselines[i] is not lp.baseline,
             )
             if shift is not None:
                 out.shifts.append(shift)

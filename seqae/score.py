@@ -37,6 +37,19 @@ class ScoreBatch:
     latent: np.ndarray  # float32 [N] contribution of the latent feature (PCA T²), else 0
 
 
+ALL = slice(None)  # the index of every window, for a batch scored with one baseline
+
+
+def _group(baselines: Sequence[Baseline]) -> tuple[dict[int, Any], dict[int, Baseline]]:
+    """Window indices per distinct baseline (by identity), and the baselines themselves."""
+    groups: dict[int, Any] = {}
+    unique: dict[int, Baseline] = {}
+    for i, b in enumerate(baselines):
+        groups.setdefault(id(b), []).append(i)
+        unique[id(b)] = b
+    return groups, unique
+
+
 def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -53,6 +66,8 @@ class Scorer:
         self.detector.compact()
         self.batch_size = batch_size
         self.has_latent = hasattr(self.detector, "latent_distance")
+        first = next(iter(self.detector.parameters()), None)
+        self.dtype = first.dtype if first is not None else torch.float32
         self.has_channel_errors = hasattr(self.detector, "channel_errors")
 
     @torch.inference_mode()
@@ -71,7 +86,7 @@ class Scorer:
         if not parts:
             n_features = mask.shape[-1] + int(self.has_latent)
             return torch.zeros(0, n_features, device=x.device)
-        return torch.cat(parts)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def features(self, windows: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
         """Error features [N, F] of raw windows [N, W, C] (NaN = missing), scaled by center and
@@ -80,9 +95,11 @@ class Scorer:
         scale = np.asarray(scale, np.float32)
         if center.ndim == 2:
             center, scale = center[:, None, :], scale[:, None, :]
-        scaled = (windows - center) / scale
+        # One new array, scaled and zero-filled in place: the model input is built once.
+        scaled = np.subtract(windows, center, dtype=np.float32)
+        scaled /= scale
         mask = ~np.isnan(scaled)
-        scaled = np.where(mask, scaled, 0.0).astype(np.float32)
+        np.copyto(scaled, 0.0, where=~mask)
         x = torch.from_numpy(scaled).to(self.device)
         m = torch.from_numpy(mask).to(self.device)
         return self.features_scaled(x, m).float().cpu().numpy().astype(np.float64)
@@ -91,14 +108,14 @@ class Scorer:
         """Score raw windows [N, W, C]; `baselines` is one for all windows or one per window."""
         n = len(windows)
         if isinstance(baselines, Baseline):
-            baselines = [baselines] * n
+            # One baseline for the whole batch: no per-window bookkeeping, no gathers.
+            feats = self.features(windows, baselines.center, baselines.scale)
+            return self.finish(
+                feats, windows, [baselines], {id(baselines): ALL}, {id(baselines): baselines}
+            )
         if len(baselines) != n:
             raise ValueError(f"{n} windows but {len(baselines)} baselines")
-        groups: dict[int, list[int]] = {}
-        unique: dict[int, Baseline] = {}
-        for i, b in enumerate(baselines):
-            groups.setdefault(id(b), []).append(i)
-            unique[id(b)] = b
+        groups, unique = _group(baselines)
         center = np.empty((n, windows.shape[2]), np.float32)
         scale = np.empty_like(center)
         for key, idx in groups.items():
@@ -111,22 +128,20 @@ class Scorer:
         feats: np.ndarray,
         windows: np.ndarray,
         baselines: Sequence[Baseline],
-        groups: dict[int, list[int]] | None = None,
+        groups: dict[int, Any] | None = None,
         unique: dict[int, Baseline] | None = None,
     ) -> ScoreBatch:
         """Turn error features into scores with each window's baseline."""
         n, c = windows.shape[0], windows.shape[2]
         if groups is None or unique is None:
-            groups, unique = {}, {}
-            for i, b in enumerate(baselines):
-                groups.setdefault(id(b), []).append(i)
-                unique[id(b)] = b
+            groups, unique = _group(baselines)
         score = np.empty(n, np.float32)
         threshold = np.empty(n, np.float32)
         contrib = np.empty((n, feats.shape[1]), np.float32)
         shifted = np.empty(n, bool)
         for key, idx in groups.items():
             b = unique[key]
+            # A slice (the one-baseline case) selects without copying; a list gathers.
             score[idx], contrib[idx] = b.scores(feats[idx])
             threshold[idx] = b.threshold
             shifted[idx] = b.shifted(windows[idx])

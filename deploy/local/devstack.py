@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Start and stop real Apache Kafka, InfluxDB 1.x and VictoriaMetrics on loopback.
+"""Start and stop real Apache Kafka, InfluxDB 1.6, InfluxDB 1.8 and VictoriaMetrics on loopback.
 
     python deploy/local/devstack.py up [--export]   start (or reuse) the servers, print env lines
     python deploy/local/devstack.py status          show what runs
@@ -7,10 +7,12 @@
     python deploy/local/devstack.py down [--purge]  stop what `up` started, remove its data
 
 Kafka comes from Maven Central (org.apache.kafka:kafka_2.13, resolved with Maven into
-$SEQAE_CACHE); InfluxDB 1.x (v1 API) and VictoriaMetrics (InfluxDB v2 write API) come from
-Debian's `influxdb` and `victoria-metrics` packages. Every server runs in its own process
-session with its own config, data directory and log file under $SEQAE_DEV_HOME. Only pids
-recorded in state.json (and still matching their recorded start time) are ever signalled.
+$SEQAE_CACHE); InfluxDB 1.6 (v1 API) and VictoriaMetrics (accepts the InfluxDB v2 write API)
+from Debian's `influxdb` and `victoria-metrics` packages; InfluxDB 1.8 (a real InfluxDB serving
+the v2 write and Flux query API) is built with `go install` from the Go module proxy into
+$SEQAE_CACHE. Every server runs in its own process session with its own config, data
+directory and log file under $SEQAE_DEV_HOME, on 127.0.0.1 ports set by SEQAE_DEV_*_PORT.
+Only pids recorded in state.json (and still matching their recorded start time) are signalled.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ DEBIAN_PACKAGES = {
 }
 READY_TOPIC = "seqae-devstack-ready"
 INFLUX_DATABASE = "seqae"
+INFLUXDB18_VERSION = os.environ.get("SEQAE_INFLUXDB18_VERSION", "1.8.10")
 VM_BUCKET = "seqae"
 VM_ORG = "seqae"
 VM_TOKEN = "devstack"  # VictoriaMetrics runs without auth; influxdb-client wants some token.
@@ -89,6 +92,8 @@ class Ports:
     kafka_controller: int
     influx_http: int
     influx_rpc: int
+    influx18_http: int
+    influx18_rpc: int
     victoria: int
 
 
@@ -109,6 +114,8 @@ def load_ports() -> Ports:
         kafka_controller=env_port("SEQAE_DEV_KAFKA_CONTROLLER_PORT", 19093),
         influx_http=env_port("SEQAE_DEV_INFLUX_PORT", 18086),
         influx_rpc=env_port("SEQAE_DEV_INFLUX_RPC_PORT", 18088),
+        influx18_http=env_port("SEQAE_DEV_INFLUX18_PORT", 18087),
+        influx18_rpc=env_port("SEQAE_DEV_INFLUX18_RPC_PORT", 18089),
         victoria=env_port("SEQAE_DEV_VM_PORT", 18428),
     )
     values = list(vars(ports).values())
@@ -504,16 +511,55 @@ def ensure_debian_packages(paths: Paths, binaries: dict[str, str]) -> None:
         raise DevstackError(f"after apt-get install, still missing: {', '.join(still)}")
 
 
-# --- InfluxDB 1.x ---------------------------------------------------------------------------
+# --- InfluxDB 1.x: Debian's 1.6 (v1 API) and 1.8 built from the Go module proxy (v2 API) ------
 
 
-def influx_config(paths: Paths, ports: Ports) -> Path:
-    d = paths.service_dir("influxdb")
+def ensure_influxdb18(paths: Paths) -> Path:
+    """Build influxd 1.8 (pure Go, no libflux) with `go install` into the cache."""
+    binary = paths.cache / "influxdb" / INFLUXDB18_VERSION / "bin" / "influxd"
+    if binary.exists():
+        return binary
+    go = shutil.which("go") or (
+        "/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None
+    )
+    if go is None:
+        raise DevstackError(
+            "the Go toolchain (go) is needed to build InfluxDB 1.8; install Go first"
+        )
+    log = paths.log_file("go-build")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    module = f"github.com/influxdata/influxdb/cmd/influxd@v{INFLUXDB18_VERSION}"
+    say(f"influxdb18: building {module} with go install (log {log}); minutes on a cold cache")
+    env = dict(
+        os.environ,
+        GOBIN=str(binary.parent),
+        GOFLAGS="-buildvcs=false",
+        GOTOOLCHAIN="local",
+        CGO_ENABLED="0",
+    )
+    ldflags = f"-ldflags=-X main.version={INFLUXDB18_VERSION} -X main.branch=go-module-proxy"
+    with log.open("wb") as out:
+        rc = subprocess.call(
+            [go, "install", ldflags, module],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+    if rc != 0 or not binary.exists():
+        raise DevstackError(
+            f"go install {module} failed (exit {rc}); tail of {log}:\n{log_tail(log)}"
+        )
+    return binary
+
+
+def influx_config(d: Path, http_port: int, rpc_port: int, flux: bool) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     cfg = d / "influxdb.conf"
+    # flux-enabled is unknown to 1.6 (ignored) and serves /api/v2/query on 1.8.
     cfg.write_text(
         f"""reporting-disabled = true
-bind-address = "127.0.0.1:{ports.influx_rpc}"
+bind-address = "127.0.0.1:{rpc_port}"
 
 [meta]
   dir = "{d / "meta"}"
@@ -525,9 +571,10 @@ bind-address = "127.0.0.1:{ports.influx_rpc}"
 
 [http]
   enabled = true
-  bind-address = "127.0.0.1:{ports.influx_http}"
+  bind-address = "127.0.0.1:{http_port}"
   auth-enabled = false
   log-enabled = false
+  flux-enabled = {"true" if flux else "false"}
 
 [logging]
   level = "info"
@@ -542,27 +589,48 @@ bind-address = "127.0.0.1:{ports.influx_rpc}"
     return cfg
 
 
-def start_influxdb(paths: Paths, ports: Ports) -> dict[str, Any]:
-    claim_port("influxdb", ports.influx_http, "SEQAE_DEV_INFLUX_PORT")
-    claim_port("influxdb rpc", ports.influx_rpc, "SEQAE_DEV_INFLUX_RPC_PORT")
-    cfg = influx_config(paths, ports)
-    log = paths.log_file("influxdb")
-    influxd = shutil.which("influxd") or "/usr/bin/influxd"
-    pid = spawn([influxd, "run", "-config", str(cfg)], log, cwd=cfg.parent)
+def launch_influxd(
+    paths: Paths, name: str, binary: Path, http_port: int, rpc_port: int, flux: bool
+) -> dict[str, Any]:
+    d = paths.service_dir(name)
+    cfg = influx_config(d, http_port, rpc_port, flux)
+    log = paths.log_file(name)
+    pid = spawn([str(binary), "run", "-config", str(cfg)], log, cwd=d)
     return {
         "pid": pid,
         "start_time": proc_start_time(pid),
-        "port": ports.influx_http,
-        "rpc_port": ports.influx_rpc,
-        "endpoint": f"http://127.0.0.1:{ports.influx_http}",
+        "port": http_port,
+        "rpc_port": rpc_port,
+        "endpoint": f"http://127.0.0.1:{http_port}",
         "database": INFLUX_DATABASE,
-        "data_dir": str(paths.service_dir("influxdb")),
+        "data_dir": str(d),
         "log": str(log),
     }
 
 
-def influx_round_trip(url: str) -> bool:
-    """CREATE DATABASE, write one point through /write and read it back through /query."""
+def start_influxdb(paths: Paths, ports: Ports) -> dict[str, Any]:
+    claim_port("influxdb", ports.influx_http, "SEQAE_DEV_INFLUX_PORT")
+    claim_port("influxdb rpc", ports.influx_rpc, "SEQAE_DEV_INFLUX_RPC_PORT")
+    binary = Path(shutil.which("influxd") or "/usr/bin/influxd")
+    return launch_influxd(paths, "influxdb", binary, ports.influx_http, ports.influx_rpc, False)
+
+
+def start_influxdb18(paths: Paths, ports: Ports) -> dict[str, Any]:
+    binary = ensure_influxdb18(paths)
+    claim_port("influxdb18", ports.influx18_http, "SEQAE_DEV_INFLUX18_PORT")
+    claim_port("influxdb18 rpc", ports.influx18_rpc, "SEQAE_DEV_INFLUX18_RPC_PORT")
+    record = launch_influxd(
+        paths, "influxdb18", binary, ports.influx18_http, ports.influx18_rpc, True
+    )
+    # The v2 compatibility API: bucket is "database/retention-policy", org is ignored,
+    # token is "user:password" (empty here: auth is off).
+    record.update(
+        version=INFLUXDB18_VERSION, bucket=f"{INFLUX_DATABASE}/autogen", org="-", token=":"
+    )
+    return record
+
+
+def create_database(url: str) -> bool:
     status, _ = http("GET", f"{url}/ping")
     if status != 204:
         return False
@@ -570,17 +638,44 @@ def influx_round_trip(url: str) -> bool:
     status, body = http("POST", f"{url}/query?{q}")
     if status != 200:
         raise DevstackError(f"CREATE DATABASE answered {status}: {body[:200]!r}")
-    ts = time.time_ns()
-    token = uuid.uuid4().hex
-    line = f'devstack_ready,check=up token="{token}" {ts}'.encode()
-    status, body = http("POST", f"{url}/write?db={INFLUX_DATABASE}&precision=ns", line)
-    if status != 204:
-        raise DevstackError(f"/write answered {status}: {body[:200]!r}")
+    return True
+
+
+def influxql_has(url: str, ts: int, token: str) -> bool:
     q = urllib.parse.urlencode(
         {"db": INFLUX_DATABASE, "q": f"SELECT token FROM devstack_ready WHERE time = {ts}"}
     )
     status, body = http("GET", f"{url}/query?{q}")
     return status == 200 and token in body.decode()
+
+
+def influx_round_trip(url: str) -> bool:
+    """CREATE DATABASE, write one point through /write and read it back through /query."""
+    if not create_database(url):
+        return False
+    ts, token = time.time_ns(), uuid.uuid4().hex
+    line = f'devstack_ready,check=up token="{token}" {ts}'.encode()
+    status, body = http("POST", f"{url}/write?db={INFLUX_DATABASE}&precision=ns", line)
+    if status != 204:
+        raise DevstackError(f"/write answered {status}: {body[:200]!r}")
+    return influxql_has(url, ts, token)
+
+
+def influx_v2_round_trip(record: dict[str, Any]) -> bool:
+    """CREATE DATABASE, write one point through /api/v2/write, read it back through /query."""
+    url = record["endpoint"]
+    if not create_database(url):
+        return False
+    ts, token = time.time_ns(), uuid.uuid4().hex
+    line = f'devstack_ready,check=up token="{token}" {ts}'.encode()
+    q = urllib.parse.urlencode(
+        {"org": record["org"], "bucket": record["bucket"], "precision": "ns"}
+    )
+    auth = {"Authorization": f"Token {record['token']}"}
+    status, body = http("POST", f"{url}/api/v2/write?{q}", line, auth)
+    if status != 204:
+        raise DevstackError(f"/api/v2/write answered {status}: {body[:200]!r}")
+    return influxql_has(url, ts, token)
 
 
 # --- VictoriaMetrics (InfluxDB v2 write API) -----------------------------------------------
@@ -660,6 +755,7 @@ class Service:
 SERVICES = [
     Service("kafka", start_kafka, lambda r: kafka_round_trip(r["endpoint"]), 120),
     Service("influxdb", start_influxdb, lambda r: influx_round_trip(r["endpoint"]), 60),
+    Service("influxdb18", start_influxdb18, influx_v2_round_trip, 60),
     Service("victoria-metrics", start_victoria, lambda r: victoria_round_trip(r["endpoint"]), 60),
 ]
 
@@ -670,6 +766,8 @@ def env_lines(state: dict[str, Any], export: bool) -> list[str]:
         "SEQAE_TEST_KAFKA": s["kafka"]["endpoint"],
         "SEQAE_TEST_INFLUX_V1": s["influxdb"]["endpoint"],
         "SEQAE_TEST_INFLUX_V1_DB": s["influxdb"]["database"],
+        "SEQAE_TEST_INFLUXDB18": s["influxdb18"]["endpoint"],
+        "SEQAE_TEST_INFLUXDB18_BUCKET": s["influxdb18"]["bucket"],
         "SEQAE_TEST_INFLUX_V2": s["victoria-metrics"]["endpoint"],
         "SEQAE_TEST_INFLUX_V2_ORG": s["victoria-metrics"]["org"],
         "SEQAE_TEST_INFLUX_V2_BUCKET": s["victoria-metrics"]["bucket"],

@@ -1,8 +1,9 @@
 """Session fixtures for the real servers started by deploy/local/devstack.py.
 
-`devstack.py up` starts Apache Kafka, InfluxDB 1.x and VictoriaMetrics on loopback, or reuses
-the ones already running (for instance those `.ci/run` started). A server that cannot start
-is a test error carrying the tail of its log, never a skip.
+`devstack.py up` starts Apache Kafka, InfluxDB 1.6 (Debian), InfluxDB 1.8 (built from the Go
+module proxy) and VictoriaMetrics on loopback, or reuses the ones already running (for
+instance those `.ci/run` started). A server that cannot start is a test error carrying the
+tail of its log, never a skip.
 """
 
 from __future__ import annotations
@@ -104,13 +105,10 @@ def influx_v2(devstack_env: dict[str, str]) -> InfluxV2:
     )
 
 
-@pytest.fixture(scope="session")
-def influx_v1_query(influx_v1: InfluxV1) -> Callable[[str], list[dict[str, Any]]]:
-    """Run an InfluxQL query (epoch=ns); return the `series` of its first statement."""
-
+def influxql_runner(url: str, database: str) -> Callable[[str], list[dict[str, Any]]]:
     def query(q: str) -> list[dict[str, Any]]:
-        params = urllib.parse.urlencode({"db": influx_v1.database, "q": q, "epoch": "ns"})
-        status, body = http_request("GET", f"{influx_v1.url}/query?{params}")
+        params = urllib.parse.urlencode({"db": database, "q": q, "epoch": "ns"})
+        status, body = http_request("GET", f"{url}/query?{params}")
         if status != 200:
             raise AssertionError(f"InfluxQL {q!r} answered {status}: {body[:300]!r}")
         result = json.loads(body)["results"][0]
@@ -120,6 +118,29 @@ def influx_v1_query(influx_v1: InfluxV1) -> Callable[[str], list[dict[str, Any]]
         return series
 
     return query
+
+
+@pytest.fixture(scope="session")
+def influx_v1_query(influx_v1: InfluxV1) -> Callable[[str], list[dict[str, Any]]]:
+    """Run an InfluxQL query (epoch=ns) on InfluxDB 1.6; return its first statement's series."""
+    return influxql_runner(influx_v1.url, influx_v1.database)
+
+
+@pytest.fixture(scope="session")
+def influxdb18_v2(devstack_env: dict[str, str]) -> InfluxV2:
+    """A real InfluxDB 1.8 through its v2 compatibility API (write and Flux query)."""
+    return InfluxV2(
+        url=devstack_env["SEQAE_TEST_INFLUXDB18"],
+        token=":",  # "user:password"; auth is off
+        org="-",  # ignored by 1.8
+        bucket=devstack_env["SEQAE_TEST_INFLUXDB18_BUCKET"],  # "database/retention-policy"
+    )
+
+
+@pytest.fixture(scope="session")
+def influxdb18_query(influxdb18_v2: InfluxV2) -> Callable[[str], list[dict[str, Any]]]:
+    """Run an InfluxQL query (epoch=ns) on InfluxDB 1.8; return its first statement's series."""
+    return influxql_runner(influxdb18_v2.url, influxdb18_v2.bucket.split("/")[0])
 
 
 @pytest.fixture(scope="session")

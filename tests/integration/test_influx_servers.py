@@ -1,5 +1,6 @@
-"""Points written through the InfluxDB v2 API (influxdb-client -> VictoriaMetrics) and the v1
-HTTP API (-> InfluxDB 1.x), read back with their tags, fields and timestamps."""
+"""Points written through the InfluxDB v2 API (influxdb-client -> InfluxDB 1.8 and
+VictoriaMetrics) and the v1 HTTP API (-> InfluxDB 1.6), read back with their tags, fields and
+timestamps."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -73,6 +75,47 @@ def test_v2_write_through_influxdb_client_reads_back(
     for r in rows:
         assert r["metric"]["profile"] == "pump"
         assert r["metric"]["model_version"] == "v3"
+
+
+def test_v2_write_and_flux_query_through_influxdb_client_on_influxdb18(
+    influxdb18_v2: InfluxV2, influxdb18_query: Callable[[str], list[dict[str, Any]]]
+) -> None:
+    measurement = f"it_alert_{uuid.uuid4().hex[:8]}"
+    t0 = T0_NS + 7  # a real InfluxDB keeps nanoseconds
+    point = (
+        Point(measurement)
+        .tag("asset", "pump-7")
+        .tag("profile", "pump")
+        .tag("severity", "major")
+        .field("state", "open")
+        .field("score", 2.5)
+        .field("duration_s", 0)
+        .field("anomalous", True)
+        .time(t0, WritePrecision.NS)
+    )
+    with InfluxDBClient(
+        url=influxdb18_v2.url, token=influxdb18_v2.token, org=influxdb18_v2.org
+    ) as client:
+        client.write_api(write_options=SYNCHRONOUS).write(bucket=influxdb18_v2.bucket, record=point)
+        tables = client.query_api().query(
+            f'from(bucket: "{influxdb18_v2.bucket}") |> range(start: 2026-01-01T00:00:00Z)'
+            f' |> filter(fn: (r) => r._measurement == "{measurement}")'
+        )
+    records = [r.values for t in tables for r in t.records]
+    assert {r["_field"]: r["_value"] for r in records} == {
+        "state": "open",
+        "score": 2.5,
+        "duration_s": 0,
+        "anomalous": True,
+    }
+    for r in records:
+        assert (r["asset"], r["profile"], r["severity"]) == ("pump-7", "pump", "major")
+        # Python datetimes stop at microseconds; the exact nanoseconds are checked below.
+        assert r["_time"] == datetime(2026, 11, 26, 20, 0, 0, 125000, tzinfo=UTC)
+
+    (series,) = influxdb18_query(f'SELECT * FROM "{measurement}" GROUP BY *')
+    assert series["values"] == [[t0, True, 0, 2.5, "open"]]
+    assert series["columns"] == ["time", "anomalous", "duration_s", "score", "state"]
 
 
 def test_v1_http_write_reads_back_exact_nanoseconds(

@@ -75,7 +75,9 @@ def saved(tmp_path: Path) -> tuple[Path, Path]:
 def _rewrite_checksum(version_dir: Path) -> None:
     meta_path = version_dir / "model.json"
     meta = json.loads(meta_path.read_text())
-    meta["weights_sha256"] = hashlib.sha256((version_dir / "weights.safetensors").read_bytes()).hexdigest()
+    meta["weights_sha256"] = hashlib.sha256(
+        (version_dir / "weights.safetensors").read_bytes()
+    ).hexdigest()
     meta_path.write_text(json.dumps(meta))
 
 
@@ -94,7 +96,9 @@ def test_round_trip_gives_identical_scores(saved: tuple[Path, Path]) -> None:
 
 def test_pca_round_trip(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    detector = PCADetector(PCAConfig(3, WINDOW)).fit(rng.normal(0, 1, (100, WINDOW, 3)).astype(np.float32))
+    detector = PCADetector(PCAConfig(3, WINDOW)).fit(
+        rng.normal(0, 1, (100, WINDOW, 3)).astype(np.float32)
+    )
     version = save_model(tmp_path, "pca", detector, _baseline(), _meta("pca"))
     lp = load_profile(tmp_path, "pca", version)
     assert lp.detector.cfg.n_components == detector.cfg.n_components
@@ -221,9 +225,14 @@ def test_pickle_weights_are_refused_without_being_unpickled(
 def test_tensors_of_the_wrong_shape(saved: tuple[Path, Path]) -> None:
     root, vdir = saved
     bigger = SequenceAutoencoder(ModelConfig(3, WINDOW, hidden_size=16, latent_size=4))
-    save_file({k: v.contiguous() for k, v in bigger.state_dict().items()}, str(vdir / "weights.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in bigger.state_dict().items()},
+        str(vdir / "weights.safetensors"),
+    )
     _rewrite_checksum(vdir)
-    with pytest.raises(ArtifactError, match=r"weights\.safetensors: tensors do not fit the architecture"):
+    with pytest.raises(
+        ArtifactError, match=r"weights\.safetensors: tensors do not fit the architecture"
+    ):
         load_profile(root, "pumps")
 
 
@@ -239,7 +248,9 @@ def test_missing_tensor(saved: tuple[Path, Path]) -> None:
 
 def test_expect_channels_mismatch(saved: tuple[Path, Path]) -> None:
     root, _ = saved
-    with pytest.raises(ArtifactError, match=r"model channels \['pressure', 'flow', 'temp'\] do not match"):
+    with pytest.raises(
+        ArtifactError, match=r"model channels \['pressure', 'flow', 'temp'\] do not match"
+    ):
         load_profile(root, "pumps", expect_channels=["pressure", "flow"])
 
 

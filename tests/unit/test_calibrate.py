@@ -47,7 +47,9 @@ def pca_scorer() -> tuple[Scorer, RobustScaler]:
 def test_quantile_threshold() -> None:
     scores = np.arange(1001, dtype=np.float64)
     assert set_threshold(scores, ThresholdPolicy(quantile=0.99)) == pytest.approx(990.0)
-    assert set_threshold(scores, ThresholdPolicy(quantile=0.99, margin=2.0)) == pytest.approx(1980.0)
+    assert set_threshold(scores, ThresholdPolicy(quantile=0.99, margin=2.0)) == pytest.approx(
+        1980.0
+    )
 
 
 def test_pot_on_exponential_tail_finds_the_level() -> None:

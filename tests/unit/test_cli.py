@@ -34,9 +34,19 @@ def plant(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cli")
     r = run("synth", root / "history", "--assets", "1", "--samples", "1500", "--normal")
     assert r.exit_code == 0, r.output
-    r = run("synth", root / "test", "--assets", "2", "--samples", "900", "--seed", "1", "--healthy", "0")
+    r = run(
+        "synth", root / "test", "--assets", "2", "--samples", "900", "--seed", "1", "--healthy", "0"
+    )
     assert r.exit_code == 0, r.output
-    r = run("train", root / "history" / "pump-1.csv", "--profile", "pumps", "--models", root / "models", *TINY)
+    r = run(
+        "train",
+        root / "history" / "pump-1.csv",
+        "--profile",
+        "pumps",
+        "--models",
+        root / "models",
+        *TINY,
+    )
     assert r.exit_code == 0, r.output
     assert "saved pumps/v0001 (lstm" in r.output and "threshold" in r.output
     return root
@@ -53,7 +63,16 @@ def test_synth_writes_a_plant(plant: Path) -> None:
 
 def test_score_writes_the_documented_columns(plant: Path) -> None:
     out = plant / "scores.csv"
-    r = run("score", plant / "test" / "pump-1.csv", "--profile", "pumps", "--models", plant / "models", "--out", out)
+    r = run(
+        "score",
+        plant / "test" / "pump-1.csv",
+        "--profile",
+        "pumps",
+        "--models",
+        plant / "models",
+        "--out",
+        out,
+    )
     assert r.exit_code == 0, r.output
     frame = pd.read_csv(out)
     expected = ["window_end", "score", "threshold", "anomalous", "shifted"]
@@ -83,22 +102,45 @@ def test_evaluate_writes_report_and_plots(plant: Path) -> None:
 def test_calibrate_writes_an_asset_baseline_used_by_score(plant: Path) -> None:
     models = plant / "models"
     data = plant / "history" / "pump-1.csv"
-    r = run("calibrate", data, "--profile", "pumps", "--asset", "pump-7", "--models", models, "--rows", "600")
+    r = run(
+        "calibrate",
+        data,
+        "--profile",
+        "pumps",
+        "--asset",
+        "pump-7",
+        "--models",
+        models,
+        "--rows",
+        "600",
+    )
     assert r.exit_code == 0, r.output
     stored = json.loads((models / "pumps" / "baselines" / "pump-7.json").read_text())
     assert stored["asset"] == "pump-7" and stored["model_version"] == "v0001"
     threshold = stored["baseline"]["threshold"]
     assert f"threshold {threshold:.4g}" in r.output
     out = plant / "asset_scores.csv"
-    r = run("score", data, "--profile", "pumps", "--models", models, "--asset", "pump-7", "--out", out)
+    r = run(
+        "score", data, "--profile", "pumps", "--models", models, "--asset", "pump-7", "--out", out
+    )
     assert r.exit_code == 0, r.output
     assert pd.read_csv(out)["threshold"].iloc[0] == pytest.approx(threshold, rel=1e-6)
 
 
 def test_calibrate_refuses_too_little_data(plant: Path) -> None:
     line = user_error(
-        run("calibrate", plant / "history" / "pump-1.csv", "--profile", "pumps", "--asset", "x",
-            "--models", plant / "models", "--rows", "30")
+        run(
+            "calibrate",
+            plant / "history" / "pump-1.csv",
+            "--profile",
+            "pumps",
+            "--asset",
+            "x",
+            "--models",
+            plant / "models",
+            "--rows",
+            "30",
+        )
     )
     assert "calibration windows are too few" in line
 
@@ -107,7 +149,19 @@ def test_models_list_show_promote_rollback(plant: Path, tmp_path: Path) -> None:
     models = tmp_path / "models"
     data = plant / "history" / "pump-1.csv"
     for extra in ([], ["--no-promote"]):
-        r = run("train", data, "--profile", "p", "--models", models, "--kind", "pca", "--window", "10", *extra)
+        r = run(
+            "train",
+            data,
+            "--profile",
+            "p",
+            "--models",
+            models,
+            "--kind",
+            "pca",
+            "--window",
+            "10",
+            *extra,
+        )
         assert r.exit_code == 0, r.output
     listing = run("models", "list", "--models", models).output.splitlines()
     assert len(listing) == 2
@@ -116,21 +170,39 @@ def test_models_list_show_promote_rollback(plant: Path, tmp_path: Path) -> None:
     shown = json.loads(run("models", "show", "p", "--models", models).output)
     assert shown["format"] == "seqae-model/1" and shown["channels"] == CHANNELS
     assert shown["baseline"]["threshold"] > 0 and "precision" not in shown["baseline"]
-    assert run("models", "promote", "p", "v0002", "--models", models).output.strip() == "p: serving v0002"
+    assert (
+        run("models", "promote", "p", "v0002", "--models", models).output.strip()
+        == "p: serving v0002"
+    )
     assert (models / "p" / "CURRENT").read_text().strip() == "v0002"
     assert run("models", "rollback", "p", "--models", models).output.strip() == "p: serving v0001"
     (models / "p" / "v0002" / "model.json").write_text("{")
     listing = run("models", "list", "--models", models).output.splitlines()
     assert listing[1].startswith("  p/v0002  unreadable: ") and "not valid JSON" in listing[1]
-    assert "no earlier promoted version" in user_error(run("models", "rollback", "p", "--models", models))
-    assert "has no version 'v0042'" in user_error(run("models", "promote", "p", "v0042", "--models", models))
+    assert "no earlier promoted version" in user_error(
+        run("models", "rollback", "p", "--models", models)
+    )
+    assert "has no version 'v0042'" in user_error(
+        run("models", "promote", "p", "v0042", "--models", models)
+    )
 
 
 def test_score_missing_channel_is_a_one_line_error(plant: Path, tmp_path: Path) -> None:
     frame = pd.read_csv(plant / "test" / "pump-1.csv").drop(columns=["flow"])
     path = tmp_path / "no_flow.csv"
     frame.to_csv(path, index=False)
-    line = user_error(run("score", path, "--profile", "pumps", "--models", plant / "models", "--out", tmp_path / "o.csv"))
+    line = user_error(
+        run(
+            "score",
+            path,
+            "--profile",
+            "pumps",
+            "--models",
+            plant / "models",
+            "--out",
+            tmp_path / "o.csv",
+        )
+    )
     assert "no_flow.csv: missing channels ['flow']" in line
     assert not (tmp_path / "o.csv").exists()
 
@@ -144,7 +216,18 @@ def test_train_bad_input_is_a_one_line_error(tmp_path: Path) -> None:
 
 def test_corrupt_model_is_a_one_line_error(plant: Path, tmp_path: Path) -> None:
     models = tmp_path / "models"
-    r = run("train", plant / "history" / "pump-1.csv", "--profile", "p", "--models", models, "--kind", "pca", "--window", "10")
+    r = run(
+        "train",
+        plant / "history" / "pump-1.csv",
+        "--profile",
+        "p",
+        "--models",
+        models,
+        "--kind",
+        "pca",
+        "--window",
+        "10",
+    )
     assert r.exit_code == 0, r.output
     weights = models / "p" / "v0001" / "weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:-7])

@@ -100,7 +100,7 @@ def test_header_only_file(tmp_path: Path) -> None:
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="nope.csv: no such file"):
+    with pytest.raises(DataError, match=r"nope\.csv: no such file"):
         read_series(tmp_path / "nope.csv")
 
 

@@ -95,7 +95,11 @@ def test_training_reduces_loss_on_periodic_signal() -> None:
     with torch.no_grad():
         before = float(model.loss(xt, mt))
     info = train_network(
-        model, x[:240], x[240:], TrainConfig(epochs=3, batch_size=32, lr=1e-2, device="cpu"), progress=False
+        model,
+        x[:240],
+        x[240:],
+        TrainConfig(epochs=3, batch_size=32, lr=1e-2, device="cpu"),
+        progress=False,
     )
     with torch.no_grad():
         after = float(model.loss(xt, mt))

@@ -67,8 +67,15 @@ def test_training_refuses_labelled_faults(tmp_path: Path) -> None:
 
 def test_training_refuses_mismatched_channels(tmp_path: Path, normal_history) -> None:  # type: ignore[no-untyped-def]
     other = normal_history.select(["flow", "pressure", "motor_current", "temperature", "vibration"])
-    with pytest.raises(DataError, match="has channels .*'flow', 'pressure'.* expected"):
-        train_profile([normal_history, other], models_root=tmp_path, profile="p", window=WINDOW, hop=HOP, epochs=1)
+    with pytest.raises(DataError, match=r"has channels .*'flow', 'pressure'.* expected"):
+        train_profile(
+            [normal_history, other],
+            models_root=tmp_path,
+            profile="p",
+            window=WINDOW,
+            hop=HOP,
+            epochs=1,
+        )
 
 
 @pytest.mark.parametrize("kind", ["lstm", "pca"])
@@ -84,7 +91,9 @@ def test_injected_fault_is_found_where_it_is(models: Path, normal_history, kind:
     result = score_series(scorer, test, lp.baseline, window=WINDOW, hop=HOP, period_s=1.0)
     b = result.batch
     in_fault = (result.ends >= 200) & (result.ends - WINDOW + 1 < 260)
-    print(f"{kind}: in fault {b.anomalous[in_fault].mean():.2f}, elsewhere {b.anomalous[~in_fault].mean():.2f}")
+    print(
+        f"{kind}: in fault {b.anomalous[in_fault].mean():.2f}, elsewhere {b.anomalous[~in_fault].mean():.2f}"
+    )
     assert b.anomalous[in_fault].mean() > 0.8
     assert b.anomalous[~in_fault].mean() < 0.1
     if kind == "lstm":
@@ -116,7 +125,9 @@ def test_mixed_baselines_equal_separate_scoring(models: Path, normal_history) ->
 def test_score_series_pointwise_alignment(models: Path, normal_history) -> None:  # type: ignore[no-untyped-def]
     lp = load_profile(models, "pump-pca")
     scorer = Scorer(lp, device="cpu")
-    result = score_series(scorer, normal_history.slice(0, 50), lp.baseline, window=WINDOW, hop=4, period_s=1.0)
+    result = score_series(
+        scorer, normal_history.slice(0, 50), lp.baseline, window=WINDOW, hop=4, period_s=1.0
+    )
     assert result.ends.tolist() == list(range(WINDOW - 1, 50, 4))
     point, thr = result.pointwise()
     assert point.shape == thr.shape == (50,)

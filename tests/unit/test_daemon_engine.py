@@ -1,0 +1,154 @@
+"""Engine, baselines and profile registry against a tiny PCA profile trained here."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from daemon.baselines import AssetBaselines
+from daemon.engine import ProfileRegistry, ScoringEngine
+from daemon.settings import BaselineSettings, EngineSettings
+from daemon.windows import ReadyWindow
+from seqae.data import make_windows
+from seqae.synth import generate_asset
+from seqae.train import train_profile
+
+S = 1_000_000_000
+TP = ("sensors", 0)
+
+
+@pytest.fixture(scope="module")
+def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    history = [generate_asset("pump-1", 900, seed=0, plant_seed=0)[0]]
+    train_profile(history, models_root=root, profile="pumps", window=12, hop=4, kind="pca",
+                  epochs=1, progress=False, device="cpu")
+    return root
+
+
+@pytest.fixture(scope="module")
+def windows() -> np.ndarray:
+    series, _ = generate_asset("pump-1", 900, seed=0, plant_seed=0)
+    x, _ = make_windows(series.values, 12, 4)
+    return x
+
+
+@pytest.fixture(scope="module")
+def known(windows: np.ndarray) -> np.ndarray:
+    """Windows inside the input range the model's default baseline was calibrated on."""
+    return windows[-40:]
+
+
+class Clock:
+    now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def ready(asset: str, x: np.ndarray, first_end: int = 0) -> list[ReadyWindow]:
+    return [ReadyWindow(asset, (first_end + 4 * i) * S, w, False, {TP: 10 + i}) for i, w in enumerate(x)]
+
+
+def test_batches_close_at_max_batch_or_after_max_wait(models_root: Path, windows: np.ndarray, tmp_path: Path) -> None:
+    clock = Clock()
+    registry = ProfileRegistry(models_root, ["pumps"], "cpu")
+    engine = ScoringEngine(EngineSettings(max_batch=4, max_wait_ms=50), registry,
+                           AssetBaselines(BaselineSettings(mode="model"), tmp_path), clock=clock)
+    engine.add("pumps", ready("p1", windows[:3]))
+    assert not engine.due() and engine.run().scored == []
+    assert engine.hold() == {TP: 10}
+    engine.add("pumps", ready("p2", windows[3:6]))
+    assert engine.due()
+    out = engine.run()
+    assert out.batch_sizes == [4] and engine.queued == 2 and out.offsets == {TP: 10}
+    clock.now += 0.049
+    assert not engine.due()
+    clock.now += 0.002
+    out = engine.run()
+    assert out.batch_sizes == [2] and engine.queued == 0 and engine.hold() == {}
+
+
+def test_score_points_follow_the_schema(models_root: Path, known: np.ndarray, tmp_path: Path) -> None:
+    registry = ProfileRegistry(models_root, ["pumps"], "cpu")
+    engine = ScoringEngine(EngineSettings(), registry, AssetBaselines(BaselineSettings(mode="model"), tmp_path))
+    engine.add("pumps", ready("p1", known[:2], first_end=11))
+    out = engine.run(force=True)
+    point = out.scored[1].to_point()
+    channels = registry.get("pumps").geometry.channels
+    assert point.measurement == "seqae_score" and point.time_ns == 15 * S
+    assert point.tags == {"asset": "p1", "profile": "pumps", "model_version": "v0001"}
+    assert set(point.fields) == {"score", "threshold", "anomalous", "state", "gap"} | {f"err_{c}" for c in channels}
+    assert point.fields["state"] == "ok" and point.fields["gap"] is False
+
+
+def test_per_asset_warmup_fits_persists_and_restores(models_root: Path, windows: np.ndarray, tmp_path: Path) -> None:
+    settings = BaselineSettings(mode="per_asset", warmup_windows=60)
+    registry = ProfileRegistry(models_root, ["pumps"], "cpu")
+    engine = ScoringEngine(EngineSettings(max_batch=16), registry, AssetBaselines(settings, tmp_path))
+    engine.add("pumps", ready("p1", windows[:80]))
+    states = [w.state for w in engine.run(force=True).scored]
+    assert states[:64] == ["calibrating"] * 64  # the batch in which the fit happened stays calibrating
+    assert set(states[64:]) == {"ok"}
+    assert all(not w.anomalous for w in engine.run(force=True).scored)
+    saved = list((tmp_path / "baselines").rglob("*.json"))
+    assert [p.name for p in saved] == ["p1.json"]
+    fresh = ScoringEngine(EngineSettings(), registry, AssetBaselines(settings, tmp_path))
+    fresh.add("pumps", ready("p1", windows[80:90]))
+    assert {w.state for w in fresh.run(force=True).scored} == {"ok"}
+
+
+def test_warmup_progress_survives_a_restart(models_root: Path, windows: np.ndarray, tmp_path: Path) -> None:
+    settings = BaselineSettings(mode="per_asset", warmup_windows=40)
+    registry = ProfileRegistry(models_root, ["pumps"], "cpu")
+    first = AssetBaselines(settings, tmp_path)
+    engine = ScoringEngine(EngineSettings(max_batch=10), registry, first)
+    engine.add("pumps", ready("p1", windows[:30]))
+    engine.run(force=True)
+    first.checkpoint()
+    restarted = ScoringEngine(EngineSettings(max_batch=10), registry, AssetBaselines(settings, tmp_path))
+    restarted.add("pumps", ready("p1", windows[30:50]))
+    states = [w.state for w in restarted.run(force=True).scored]
+    assert states == ["calibrating"] * 10 + ["ok"] * 10
+
+
+def test_shift_is_an_event_not_a_fault(models_root: Path, known: np.ndarray, tmp_path: Path) -> None:
+    registry = ProfileRegistry(models_root, ["pumps"], "cpu")
+    engine = ScoringEngine(EngineSettings(), registry, AssetBaselines(BaselineSettings(mode="model"), tmp_path))
+    far = known[:4] * 50.0 + 1000.0
+    engine.add("pumps", ready("p1", np.concatenate([known[:2], far, known[2:4]])))
+    out = engine.run(force=True)
+    assert [w.state for w in out.scored] == ["ok", "ok", "shifted", "shifted", "shifted", "shifted", "ok", "ok"]
+    assert [(e.state, e.time_ns // S) for e in out.shifts] == [("entered", 8), ("left", 24)]
+
+
+def test_recalibrate_puts_the_asset_back_into_warmup(models_root: Path, windows: np.ndarray, tmp_path: Path) -> None:
+    baselines = AssetBaselines(BaselineSettings(mode="per_asset", warmup_windows=30), tmp_path)
+    engine = ScoringEngine(EngineSettings(max_batch=10), ProfileRegistry(models_root, ["pumps"], "cpu"), baselines)
+    engine.add("pumps", ready("p1", windows[:40]))
+    assert engine.run(force=True).scored[-1].state == "ok"
+    assert baselines.recalibrate("p1") == 1
+    assert not list((tmp_path / "baselines").rglob("p1.json"))
+    engine.add("pumps", ready("p1", windows[40:42], first_end=400))
+    assert {w.state for w in engine.run(force=True).scored} == {"calibrating"}
+
+
+def test_registry_swaps_on_current_and_keeps_serving_when_a_model_is_broken(
+    models_root: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "models"
+    import shutil
+
+    shutil.copytree(models_root, root)
+    registry = ProfileRegistry(root, ["pumps"], "cpu")
+    assert registry.refresh() == []
+    history = [generate_asset("pump-2", 900, seed=0, plant_seed=0)[0]]
+    v2 = train_profile(history, models_root=root, profile="pumps", window=12, hop=4, kind="pca",
+                       epochs=1, progress=False, device="cpu")
+    assert registry.refresh() == ["pumps"] and registry.get("pumps").version == v2
+    broken = root / "pumps" / "v0003"
+    shutil.copytree(root / "pumps" / v2, broken)
+    (broken / "weights.safetensors").write_bytes(b"not tensors")
+    (root / "pumps" / "CURRENT").write_text("v0003\n")
+    assert registry.refresh() == [] and registry.get("pumps").version == v2
+    assert registry.load_failures == 1
