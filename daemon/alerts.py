@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -78,6 +79,8 @@ class AlertTracker:
             return []
         self.last_ts_ns = time_ns
         ratio = float(score) / float(threshold) if threshold > 0 else float("inf")
+        if math.isnan(ratio):
+            return []  # no observed sample in the window: no evidence either way
         top = _top_channels(contributions, channels, settings.top_channels)
 
         if self.phase == "open":
@@ -168,6 +171,10 @@ class AlertBook:
     @property
     def open_count(self) -> int:
         return sum(t.phase == "open" for t in self._trackers.values())
+
+    def forget(self, assets: Sequence[str]) -> None:
+        for asset in assets:
+            self._trackers.pop(asset, None)
 
     def to_dict(self) -> dict[str, Any]:
         return {asset: asdict(t) for asset, t in self._trackers.items()}

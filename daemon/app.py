@@ -15,7 +15,7 @@ from typing import Any
 
 from daemon import health
 from daemon.alerts import AlertBook, AlertEvent
-from daemon.baselines import AssetBaselines, write_atomic
+from daemon.baselines import AssetBaselines, WarmupSnapshot, write_atomic
 from daemon.codec import DecodeError, MessageDecoder
 from daemon.delivery import CommitLedger, CommitMark
 from daemon.engine import EngineOutput, ProfileRegistry, ScoringEngine, shift_point
@@ -25,6 +25,7 @@ from daemon.settings import DaemonSettings
 from daemon.sink import InfluxSink
 from daemon.source import KafkaSource, Record
 from daemon.windows import TopicPartitionId, WindowStore
+from seqae.artifacts import ArtifactError
 
 log = logging.getLogger(__name__)
 _STATE_FORMAT = "seqae-daemon-state/1"
@@ -38,6 +39,7 @@ class StartupError(RuntimeError):
 class _Checkpoint:
     mark: CommitMark
     state: bytes
+    warmup: WarmupSnapshot
 
 
 class _Notifier:
@@ -74,7 +76,7 @@ class Daemon:
             self.profiles = ProfileRegistry(
                 s.profiles.models_root, s.profiles.profile_names, s.engine.device
             )
-        except Exception as exc:
+        except (ArtifactError, OSError, ValueError, RuntimeError) as exc:
             raise StartupError(f"cannot load a model profile: {exc}") from exc
         self.baselines = AssetBaselines(s.baselines, s.state_dir)
         self.windows = WindowStore(s.windows)
@@ -141,7 +143,7 @@ class Daemon:
         self._submit(self.engine.run(force=True))
         if self.sink is not None and self.sink.flush(self.settings.influx.timeout_s):
             self._take_acks()
-            self._checkpoint = None
+            self._settle_checkpoint()
             self._commit_now(
                 {tp: off for tp, off in self._safe_offsets().items() if tp in partitions}
             )
@@ -152,6 +154,8 @@ class Daemon:
             )
         dropped = self.windows.drop_partitions(partitions)
         self.engine.drop_assets(set(dropped))
+        self.alerts.forget(dropped)  # the next owner starts these assets' alert state afresh
+        self.baselines.forget(dropped)
         self.ledger.forget(partitions)
         self._checkpoint = None
 
@@ -178,7 +182,12 @@ class Daemon:
         s = self.settings
         self.sink = InfluxSink(s.influx)
         self.publisher = KafkaPublisher(s.kafka)
-        self.source = KafkaSource(s.kafka, self)
+        self.source = KafkaSource(
+            s.kafka,
+            self,
+            session_timeout_ms=s.kafka.session_timeout_ms,
+            heartbeat_interval_ms=s.kafka.heartbeat_interval_ms,
+        )
         if s.health.enabled:
             try:
                 self.health_server = health.HealthServer(
@@ -197,7 +206,8 @@ class Daemon:
         notifier = _Notifier()
         s = self.settings
         poll_s = min(0.1, max(s.engine.max_wait_ms / 1000, 0.005))
-        next_commit = next_reload = next_lag = next_evict = time.monotonic()
+        next_commit = next_reload = next_evict = time.monotonic()
+        next_lag = next_commit + 10.0
         notifier.send("READY=1")
         self.health_state.set_ready(True)
         while not self._stop:
@@ -213,11 +223,7 @@ class Daemon:
                 self._advance_checkpoint()
                 next_commit = now + s.commit_interval_s
             if self._reload or now >= next_reload:
-                self._submit(self.engine.run(force=True))
-                failures = self.profiles.load_failures
-                self.profiles.refresh(force=self._reload)
-                health.model_load_failures.inc(self.profiles.load_failures - failures)
-                self._reload = False
+                self._reload_profiles()
                 next_reload = now + s.profiles.reload_poll_s
             while not self._recalibrate.empty():
                 asset = self._recalibrate.get()
@@ -246,7 +252,7 @@ class Daemon:
         self._submit(self.engine.run(force=True))
         if self.sink.flush(self.settings.influx.timeout_s * 3):
             self._take_acks()
-            self._checkpoint = None
+            self._settle_checkpoint()
             self._commit_now(self._safe_offsets())
         else:
             log.warning("stopping with unacknowledged points; their offsets stay uncommitted")
@@ -260,6 +266,16 @@ class Daemon:
                 except Exception:
                     log.exception("error while closing %r", closer)
         self.source = self.publisher = self.sink = self.health_server = None  # type: ignore[assignment]
+
+    def _reload_profiles(self) -> None:
+        """Swap profiles between batches: windows queued for the old model are scored first."""
+        if not self._reload and not self.profiles.changed():
+            return
+        self._submit(self.engine.run(force=True))
+        failures = self.profiles.load_failures
+        self.profiles.refresh(force=self._reload)
+        health.model_load_failures.inc(self.profiles.load_failures - failures)
+        self._reload = False
 
     # -- stages ------------------------------------------------------------------------------
 
@@ -344,10 +360,20 @@ class Daemon:
         # Windows handed out are only recorded as done once scored and submitted.
         self._submit(self.engine.run(force=True))
         hold = self.windows.hold()
-        self._checkpoint = _Checkpoint(self.ledger.mark(hold), self._state_bytes())
+        self._checkpoint = _Checkpoint(
+            self.ledger.mark(hold), self._state_bytes(), self.baselines.snapshot()
+        )
+
+    def _settle_checkpoint(self) -> None:
+        """Everything is acknowledged: write the pending checkpoint's files before a newer one."""
+        if self._checkpoint is not None:
+            self.baselines.saved(self._checkpoint.warmup)
+            self._checkpoint = None
 
     def _commit_now(self, offsets: dict[TopicPartitionId, int]) -> None:
-        self._commit(_Checkpoint(CommitMark(offsets, set()), self._state_bytes()))
+        self._commit(
+            _Checkpoint(CommitMark(offsets, set()), self._state_bytes(), self.baselines.snapshot())
+        )
 
     def _commit(self, checkpoint: _Checkpoint) -> None:
         assert self.source is not None
@@ -357,8 +383,8 @@ class Daemon:
         except PublishError as exc:
             log.error("not committing: dead letters or alert events not delivered: %s", exc)
             return
+        self.baselines.saved(checkpoint.warmup)
         write_atomic(self._state_path, checkpoint.state)
-        self.baselines.checkpoint()
         safe = self.ledger.committable(self.windows.hold())
         offsets = {
             tp: min(off, safe.get(tp, off))

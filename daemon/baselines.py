@@ -9,6 +9,7 @@ fault alert) until its inputs return.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -42,6 +43,14 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def write_files(files: list[tuple[Path, bytes | None]]) -> None:
+    for path, data in files:
+        if data is None:
+            path.unlink(missing_ok=True)
+        else:
+            write_atomic(path, data)
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
@@ -55,12 +64,19 @@ class ShiftEvent:
 
 
 @dataclass
+class WarmupSnapshot:
+    files: list[tuple[Path, bytes | None]] = field(default_factory=list)  # None: delete
+    changes: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+@dataclass
 class _AssetCalibration:
     version: str
     baseline: Baseline | None = None
     warmup: list[np.ndarray] = field(default_factory=list)
     shifted: bool = False
-    dirty: bool = False
+    changes: int = 0  # bumped on every change worth persisting
+    saved: int = 0  # `changes` as of the last snapshot written
 
 
 class AssetBaselines:
@@ -91,6 +107,15 @@ class AssetBaselines:
         entry = self._entry(profile, version, asset)
         return entry.baseline if entry.baseline is not None else default
 
+    def fitted_since(
+        self, profile: str, version: str, asset: str, used: Baseline, default: Baseline
+    ) -> bool:
+        """True when a window scored with `used` must be scored again: the asset got its own
+        baseline after `used` was chosen (its warm-up ended earlier in the same batch)."""
+        if self._s.mode == "model" or used is not default:
+            return False
+        return self._entry(profile, version, asset).baseline is not None
+
     def observe(
         self,
         scorer: Any,
@@ -101,19 +126,15 @@ class AssetBaselines:
         time_ns: int,
         window: np.ndarray,
         shifted: bool,
-        own_baseline: bool = True,
     ) -> tuple[ScoreState, ShiftEvent | None]:
-        """Account for one scored window; returns its state and a shift event if one began/ended.
-        `own_baseline` is False when the window was scored with the model's default."""
+        """Account for one scored window; returns its state and a shift event if one began/ended."""
         if self._s.mode == "model":
             entry = self._assets.setdefault((profile, asset), _AssetCalibration(version))
         else:
             entry = self._entry(profile, version, asset)
-            if entry.baseline is not None and not own_baseline:
-                return "calibrating", None  # fitted earlier in this same batch
             if entry.baseline is None:
                 entry.warmup.append(window)
-                entry.dirty = True
+                entry.changes += 1
                 if len(entry.warmup) >= self._s.warmup_windows:
                     self._fit(scorer, profile, hop, asset, entry)
                 return "calibrating", None
@@ -129,7 +150,7 @@ class AssetBaselines:
         for (profile, name), entry in self._assets.items():
             if name == asset:
                 self._path(profile, entry.version, asset).unlink(missing_ok=True)
-                self._assets[(profile, name)] = _AssetCalibration(entry.version, dirty=True)
+                self._assets[(profile, name)] = _AssetCalibration(entry.version, changes=1)
                 reset += 1
         return reset
 
@@ -138,21 +159,32 @@ class AssetBaselines:
         for key in [k for k in self._assets if k[1] in gone]:
             del self._assets[key]
 
-    def checkpoint(self) -> None:
-        """Persist warm-up progress so a restart continues it with the same windows."""
-        for (profile, asset), entry in self._assets.items():
-            if not entry.dirty:
+    def snapshot(self) -> WarmupSnapshot:
+        """Warm-up progress as of now, as files to write with the rest of a checkpoint, so a
+        restart continues warm-up with the same windows; `saved()` once they are written."""
+        snap = WarmupSnapshot()
+        for key, entry in self._assets.items():
+            if entry.changes == entry.saved:
                 continue
-            path = self._warmup_path(profile, entry.version, asset)
+            path = self._warmup_path(key[0], entry.version, key[1])
             if entry.baseline is None and entry.warmup:
-                arr = np.stack(entry.warmup).astype(np.float32)
-                with tempfile.TemporaryFile() as tmp:
-                    np.save(tmp, arr, allow_pickle=False)
-                    tmp.seek(0)
-                    write_atomic(path, tmp.read())
+                buffer = io.BytesIO()
+                np.save(buffer, np.stack(entry.warmup).astype(np.float32), allow_pickle=False)
+                snap.files.append((path, buffer.getvalue()))
             else:
-                path.unlink(missing_ok=True)
-            entry.dirty = False
+                snap.files.append((path, None))
+            snap.changes[key] = entry.changes
+        return snap
+
+    def saved(self, snap: WarmupSnapshot) -> None:
+        write_files(snap.files)
+        for key, changes in snap.changes.items():
+            entry = self._assets.get(key)
+            if entry is not None:
+                entry.saved = max(entry.saved, changes)
+
+    def checkpoint(self) -> None:
+        self.saved(self.snapshot())
 
     def _fit(
         self, scorer: Any, profile: str, hop: int, asset: str, entry: _AssetCalibration
@@ -168,7 +200,8 @@ class AssetBaselines:
             return
         payload = {"asset": asset, "model_version": entry.version, "baseline": baseline.to_dict()}
         write_atomic(self._path(profile, entry.version, asset), json.dumps(payload).encode())
-        entry.baseline, entry.warmup, entry.dirty = baseline, [], True
+        entry.baseline, entry.warmup = baseline, []
+        entry.changes += 1
         self.fitted += 1
         log.info("asset %s (%s %s): own baseline fitted", asset, profile, entry.version)
 

@@ -77,6 +77,12 @@ def config_check(config_path: Path | None) -> None:
 @click.option(
     "--asset", default=None, help="Asset id for a per-asset file without an asset column."
 )
+@click.option(
+    "--channels", default=None, help="Comma-separated channel columns (default: numeric)."
+)
+@click.option(
+    "--exclude", default="", help="Comma-separated numeric columns to leave out (labels)."
+)
 @click.option("--no-progress", is_flag=True)
 def replay(
     path: Path,
@@ -86,21 +92,29 @@ def replay(
     asset_col: str,
     timestamp_col: str,
     asset: str | None,
+    channels: str | None,
+    exclude: str,
     no_progress: bool,
 ) -> None:
     """Send the rows of a CSV or Parquet file as wide messages keyed by asset."""
-    from daemon.replay import replay_file
+    from daemon.replay import ReplayError, replay_file
 
-    sent = replay_file(
-        path,
-        topic,
-        bootstrap.split(","),
-        rate=rate,
-        asset_col=asset_col,
-        timestamp_col=timestamp_col,
-        asset=asset,
-        progress=not no_progress,
-    )
+    try:
+        sent = replay_file(
+            path,
+            topic,
+            bootstrap.split(","),
+            rate=rate,
+            asset_col=asset_col,
+            timestamp_col=timestamp_col,
+            asset=asset,
+            channels=channels.split(",") if channels else None,
+            exclude=[c for c in exclude.split(",") if c],
+            progress=not no_progress,
+        )
+    except ReplayError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
     click.echo(f"sent {sent} messages to {topic}")
 
 

@@ -20,8 +20,9 @@ class CommitLedger:
     The committable offset of a partition is the smallest of
       (a) the first offset of any message whose points are submitted (or about to be) but not yet
           acknowledged by InfluxDB: `track(ticket, offsets)` ... `acknowledge(ticket)`;
-      (b) the first offset of any reading still held in an asset's window buffer that a future
-          window needs (`committable(hold=...)`, from WindowStore.hold());
+      (b) the first offset of any reading that a window not yet scored needs: windows queued
+          for scoring (ScoringEngine.hold()) and future windows still in an asset's buffer
+          (WindowStore.hold()), passed as `committable(hold=...)`;
       (c) the last consumed offset + 1 (`consumed`).
 
     Why this is at-least-once, in steps:
@@ -29,8 +30,9 @@ class CommitLedger:
          smallest offset per partition of those readings before the points leave for the sink.
       2. A ticket is released only when the sink reports every point of it durable (or
          quarantined as unwritable); until then (a) keeps the commit at or below its readings.
-      3. Readings not yet part of any emitted window are held by (b), so a future window's
-         inputs are never committed past; readings never needed again are covered by (c).
+      3. Readings of windows queued or not yet complete are held by (b), so no window's inputs
+         are committed past before its points exist; readings no window needs again (dropped as
+         late, malformed, evicted) are covered by (c).
       4. Kafka is only ever told min(a, b, c) as the next offset to read, and never an offset
          lower than one already committed (commits are monotone per partition).
       5. So after a crash the restarted consumer resumes at or before the first reading of every

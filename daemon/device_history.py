@@ -28,7 +28,9 @@ class DeviceHistory:
         self.n_channels = n_channels
         self.device = torch.device(device)
         self.dtype = dtype
-        self._buf = torch.full((capacity, window, n_channels), float("nan"), device=self.device, dtype=dtype)
+        self._buf = torch.full(
+            (capacity, window, n_channels), float("nan"), device=self.device, dtype=dtype
+        )
         self._pos = np.zeros(capacity, np.int64)  # next write position of each slot's ring
         self._slots: dict[str, int] = {}
         self._free: list[int] = list(range(capacity - 1, -1, -1))
@@ -105,7 +107,9 @@ class DeviceHistory:
     def gather(self, slots: np.ndarray) -> torch.Tensor:
         """The last `window` rows of each named ring, oldest first: [N, W, C] on the device."""
         slots_t = torch.from_numpy(np.asarray(slots, np.int64)).to(self.device, non_blocking=True)
-        start = torch.from_numpy(self._pos[np.asarray(slots, np.int64)]).to(self.device, non_blocking=True)
+        start = torch.from_numpy(self._pos[np.asarray(slots, np.int64)]).to(
+            self.device, non_blocking=True
+        )
         idx = (start[:, None] + self._ramp) % self.window
         return self._buf[slots_t[:, None], idx]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,8 @@ from daemon.lineprotocol import Point
 from daemon.settings import EngineSettings
 from daemon.windows import ReadyWindow, TopicPartitionId, WindowGeometry
 from seqae.artifacts import ArtifactError, LoadedProfile, current_version, load_profile
-from seqae.score import Scorer
+from seqae.calibrate import Baseline
+from seqae.score import ScoreBatch, Scorer
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,20 @@ class ProfileRegistry:
     def get(self, name: str) -> ServedProfile:
         return self._served[name]
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[ServedProfile]:
         return iter(self._served.values())
+
+    def changed(self) -> list[str]:
+        """Profiles whose CURRENT names a version other than the one served."""
+        moved = []
+        for name, served in self._served.items():
+            try:
+                wanted = current_version(self._root, name)
+            except (OSError, ArtifactError):
+                continue  # refresh() reports it
+            if wanted is not None and wanted != served.version:
+                moved.append(name)
+        return moved
 
     def refresh(self, force: bool = False) -> list[str]:
         """Reload profiles whose CURRENT moved (all of them when `force`); a profile that fails
@@ -198,26 +211,38 @@ class ScoringEngine:
     def _score(self, served: ServedProfile, batch: list[ReadyWindow], out: EngineOutput) -> None:
         lp = served.loaded
         x = np.stack([w.values for w in batch])  # [N, W, C]
-        baselines = [
-            self._baselines.baseline(served.name, served.version, w.asset, lp.baseline)
-            for w in batch
-        ]
-        result = served.scorer.score(x, baselines)
+
+        def baselines_of(idx: Sequence[int]) -> list[Baseline]:
+            return [
+                self._baselines.baseline(served.name, served.version, batch[i].asset, lp.baseline)
+                for i in idx
+            ]
+
+        used = baselines_of(range(len(batch)))
+        result = served.scorer.score(x, used)
+        rows = list(range(len(batch)))  # row of each window in `result`
+        states: list[tuple[ScoreState, ShiftEvent | None] | None] = [None] * len(batch)
+        stale = []
         for i, w in enumerate(batch):
-            state, shift = self._baselines.observe(
-                served.scorer,
-                served.name,
-                served.version,
-                served.geometry.hop,
-                w.asset,
-                w.end_ns,
-                w.values,
-                bool(result.shifted[i]),
-                own_baseline=baselines[i] is not lp.baseline,
-            )
+            if self._baselines.fitted_since(
+                served.name, served.version, w.asset, used[i], lp.baseline
+            ):
+                stale.append(i)  # its asset finished warm-up earlier in this batch
+                continue
+            states[i] = self._observe(served, w, bool(result.shifted[i]))
+        if stale:
+            again = served.scorer.score(x[stale], baselines_of(stale))
+            for j, i in enumerate(stale):
+                rows[i] = len(batch) + j
+                states[i] = self._observe(served, batch[i], bool(again.shifted[j]))
+            result = _concat(result, again)
+        for i, w in enumerate(batch):
+            entry = states[i]
+            assert entry is not None
+            state, shift = entry
             if shift is not None:
                 out.shifts.append(shift)
-            score = float(result.score[i])
+            r = rows[i]
             out.scored.append(
                 ScoredWindow(
                     asset=w.asset,
@@ -225,18 +250,38 @@ class ScoringEngine:
                     version=served.version,
                     channels=served.geometry.channels,
                     end_ns=w.end_ns,
-                    score=score,
-                    threshold=float(result.threshold[i]),
-                    anomalous=bool(result.anomalous[i]) and state != "calibrating",
+                    score=float(result.score[r]),
+                    threshold=float(result.threshold[r]),
+                    anomalous=bool(result.anomalous[r]) and state != "calibrating",
                     state=state,
                     gap=w.gap,
-                    errors=result.errors[i],
-                    contributions=result.contributions[i],
+                    errors=result.errors[r],
+                    contributions=result.contributions[r],
                 )
             )
             for tp, off in w.offsets.items():
                 out.offsets[tp] = min(out.offsets.get(tp, off), off)
         out.batch_sizes.append(len(batch))
+
+    def _observe(
+        self, served: ServedProfile, w: ReadyWindow, shifted: bool
+    ) -> tuple[ScoreState, ShiftEvent | None]:
+        return self._baselines.observe(
+            served.scorer,
+            served.name,
+            served.version,
+            served.geometry.hop,
+            w.asset,
+            w.end_ns,
+            w.values,
+            shifted,
+        )
+
+
+def _concat(a: ScoreBatch, b: ScoreBatch) -> ScoreBatch:
+    return ScoreBatch(
+        *(np.concatenate([getattr(a, f.name), getattr(b, f.name)]) for f in fields(ScoreBatch))
+    )
 
 
 def shift_point(event: ShiftEvent) -> Point:

@@ -79,10 +79,16 @@ class KafkaSettings(_Section):
         default=True, description="on assignment, re-read one window length so windows are whole"
     )
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    session_timeout_ms: int = Field(
+        default=45_000, ge=1000, description="a member silent this long leaves the group"
+    )
+    heartbeat_interval_ms: int = Field(default=3000, ge=100)
 
     @model_validator(mode="after")
     def _secrets(self) -> KafkaSettings:
         _resolve_secret(self, "sasl_password", "sasl_password_file")
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError("heartbeat_interval_ms must be at most a third of session_timeout_ms")
         return self
 
 

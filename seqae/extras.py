@@ -95,7 +95,9 @@ def impute_series(
     )
 
 
-def _per_window(baselines: Baseline | Sequence[Baseline], n: int, c: int) -> tuple[np.ndarray, np.ndarray]:
+def _per_window(
+    baselines: Baseline | Sequence[Baseline], n: int, c: int
+) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(baselines, Baseline):
         return baselines.center[None, None, :], baselines.scale[None, None, :]
     if len(baselines) != n:

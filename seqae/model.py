@@ -168,6 +168,7 @@ class Decoder(nn.Module):
 
 class SequenceAutoencoder(nn.Module):
     kind = "lstm"
+    score_eps: torch.Tensor  # variational only
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -248,7 +249,9 @@ class SequenceAutoencoder(nn.Module):
         # The target is always the clean window over every observed sample.
         loss = masked_mse(self.decoder(z), x, mask)
         if cfg.variant == "sparse":
-            loss = loss + cfg.sparsity_weight * sparsity_penalty(z, cfg.sparsity, cfg.sparsity_target)
+            loss = loss + cfg.sparsity_weight * sparsity_penalty(
+                z, cfg.sparsity, cfg.sparsity_target
+            )
         if cfg.variant == "contractive":
             j2 = jacobian_frobenius_sq(z, x_in, cfg.contractive_projections, create_graph=True)
             loss = loss + cfg.contractive_weight * j2.mean()
@@ -260,7 +263,7 @@ class SequenceAutoencoder(nn.Module):
         mu, log_var = self.encoder.posterior(x, mask)
         z = reparameterize(mu, log_var) if self.training else mu
         nll = gaussian_nll(self.decoder(z), x, mask, self.out_log_var)
-        kl = gaussian_kl(mu, log_var).sum()
+        kl = gaussian_kl(mu.float(), log_var.float()).sum()
         return nll + beta * kl / mask.sum().clamp_min(1)
 
     def compact(self) -> None:
@@ -296,7 +299,7 @@ def corrupt(
 
 
 def sparsity_penalty(z: torch.Tensor, kind: SparsityKind, target: float) -> torch.Tensor:
-    """"l1": mean |z|. "kl": KL(target || mean activation) summed over the units of the sigmoid
+    """ "l1": mean |z|. "kl": KL(target || mean activation) summed over the units of the sigmoid
     code z, the classic sparse-autoencoder penalty."""
     if kind == "l1":
         return z.abs().mean()
@@ -320,7 +323,10 @@ def jacobian_frobenius_sq(
     """
     n, k = z.shape
     if projections is None:
-        vs = [torch.zeros_like(z).index_fill_(1, torch.tensor([j], device=z.device), 1.0) for j in range(k)]
+        vs = [
+            torch.zeros_like(z).index_fill_(1, torch.tensor([j], device=z.device), 1.0)
+            for j in range(k)
+        ]
     else:
         vs = [torch.randn_like(z) for _ in range(projections)]
     total = torch.zeros(n, device=z.device, dtype=torch.float32)

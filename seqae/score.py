@@ -59,12 +59,14 @@ def pick_device(device: str = "auto") -> torch.device:
 
 
 class Scorer:
-    def __init__(self, model: Any, device: str = "auto", batch_size: int = 8192) -> None:
+    def __init__(self, model: Any, device: str = "auto", batch_size: int | None = None) -> None:
         detector = getattr(model, "detector", model)
         self.device = pick_device(device)
         self.detector: Any = detector.to(self.device).eval()
         self.detector.compact()
-        self.batch_size = batch_size
+        # On CPU an LSTM runs fastest per window on chunks that stay in cache; a GPU wants
+        # one large batch.
+        self.batch_size = batch_size or (65536 if self.device.type == "cuda" else 256)
         self.has_latent = hasattr(self.detector, "latent_distance")
         first = next(iter(self.detector.parameters()), None)
         self.dtype = first.dtype if first is not None else torch.float32

@@ -6,6 +6,7 @@ that history with a known cavitation fault injected into pump-1, while pump-3 st
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -22,13 +23,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import InfluxV1, http_request
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from seqae.synth import DEFAULT_START_NS, generate_asset
 from seqae.train import train_profile
-
-from conftest import InfluxV1, http_request
 
 pytestmark = pytest.mark.integration
 
@@ -48,8 +48,15 @@ def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")
     history = [generate_asset(f"pump-{i}", 3000, seed=0, plant_seed=0)[0] for i in (1, 2, 3)]
     train_profile(
-        history, models_root=root, profile="pumps", window=WINDOW, hop=HOP, kind="pca",
-        epochs=3, progress=False, device="cpu",
+        history,
+        models_root=root,
+        profile="pumps",
+        window=WINDOW,
+        hop=HOP,
+        kind="pca",
+        epochs=3,
+        progress=False,
+        device="cpu",
     )
     return root
 
@@ -57,10 +64,15 @@ def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def database(influx_v1: InfluxV1) -> Iterator[str]:
     name = f"it_daemon_{uuid.uuid4().hex[:10]}"
-    status, body = http_request("POST", f"{influx_v1.url}/query?" + urllib.parse.urlencode({"q": f'CREATE DATABASE "{name}"'}))
+    status, body = http_request(
+        "POST",
+        f"{influx_v1.url}/query?" + urllib.parse.urlencode({"q": f'CREATE DATABASE "{name}"'}),
+    )
     assert status == 200, body
     yield name
-    http_request("POST", f"{influx_v1.url}/query?" + urllib.parse.urlencode({"q": f'DROP DATABASE "{name}"'}))
+    http_request(
+        "POST", f"{influx_v1.url}/query?" + urllib.parse.urlencode({"q": f'DROP DATABASE "{name}"'})
+    )
 
 
 @pytest.fixture
@@ -91,7 +103,9 @@ def stream(asset: str) -> list[bytes]:
     out = []
     for ts, row in zip(series.timestamps, series.values, strict=True):
         values = {c: float(v) for c, v in zip(channels, row, strict=True)}
-        out.append(json.dumps({"asset": asset, "ts": int(ts) // 1_000_000, "values": values}).encode())
+        out.append(
+            json.dumps({"asset": asset, "ts": int(ts) // 1_000_000, "values": values}).encode()
+        )
     return out
 
 
@@ -114,6 +128,19 @@ def expected_ends(samples: int = SAMPLES) -> list[int]:
     return [e * PERIOD_NS for e in range(first + WINDOW - 1, last) if e % HOP == HOP - 1]
 
 
+def read_topic(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=5000,
+        group_id=None,
+    )
+    values = [json.loads(m.value) for m in consumer]
+    consumer.close()
+    return values
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -121,16 +148,19 @@ def free_port() -> int:
 
 
 class DaemonProcess:
-    def __init__(self, config: Path, log_path: Path) -> None:
-        self.config, self.log_path = config, log_path
+    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.config, self.log_path, self.env = config, log_path, env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> DaemonProcess:
         log = self.log_path.open("ab")
-        env = dict(os.environ, PYTHONPATH=str(REPO))
+        env = dict(os.environ, PYTHONPATH=str(REPO)) | self.env
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "daemon.cli", "daemon", "run", "--config", str(self.config)],
-            stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=env,
         )
         return self
 
@@ -149,8 +179,17 @@ class DaemonProcess:
 
 
 def write_config(
-    tmp_path: Path, name: str, *, bootstrap: str, topic: str, influx_url: str, database: str,
-    models_root: Path, group: str, health_port: int, extra: str = "", max_buffered: int = 400,
+    tmp_path: Path,
+    name: str,
+    *,
+    bootstrap: str,
+    topic: str,
+    influx_url: str,
+    database: str,
+    models_root: Path,
+    group: str,
+    health_port: int,
+    max_buffered: int = 400,
 ) -> Path:
     state = tmp_path / f"state-{name}"
     text = f"""
@@ -190,7 +229,6 @@ max_buffered_points = {max_buffered}
 batch_points = 50
 [health]
 port = {health_port}
-{extra}
 """
     path = tmp_path / f"{name}.toml"
     path.write_text(text)
@@ -202,13 +240,17 @@ def score_times(query: Query, asset: str) -> list[int]:
     return [row[0] for row in series[0]["values"]] if series else []
 
 
-def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str, daemon: DaemonProcess | None = None) -> None:
+def wait_for(
+    predicate: Callable[[], bool], timeout_s: float, what: str, daemon: DaemonProcess | None = None
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():
             return
         if daemon is not None and daemon.proc is not None and daemon.proc.poll() is not None:
-            raise AssertionError(f"daemon exited ({daemon.proc.returncode}) while waiting for {what}:\n{daemon.log()}")
+            raise AssertionError(
+                f"daemon exited ({daemon.proc.returncode}) while waiting for {what}:\n{daemon.log()}"
+            )
         time.sleep(0.25)
     raise AssertionError(f"timed out waiting for {what}" + (f"\n{daemon.log()}" if daemon else ""))
 
@@ -232,21 +274,38 @@ def metric_value(text: str, name: str, **labels: str) -> float:
 
 @pytest.fixture
 def setup(
-    tmp_path: Path, kafka_bootstrap: str, unique_topic: str, influx_v1: InfluxV1, database: str,
+    tmp_path: Path,
+    kafka_bootstrap: str,
+    unique_topic: str,
+    influx_v1: InfluxV1,
+    database: str,
     models_root: Path,
 ) -> Iterator[Callable[..., tuple[DaemonProcess, int]]]:
     started: list[DaemonProcess] = []
 
     def launch(
-        name: str = "d1", *, influx_url: str | None = None, extra: str = "", max_buffered: int = 400
+        name: str = "d1",
+        *,
+        influx_url: str | None = None,
+        max_buffered: int = 400,
+        models: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> tuple[DaemonProcess, int]:
+        """Start a daemon; `env` holds SEQAE_* overrides, as a deployment would set them."""
         port = free_port()
         config = write_config(
-            tmp_path, name, bootstrap=kafka_bootstrap, topic=unique_topic,
-            influx_url=influx_url or influx_v1.url, database=database, models_root=models_root,
-            group=f"g-{unique_topic}", health_port=port, extra=extra, max_buffered=max_buffered,
+            tmp_path,
+            name,
+            bootstrap=kafka_bootstrap,
+            topic=unique_topic,
+            influx_url=influx_url or influx_v1.url,
+            database=database,
+            models_root=models or models_root,
+            group=f"g-{unique_topic}",
+            health_port=port,
+            max_buffered=max_buffered,
         )
-        daemon = DaemonProcess(config, tmp_path / f"{name}.log").start()
+        daemon = DaemonProcess(config, tmp_path / f"{name}.log", env).start()
         started.append(daemon)
         return daemon, port
 
@@ -273,42 +332,96 @@ def assert_alert_story(query: Query) -> None:
 
 
 def test_known_fault_yields_exact_scores_and_one_alert(
-    setup: Callable[..., tuple[DaemonProcess, int]], kafka_bootstrap: str, unique_topic: str,
+    setup: Callable[..., tuple[DaemonProcess, int]],
+    kafka_bootstrap: str,
+    unique_topic: str,
     query: Query,
 ) -> None:
     make_topic(kafka_bootstrap, unique_topic, 2)
-    produce(kafka_bootstrap, unique_topic, interleave(stream(FAULTY), stream(HEALTHY), assets=(FAULTY, HEALTHY)))
-    daemon, port = setup()
+    produce(
+        kafka_bootstrap,
+        unique_topic,
+        interleave(stream(FAULTY), stream(HEALTHY), assets=(FAULTY, HEALTHY)),
+    )
+    alert_topic = f"{unique_topic}-alerts"
+    make_topic(kafka_bootstrap, alert_topic, 1)
+    daemon, port = setup(env={"SEQAE_KAFKA__ALERT_TOPIC": alert_topic})
     want = expected_ends()
-    wait_for(lambda: len(score_times(query, FAULTY)) >= len(want) and len(score_times(query, HEALTHY)) >= len(want),
-             60, "all scores", daemon)
+    wait_for(
+        lambda: (
+            len(score_times(query, FAULTY)) >= len(want)
+            and len(score_times(query, HEALTHY)) >= len(want)
+        ),
+        60,
+        "all scores",
+        daemon,
+    )
+    text = metrics(port)
+    assert metric_value(text, "seqae_windows_scored_total", profile="pumps") == 2 * len(want)
+    assert metric_value(text, "seqae_alert_events_total", state="open") == 1
+    assert metric_value(text, "seqae_alert_events_total", state="closed") == 1
+    assert metric_value(text, "seqae_alerts_open") == 0
     assert daemon.signal(signal.SIGTERM) == 0, daemon.log()
     for asset in (FAULTY, HEALTHY):
         assert score_times(query, asset) == want
-    fields = query(f"SELECT anomalous, state, gap, threshold, err_flow FROM seqae_score WHERE asset = '{HEALTHY}'")
+    fields = query(
+        f"SELECT anomalous, state, gap, threshold, err_flow FROM seqae_score WHERE asset = '{HEALTHY}'"
+    )
     values = fields[0]["values"]
     assert {row[2] for row in values} == {"ok"} and {row[3] for row in values} == {False}
     tags = query("SHOW TAG VALUES FROM seqae_score WITH KEY = model_version")
     assert [v[1] for v in tags[0]["values"]] == ["v0001"]
     assert_alert_story(query)
+    published = read_topic(kafka_bootstrap, alert_topic)
+    assert [(e["asset"], e["state"]) for e in published] == [(FAULTY, "open"), (FAULTY, "closed")]
+    assert published[0]["top_channels"] and published[1]["peak_score"] >= published[0]["score"]
 
 
 def test_sigkill_restart_leaves_no_window_unscored_and_none_doubled(
-    setup: Callable[..., tuple[DaemonProcess, int]], kafka_bootstrap: str, unique_topic: str,
+    setup: Callable[..., tuple[DaemonProcess, int]],
+    kafka_bootstrap: str,
+    unique_topic: str,
     query: Query,
 ) -> None:
     make_topic(kafka_bootstrap, unique_topic, 2)
     messages = interleave(stream(FAULTY), stream(HEALTHY), assets=(FAULTY, HEALTHY))
-    half = len(messages) * 7 // 12  # the fault is open by then
-    produce(kafka_bootstrap, unique_topic, messages[:half])
-    daemon, _ = setup()
-    wait_for(lambda: len(score_times(query, FAULTY)) > 60, 60, "some scores", daemon)
-    assert daemon.signal(signal.SIGKILL) == -signal.SIGKILL
-    produce(kafka_bootstrap, unique_topic, messages[half:])
-    daemon, _ = setup("d1-restarted")
+    per_sample = 2  # messages per sample: two assets interleaved
+    first, second = 650 * per_sample, 700 * per_sample  # both inside the faulty span
+    produce(kafka_bootstrap, unique_topic, messages[:first])
+    # commits every 3 s, so the kill lands with scored and written but uncommitted work; a
+    # short session lets the group drop the killed member soon
+    env = {
+        "SEQAE_COMMIT_INTERVAL_S": "3",
+        "SEQAE_KAFKA__SESSION_TIMEOUT_MS": "6000",
+        "SEQAE_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
+    }
+    daemon, port = setup(env=env)
+    opened = f"SELECT state FROM seqae_alert WHERE asset = '{FAULTY}' AND state = 'open'"
+    wait_for(lambda: bool(query(opened)), 60, "the alert to open", daemon)
+    commits = metric_value(metrics(port), "seqae_commits_total")
+    wait_for(
+        lambda: metric_value(metrics(port), "seqae_commits_total") > commits,
+        30,
+        "a commit with the alert open",
+        daemon,
+    )
+    produce(kafka_bootstrap, unique_topic, messages[first:second])
+    upto = expected_ends(700)
+    wait_for(lambda: len(score_times(query, FAULTY)) >= len(upto), 30, "more scores", daemon)
+    assert daemon.signal(signal.SIGKILL) == -signal.SIGKILL  # alert open, work uncommitted
+    produce(kafka_bootstrap, unique_topic, messages[second:])
+    daemon, _ = setup(env=env)  # same config and state folder, as a restarted service
     want = expected_ends()
-    wait_for(lambda: len(score_times(query, FAULTY)) >= len(want) and len(score_times(query, HEALTHY)) >= len(want),
-             60, "all scores after restart", daemon)
+    wait_for(
+        lambda: (
+            len(score_times(query, FAULTY)) >= len(want)
+            and len(score_times(query, HEALTHY)) >= len(want)
+        ),
+        60,
+        "all scores after restart",
+        daemon,
+    )
+    assert "restored state of 2 assets" in daemon.log_path.read_text()
     assert daemon.signal(signal.SIGTERM) == 0, daemon.log()
     for asset in (FAULTY, HEALTHY):
         assert score_times(query, asset) == want  # on the grid, none missing, none extra
@@ -316,7 +429,9 @@ def test_sigkill_restart_leaves_no_window_unscored_and_none_doubled(
 
 
 def test_malformed_messages_are_dead_lettered_and_counted(
-    setup: Callable[..., tuple[DaemonProcess, int]], kafka_bootstrap: str, unique_topic: str,
+    setup: Callable[..., tuple[DaemonProcess, int]],
+    kafka_bootstrap: str,
+    unique_topic: str,
     query: Query,
 ) -> None:
     make_topic(kafka_bootstrap, unique_topic, 1)
@@ -325,11 +440,25 @@ def test_malformed_messages_are_dead_lettered_and_counted(
     bad: list[tuple[bytes, str]] = [
         (b"{not json", "not_json"),
         (json.dumps({"ts": 1767225600000, "values": {"flow": 1.0}}).encode(), "missing_field"),
-        (json.dumps({"asset": HEALTHY, "ts": 1767225600000, "values": {"flow": "x"}}).encode(), "bad_type"),
+        (
+            json.dumps({"asset": HEALTHY, "ts": 1767225600000, "values": {"flow": "x"}}).encode(),
+            "bad_type",
+        ),
         (b'{"asset": "pump-3", "ts": 1767225600000, "values": {"flow": NaN}}', "non_finite"),
-        (json.dumps({"asset": "boiler-1", "ts": 1767225600000, "values": {"flow": 1.0}}).encode(), "unknown_asset"),
-        (json.dumps({"asset": HEALTHY, "ts": "soon", "values": {"flow": 1.0}}).encode(), "bad_timestamp"),
-        (json.dumps({"asset": HEALTHY, "ts": 1767225600000, "values": {"torque": 1.0}}).encode(), "unknown_channel"),
+        (
+            json.dumps(
+                {"asset": "boiler-1", "ts": 1767225600000, "values": {"flow": 1.0}}
+            ).encode(),
+            "unknown_asset",
+        ),
+        (
+            json.dumps({"asset": HEALTHY, "ts": "soon", "values": {"flow": 1.0}}).encode(),
+            "bad_timestamp",
+        ),
+        (
+            json.dumps({"asset": HEALTHY, "ts": 1767225600000, "values": {"torque": 1.0}}).encode(),
+            "unknown_channel",
+        ),
     ]
     good = stream(HEALTHY)
     messages: list[tuple[str, bytes]] = []
@@ -338,23 +467,18 @@ def test_malformed_messages_are_dead_lettered_and_counted(
         if i % 100 == 50:
             messages += [(HEALTHY, raw) for raw, _ in bad]
     produce(kafka_bootstrap, unique_topic, messages)
-    daemon, port = setup(extra="")
-    config = daemon.config.read_text().replace("[kafka]\n", f'[kafka]\ndead_letter_topic = "{dead}"\n')
-    daemon.stop()
-    daemon.config.write_text(config)
-    daemon.start()
+    daemon, port = setup(env={"SEQAE_KAFKA__DEAD_LETTER_TOPIC": dead})
     want = expected_ends()
-    wait_for(lambda: len(score_times(query, HEALTHY)) >= len(want), 60, "scores of good messages", daemon)
+    wait_for(
+        lambda: len(score_times(query, HEALTHY)) >= len(want), 60, "scores of good messages", daemon
+    )
     rounds = sum(1 for i in range(len(good)) if i % 100 == 50)
     text = metrics(port)
     for _, reason in bad:
         assert metric_value(text, "seqae_bad_messages_total", reason=reason) == rounds, reason
     assert daemon.signal(signal.SIGTERM) == 0, daemon.log()
     assert score_times(query, HEALTHY) == want
-    consumer = KafkaConsumer(dead, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
-                             consumer_timeout_ms=5000, group_id=None)
-    letters = [json.loads(m.value) for m in consumer]
-    consumer.close()
+    letters = read_topic(kafka_bootstrap, dead)
     assert sorted(x["reason"] for x in letters) == sorted([r for _, r in bad] * rounds)
     assert all(x["topic"] == unique_topic for x in letters)
 
@@ -403,18 +527,14 @@ class FlakyProxy:
             pass
         finally:
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     s.close()
-                except OSError:
-                    pass
 
     def down(self) -> None:
         self.up.clear()
         for s in self.conns:
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         self.conns = []
 
     def restore(self) -> None:
@@ -426,8 +546,11 @@ class FlakyProxy:
 
 
 def test_influx_outage_loses_nothing_and_bounds_the_buffer(
-    setup: Callable[..., tuple[DaemonProcess, int]], kafka_bootstrap: str, unique_topic: str,
-    influx_v1: InfluxV1, query: Query,
+    setup: Callable[..., tuple[DaemonProcess, int]],
+    kafka_bootstrap: str,
+    unique_topic: str,
+    influx_v1: InfluxV1,
+    query: Query,
 ) -> None:
     make_topic(kafka_bootstrap, unique_topic, 2)
     proxy = FlakyProxy(influx_v1.url)
@@ -449,8 +572,15 @@ def test_influx_outage_loses_nothing_and_bounds_the_buffer(
         assert status == 503
         proxy.restore()
         want = expected_ends()
-        wait_for(lambda: len(score_times(query, FAULTY)) >= len(want) and len(score_times(query, HEALTHY)) >= len(want),
-                 60, "all scores after the outage", daemon)
+        wait_for(
+            lambda: (
+                len(score_times(query, FAULTY)) >= len(want)
+                and len(score_times(query, HEALTHY)) >= len(want)
+            ),
+            60,
+            "all scores after the outage",
+            daemon,
+        )
         assert daemon.signal(signal.SIGTERM) == 0, daemon.log()
         for asset in (FAULTY, HEALTHY):
             assert score_times(query, asset) == want
@@ -463,7 +593,9 @@ def test_influx_outage_loses_nothing_and_bounds_the_buffer(
 
 
 def test_two_daemons_split_assets_and_survive_a_rebalance(
-    setup: Callable[..., tuple[DaemonProcess, int]], kafka_bootstrap: str, unique_topic: str,
+    setup: Callable[..., tuple[DaemonProcess, int]],
+    kafka_bootstrap: str,
+    unique_topic: str,
     query: Query,
 ) -> None:
     assets = tuple(f"pump-{i}" for i in (1, 2, 3, 4))
@@ -472,21 +604,142 @@ def test_two_daemons_split_assets_and_survive_a_rebalance(
     messages = interleave(*streams, assets=assets)
     produce(kafka_bootstrap, unique_topic, messages[: len(messages) // 3])
     first, port1 = setup("d1")
-    wait_for(lambda: all(len(score_times(query, a)) > 10 for a in assets), 60, "first daemon scoring", first)
+    wait_for(
+        lambda: all(len(score_times(query, a)) > 10 for a in assets),
+        60,
+        "first daemon scoring",
+        first,
+    )
     second, port2 = setup("d2")  # joins the group: a rebalance moves partitions
     wait_for(lambda: "partitions assigned" in second.log_path.read_text(), 60, "d2 joining", second)
-    wait_for(lambda: "partitions revoked" in first.log_path.read_text(), 30, "d1 giving up partitions", first)
+    wait_for(
+        lambda: "partitions revoked" in first.log_path.read_text(),
+        30,
+        "d1 giving up partitions",
+        first,
+    )
     produce(kafka_bootstrap, unique_topic, messages[len(messages) // 3 :])
     want = expected_ends()
     try:
-        wait_for(lambda: all(len(score_times(query, a)) >= len(want) for a in assets), 90, "all scores")
+        wait_for(
+            lambda: all(len(score_times(query, a)) >= len(want) for a in assets), 90, "all scores"
+        )
     except AssertionError:
         missing = {a: sorted(set(want) - set(score_times(query, a)))[:5] for a in assets}
         raise AssertionError(f"missing windows {missing}\n{first.log()}\n{second.log()}") from None
-    scored = [metric_value(metrics(p), "seqae_windows_scored_total", profile="pumps") for p in (port1, port2)]
+    scored = [
+        metric_value(metrics(p), "seqae_windows_scored_total", profile="pumps")
+        for p in (port1, port2)
+    ]
     assert first.signal(signal.SIGTERM) == 0, first.log()
     assert second.signal(signal.SIGTERM) == 0, second.log()
     assert all(n > 0 for n in scored), scored  # both took part
     for a in assets:
         assert score_times(query, a) == want, a
     assert np.sum(scored) >= len(want) * len(assets)
+
+
+def test_per_asset_calibration_hot_swap_and_a_broken_model(
+    setup: Callable[..., tuple[DaemonProcess, int]],
+    kafka_bootstrap: str,
+    unique_topic: str,
+    query: Query,
+    models_root: Path,
+    tmp_path: Path,
+) -> None:
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(models_root, models)
+    make_topic(kafka_bootstrap, unique_topic, 1)
+    healthy = stream(HEALTHY)
+    produce(kafka_bootstrap, unique_topic, [(HEALTHY, m) for m in healthy[:500]])
+    env = {"SEQAE_BASELINES__MODE": "per_asset", "SEQAE_BASELINES__WARMUP_WINDOWS": "30"}
+    daemon, port = setup(models=models, env=env)
+    first_batch = expected_ends(500)
+    wait_for(
+        lambda: len(score_times(query, HEALTHY)) >= len(first_batch), 60, "first scores", daemon
+    )
+    rows = query(f"SELECT state FROM seqae_score WHERE asset = '{HEALTHY}'")[0]["values"]
+    states = [r[1] for r in rows]
+    assert states[:30] == ["calibrating"] * 30 and "calibrating" not in states[30:]
+    assert list((tmp_path / "state-d1" / "baselines").rglob("*.json"))
+
+    # a new version becomes CURRENT: served from the next batch on, under its own tag
+    history = [generate_asset(f"pump-{i}", 3000, seed=0, plant_seed=0)[0] for i in (1, 2, 3)]
+    v2 = train_profile(
+        history,
+        models_root=models,
+        profile="pumps",
+        window=WINDOW,
+        hop=HOP,
+        kind="pca",
+        epochs=3,
+        progress=False,
+        device="cpu",
+        seed=1,
+    )
+    time.sleep(3)  # reload_poll_s is 1 s
+    produce(kafka_bootstrap, unique_topic, [(HEALTHY, m) for m in healthy[500:800]])
+    wait_for(
+        lambda: bool(query(f"SELECT count(score) FROM seqae_score WHERE model_version = '{v2}'")),
+        60,
+        "scores from the new model",
+        daemon,
+    )
+
+    # a broken version made CURRENT is refused; the served one stays
+    broken = models / "pumps" / "v0009"
+    shutil.copytree(models / "pumps" / v2, broken)
+    (broken / "weights.safetensors").write_bytes(b"garbage")
+    (models / "pumps" / "CURRENT").write_text("v0009\n")
+    daemon.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+    wait_for(
+        lambda: metric_value(metrics(port), "seqae_model_load_failures_total") >= 1,
+        30,
+        "the failed load to be counted",
+        daemon,
+    )
+    produce(kafka_bootstrap, unique_topic, [(HEALTHY, m) for m in healthy[800:]])
+    want = expected_ends()
+    wait_for(lambda: len(score_times(query, HEALTHY)) >= len(want), 60, "all scores", daemon)
+    assert daemon.signal(signal.SIGTERM) == 0, daemon.log()
+    assert score_times(query, HEALTHY) == want
+    versions = query("SHOW TAG VALUES FROM seqae_score WITH KEY = model_version")[0]["values"]
+    assert sorted(v[1] for v in versions) == ["v0001", v2]
+
+
+def test_replay_command_sends_plant_rows_keyed_by_asset(
+    kafka_bootstrap: str, unique_topic: str, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from daemon.cli import build_cli
+    from seqae.synth import generate_plant, write_plant
+
+    make_topic(kafka_bootstrap, unique_topic, 1)
+    write_plant(tmp_path, generate_plant(2, 120, with_faults=False))
+    cli = build_cli()
+    args = ["--topic", unique_topic, "--bootstrap", kafka_bootstrap, "--no-progress"]
+    result = CliRunner().invoke(cli, ["replay", str(tmp_path / "plant.csv"), *args])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(
+        cli,
+        ["replay", str(tmp_path / "pump-1.csv"), "--asset", "pump-9", "--exclude", "label", *args],
+    )
+    assert result.exit_code == 0, result.output
+    bad = CliRunner().invoke(cli, ["replay", str(tmp_path / "pump-1.csv"), *args])
+    assert bad.exit_code == 2 and "asset" in bad.output
+    consumer = KafkaConsumer(
+        unique_topic,
+        bootstrap_servers=kafka_bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=5000,
+        group_id=None,
+    )
+    messages = [(m.key, json.loads(m.value)) for m in consumer]
+    consumer.close()
+    assert len(messages) == 3 * 120
+    assert {k for k, _ in messages} == {b"pump-1", b"pump-2", b"pump-9"}
+    assert all(k.decode() == v["asset"] for k, v in messages)
+    assert "label" not in messages[-1][1]["values"]

@@ -9,7 +9,9 @@ S = 1_000_000_000
 CH = ("pressure", "flow", "temp")
 
 
-def run(book: AlertBook, ratios: list[float], start: int = 0, asset: str = "p1") -> list[tuple[int, str, str]]:
+def run(
+    book: AlertBook, ratios: list[float], start: int = 0, asset: str = "p1"
+) -> list[tuple[int, str, str]]:
     events = []
     for i, r in enumerate(ratios):
         contrib = np.array([0.1, r, 0.2])
@@ -26,13 +28,21 @@ def test_hysteresis_opens_above_enter_and_closes_below_exit() -> None:
 
 def test_min_duration_suppresses_short_excursions() -> None:
     book = AlertBook(AlertSettings(min_duration_s=2, update_every_s=1000))
-    assert run(book, [1.5, 1.5, 0.5, 1.5, 1.5, 1.5, 0.5]) == [(5, "open", "warning"), (6, "closed", "warning")]
+    assert run(book, [1.5, 1.5, 0.5, 1.5, 1.5, 1.5, 0.5]) == [
+        (5, "open", "warning"),
+        (6, "closed", "warning"),
+    ]
 
 
 def test_cooldown_blocks_reopening() -> None:
     book = AlertBook(AlertSettings(cooldown_s=3, update_every_s=1000))
     ev = run(book, [1.5, 0.5, 1.5, 1.5, 1.5, 0.5])
-    assert ev == [(0, "open", "warning"), (1, "closed", "warning"), (4, "open", "warning"), (5, "closed", "warning")]
+    assert ev == [
+        (0, "open", "warning"),
+        (1, "closed", "warning"),
+        (4, "open", "warning"),
+        (5, "closed", "warning"),
+    ]
 
 
 def test_severity_escalation_and_periodic_updates() -> None:
@@ -52,7 +62,11 @@ def test_event_fields_and_top_channels() -> None:
     (e,) = events
     assert e.top_channels == ("flow", "pressure")
     p = e.to_point()
-    assert p.measurement == "seqae_alert" and p.tags == {"asset": "p1", "profile": "pumps", "severity": "warning"}
+    assert p.measurement == "seqae_alert" and p.tags == {
+        "asset": "p1",
+        "profile": "pumps",
+        "severity": "warning",
+    }
     assert p.fields["state"] == "open" and p.fields["top_channels"] == "flow,pressure"
     (closed,) = book.observe("p1", "pumps", 9 * S, 0.1, 2.0, np.array([0.0, 0.0, 0.1]), CH)
     assert closed.duration_s == 4.0 and closed.peak_score == 3.0
@@ -79,3 +93,21 @@ def test_restore_rejects_bad_state_naming_the_asset() -> None:
         assert "p7" in str(exc)
     else:
         raise AssertionError("bad state accepted")
+
+
+def test_a_window_without_observed_samples_changes_nothing() -> None:
+    book = AlertBook(AlertSettings(update_every_s=1000))
+    run(book, [1.5])
+    assert book.observe("p1", "pumps", 5 * S, float("nan"), 2.0, np.full(3, np.nan), CH) == []
+    assert book.open_count == 1
+    idle = AlertBook(AlertSettings())
+    assert idle.observe("p2", "pumps", S, float("nan"), 2.0, np.full(3, np.nan), CH) == []
+    assert idle.open_count == 0
+
+
+def test_forget_drops_a_revoked_assets_state() -> None:
+    book = AlertBook(AlertSettings(update_every_s=1000))
+    run(book, [1.5], asset="p1")
+    run(book, [1.5], asset="p2")
+    book.forget(["p1"])
+    assert set(book.to_dict()) == {"p2"}

@@ -9,8 +9,11 @@ from daemon.cli import build_cli
 def test_config_check_prints_effective_config_with_secrets_masked(tmp_path: Path) -> None:
     config = tmp_path / "d.toml"
     config.write_text('[influx]\ntoken = "very-secret"\n[kafka]\ntopics = ["plant"]\n')
-    result = CliRunner().invoke(build_cli(), ["config", "check", "--config", str(config)],
-                                env={"SEQAE_KAFKA__GROUP_ID": "from-env"})
+    result = CliRunner().invoke(
+        build_cli(),
+        ["config", "check", "--config", str(config)],
+        env={"SEQAE_KAFKA__GROUP_ID": "from-env"},
+    )
     assert result.exit_code == 0, result.output
     shown = json.loads(result.output)
     assert shown["kafka"]["topics"] == ["plant"] and shown["kafka"]["group_id"] == "from-env"
@@ -30,3 +33,14 @@ def test_daemon_run_refuses_a_config_without_routes(tmp_path: Path) -> None:
     config.write_text(f'state_dir = "{tmp_path}"\n[health]\nenabled = false\n')
     result = CliRunner().invoke(build_cli(), ["daemon", "run", "--config", str(config)])
     assert result.exit_code == 2 and "profiles.routes" in result.output
+
+
+def test_daemon_run_refuses_a_missing_model_naming_it(tmp_path: Path) -> None:
+    config = tmp_path / "d.toml"
+    config.write_text(
+        f'state_dir = "{tmp_path}"\n[profiles]\nmodels_root = "{tmp_path / "models"}"\n'
+        'routes = [{ pattern = "pump-*", profile = "pumps" }]\n[health]\nenabled = false\n'
+    )
+    result = CliRunner().invoke(build_cli(), ["daemon", "run", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "cannot load a model profile" in result.output and "pumps" in result.output

@@ -26,7 +26,9 @@ def test_wide_rfc3339() -> None:
 def test_narrow_epoch_ms_and_configured_names() -> None:
     d = decoder(format="narrow", asset_field="id", ts_field="t", channel_field="c", value_field="v")
     msg = {"id": "pump-7", "c": "flow", "t": 1795723200125, "v": 31.9}
-    assert d.decode(json.dumps(msg).encode()) == Reading("pump-7", 1795723200125_000_000, {"flow": 31.9})
+    assert d.decode(json.dumps(msg).encode()) == Reading(
+        "pump-7", 1795723200125_000_000, {"flow": 31.9}
+    )
 
 
 def test_rfc3339_offsets_and_epoch_strings_agree() -> None:

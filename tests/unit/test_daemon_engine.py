@@ -1,5 +1,6 @@
 """Engine, baselines and profile registry against a tiny PCA profile trained here."""
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,17 @@ TP = ("sensors", 0)
 def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")
     history = [generate_asset("pump-1", 900, seed=0, plant_seed=0)[0]]
-    train_profile(history, models_root=root, profile="pumps", window=12, hop=4, kind="pca",
-                  epochs=1, progress=False, device="cpu")
+    train_profile(
+        history,
+        models_root=root,
+        profile="pumps",
+        window=12,
+        hop=4,
+        kind="pca",
+        epochs=1,
+        progress=False,
+        device="cpu",
+    )
     return root
 
 
@@ -47,14 +57,22 @@ class Clock:
 
 
 def ready(asset: str, x: np.ndarray, first_end: int = 0) -> list[ReadyWindow]:
-    return [ReadyWindow(asset, (first_end + 4 * i) * S, w, False, {TP: 10 + i}) for i, w in enumerate(x)]
+    return [
+        ReadyWindow(asset, (first_end + 4 * i) * S, w, False, {TP: 10 + i}) for i, w in enumerate(x)
+    ]
 
 
-def test_batches_close_at_max_batch_or_after_max_wait(models_root: Path, windows: np.ndarray, tmp_path: Path) -> None:
+def test_batches_close_at_max_batch_or_after_max_wait(
+    models_root: Path, windows: np.ndarray, tmp_path: Path
+) -> None:
     clock = Clock()
     registry = ProfileRegistry(models_root, ["pumps"], "cpu")
-    engine = ScoringEngine(EngineSettings(max_batch=4, max_wait_ms=50), registry,
-                           AssetBaselines(BaselineSettings(mode="model"), tmp_path), clock=clock)
+    engine = ScoringEngine(
+        EngineSettings(max_batch=4, max_wait_ms=50),
+        registry,
+        AssetBaselines(BaselineSettings(mode="model"), tmp_path),
+        clock=clock,
+    )
     engine.add("pumps", ready("p1", windows[:3]))
     assert not engine.due() and engine.run().scored == []
     assert engine.hold() == {TP: 10}
@@ -69,27 +87,37 @@ def test_batches_close_at_max_batch_or_after_max_wait(models_root: Path, windows
     assert out.batch_sizes == [2] and engine.queued == 0 and engine.hold() == {}
 
 
-def test_score_points_follow_the_schema(models_root: Path, known: np.ndarray, tmp_path: Path) -> None:
+def test_score_points_follow_the_schema(
+    models_root: Path, known: np.ndarray, tmp_path: Path
+) -> None:
     registry = ProfileRegistry(models_root, ["pumps"], "cpu")
-    engine = ScoringEngine(EngineSettings(), registry, AssetBaselines(BaselineSettings(mode="model"), tmp_path))
+    engine = ScoringEngine(
+        EngineSettings(), registry, AssetBaselines(BaselineSettings(mode="model"), tmp_path)
+    )
     engine.add("pumps", ready("p1", known[:2], first_end=11))
     out = engine.run(force=True)
     point = out.scored[1].to_point()
     channels = registry.get("pumps").geometry.channels
     assert point.measurement == "seqae_score" and point.time_ns == 15 * S
     assert point.tags == {"asset": "p1", "profile": "pumps", "model_version": "v0001"}
-    assert set(point.fields) == {"score", "threshold", "anomalous", "state", "gap"} | {f"err_{c}" for c in channels}
+    assert set(point.fields) == {"score", "threshold", "anomalous", "state", "gap"} | {
+        f"err_{c}" for c in channels
+    }
     assert point.fields["state"] == "ok" and point.fields["gap"] is False
 
 
-def test_per_asset_warmup_fits_persists_and_restores(models_root: Path, windows: np.ndarray, tmp_path: Path) -> None:
+def test_per_asset_warmup_fits_persists_and_restores(
+    models_root: Path, windows: np.ndarray, tmp_path: Path
+) -> None:
     settings = BaselineSettings(mode="per_asset", warmup_windows=60)
     registry = ProfileRegistry(models_root, ["pumps"], "cpu")
-    engine = ScoringEngine(EngineSettings(max_batch=16), registry, AssetBaselines(settings, tmp_path))
+    engine = ScoringEngine(
+        EngineSettings(max_batch=16), registry, AssetBaselines(settings, tmp_path)
+    )
     engine.add("pumps", ready("p1", windows[:80]))
     states = [w.state for w in engine.run(force=True).scored]
-    assert states[:64] == ["calibrating"] * 64  # the batch in which the fit happened stays calibrating
-    assert set(states[64:]) == {"ok"}
+    # windows after the fit in the same batch are scored again with the asset's own baseline
+    assert states == ["calibrating"] * 60 + ["ok"] * 20
     assert all(not w.anomalous for w in engine.run(force=True).scored)
     saved = list((tmp_path / "baselines").rglob("*.json"))
     assert [p.name for p in saved] == ["p1.json"]
@@ -98,7 +126,9 @@ def test_per_asset_warmup_fits_persists_and_restores(models_root: Path, windows:
     assert {w.state for w in fresh.run(force=True).scored} == {"ok"}
 
 
-def test_warmup_progress_survives_a_restart(models_root: Path, windows: np.ndarray, tmp_path: Path) -> None:
+def test_warmup_progress_survives_a_restart(
+    models_root: Path, windows: np.ndarray, tmp_path: Path
+) -> None:
     settings = BaselineSettings(mode="per_asset", warmup_windows=40)
     registry = ProfileRegistry(models_root, ["pumps"], "cpu")
     first = AssetBaselines(settings, tmp_path)
@@ -106,25 +136,44 @@ def test_warmup_progress_survives_a_restart(models_root: Path, windows: np.ndarr
     engine.add("pumps", ready("p1", windows[:30]))
     engine.run(force=True)
     first.checkpoint()
-    restarted = ScoringEngine(EngineSettings(max_batch=10), registry, AssetBaselines(settings, tmp_path))
+    restarted = ScoringEngine(
+        EngineSettings(max_batch=10), registry, AssetBaselines(settings, tmp_path)
+    )
     restarted.add("pumps", ready("p1", windows[30:50]))
     states = [w.state for w in restarted.run(force=True).scored]
     assert states == ["calibrating"] * 10 + ["ok"] * 10
 
 
-def test_shift_is_an_event_not_a_fault(models_root: Path, known: np.ndarray, tmp_path: Path) -> None:
+def test_shift_is_an_event_not_a_fault(
+    models_root: Path, known: np.ndarray, tmp_path: Path
+) -> None:
     registry = ProfileRegistry(models_root, ["pumps"], "cpu")
-    engine = ScoringEngine(EngineSettings(), registry, AssetBaselines(BaselineSettings(mode="model"), tmp_path))
+    engine = ScoringEngine(
+        EngineSettings(), registry, AssetBaselines(BaselineSettings(mode="model"), tmp_path)
+    )
     far = known[:4] * 50.0 + 1000.0
     engine.add("pumps", ready("p1", np.concatenate([known[:2], far, known[2:4]])))
     out = engine.run(force=True)
-    assert [w.state for w in out.scored] == ["ok", "ok", "shifted", "shifted", "shifted", "shifted", "ok", "ok"]
+    assert [w.state for w in out.scored] == [
+        "ok",
+        "ok",
+        "shifted",
+        "shifted",
+        "shifted",
+        "shifted",
+        "ok",
+        "ok",
+    ]
     assert [(e.state, e.time_ns // S) for e in out.shifts] == [("entered", 8), ("left", 24)]
 
 
-def test_recalibrate_puts_the_asset_back_into_warmup(models_root: Path, windows: np.ndarray, tmp_path: Path) -> None:
+def test_recalibrate_puts_the_asset_back_into_warmup(
+    models_root: Path, windows: np.ndarray, tmp_path: Path
+) -> None:
     baselines = AssetBaselines(BaselineSettings(mode="per_asset", warmup_windows=30), tmp_path)
-    engine = ScoringEngine(EngineSettings(max_batch=10), ProfileRegistry(models_root, ["pumps"], "cpu"), baselines)
+    engine = ScoringEngine(
+        EngineSettings(max_batch=10), ProfileRegistry(models_root, ["pumps"], "cpu"), baselines
+    )
     engine.add("pumps", ready("p1", windows[:40]))
     assert engine.run(force=True).scored[-1].state == "ok"
     assert baselines.recalibrate("p1") == 1
@@ -143,8 +192,17 @@ def test_registry_swaps_on_current_and_keeps_serving_when_a_model_is_broken(
     registry = ProfileRegistry(root, ["pumps"], "cpu")
     assert registry.refresh() == []
     history = [generate_asset("pump-2", 900, seed=0, plant_seed=0)[0]]
-    v2 = train_profile(history, models_root=root, profile="pumps", window=12, hop=4, kind="pca",
-                       epochs=1, progress=False, device="cpu")
+    v2 = train_profile(
+        history,
+        models_root=root,
+        profile="pumps",
+        window=12,
+        hop=4,
+        kind="pca",
+        epochs=1,
+        progress=False,
+        device="cpu",
+    )
     assert registry.refresh() == ["pumps"] and registry.get("pumps").version == v2
     broken = root / "pumps" / "v0003"
     shutil.copytree(root / "pumps" / v2, broken)
@@ -152,3 +210,60 @@ def test_registry_swaps_on_current_and_keeps_serving_when_a_model_is_broken(
     (root / "pumps" / "CURRENT").write_text("v0003\n")
     assert registry.refresh() == [] and registry.get("pumps").version == v2
     assert registry.load_failures == 1
+
+
+def test_warmup_snapshot_is_kept_until_written(tmp_path: Path, windows: np.ndarray) -> None:
+    settings = BaselineSettings(mode="per_asset", warmup_windows=100)
+    baselines = AssetBaselines(settings, tmp_path)
+    for i in range(3):
+        assert (
+            baselines.observe(None, "pumps", "v0001", 4, "p1", i * S, windows[i], False)[0]
+            == "calibrating"
+        )
+    assert len(baselines.snapshot().files) == 1
+    snap = baselines.snapshot()  # the first one was dropped unwritten: still pending
+    assert len(snap.files) == 1
+    baselines.saved(snap)
+    assert baselines.snapshot().files == []
+    restored = AssetBaselines(settings, tmp_path)
+    restored.observe(None, "pumps", "v0001", 4, "p1", 3 * S, windows[3], False)
+    kept = restored.snapshot().files[0][1]
+    assert kept is not None and np.load(io.BytesIO(kept)).shape[0] == 4
+
+
+def test_a_corrupt_state_file_refuses_the_start_naming_the_file(
+    models_root: Path, tmp_path: Path
+) -> None:
+    from daemon.app import Daemon, StartupError
+    from daemon.settings import load_settings
+
+    state = tmp_path / "checkpoint-seqae.json"
+    state.write_text('{"format": "seqae-daemon-state/1", "last_ends": {}, "alerts": {"p1": 3}}')
+    settings = load_settings(
+        None,
+        state_dir=tmp_path,
+        profiles={"models_root": models_root, "routes": [{"pattern": "*", "profile": "pumps"}]},
+    )
+    with pytest.raises(StartupError, match=r"checkpoint-seqae\.json"):
+        Daemon(settings)
+
+
+def test_several_profiles_are_served_side_by_side(
+    models_root: Path, known: np.ndarray, tmp_path: Path
+) -> None:
+    import shutil
+
+    root = tmp_path / "models"
+    shutil.copytree(models_root / "pumps", root / "pumps")
+    shutil.copytree(models_root / "pumps", root / "fans")
+    registry = ProfileRegistry(root, ["pumps", "fans"], "cpu")
+    engine = ScoringEngine(
+        EngineSettings(max_batch=8),
+        registry,
+        AssetBaselines(BaselineSettings(mode="model"), tmp_path),
+    )
+    engine.add("pumps", ready("pump-1", known[:3]))
+    engine.add("fans", ready("fan-1", known[3:13]))
+    out = engine.run(force=True)
+    assert sorted(out.batch_sizes) == [2, 3, 8]
+    assert {(w.asset, w.profile) for w in out.scored} == {("pump-1", "pumps"), ("fan-1", "fans")}

@@ -13,7 +13,10 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_file_and_env_override_nested(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = write(tmp_path, '[kafka]\ntopics = ["plant"]\ngroup_id = "g1"\n[[profiles.routes]]\npattern = "pump-*"\nprofile = "pumps"\n')
+    path = write(
+        tmp_path,
+        '[kafka]\ntopics = ["plant"]\ngroup_id = "g1"\n[[profiles.routes]]\npattern = "pump-*"\nprofile = "pumps"\n',
+    )
     monkeypatch.setenv("SEQAE_KAFKA__GROUP_ID", "g2")
     monkeypatch.setenv("SEQAE_ENGINE__MAX_BATCH", "64")
     s = load_settings(path)
@@ -29,6 +32,7 @@ def test_file_and_env_override_nested(tmp_path: Path, monkeypatch: pytest.Monkey
         ("[alerts]\nenter_level = 1.0\nexit_level = 1.5\n", "alerts: exit_level"),
         ('[influx]\nurl = "localhost:8086"\n', "influx.url"),
         ("[kafka]\ntopicz = []\n", "kafka.topicz"),
+        ("[kafka]\nsession_timeout_ms = 6000\nheartbeat_interval_ms = 3000\n", "kafka: heartbeat"),
     ],
 )
 def test_bad_config_names_the_field(tmp_path: Path, text: str, field: str) -> None:
@@ -39,7 +43,7 @@ def test_bad_config_names_the_field(tmp_path: Path, text: str, field: str) -> No
 
 def test_bad_env_names_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SEQAE_WINDOWS__MAX_FILL", "lots")
-    with pytest.raises(ConfigError, match="windows.max_fill"):
+    with pytest.raises(ConfigError, match=r"windows\.max_fill"):
         load_settings()
 
 
@@ -53,16 +57,23 @@ def test_missing_and_broken_files(tmp_path: Path) -> None:
 def test_secrets_from_files_are_masked(tmp_path: Path) -> None:
     (tmp_path / "token").write_text("s3cr3t-token\n")
     (tmp_path / "pw").write_text("hunter2")
-    path = write(tmp_path, f'[influx]\ntoken_file = "{tmp_path / "token"}"\n[kafka]\nsasl_password_file = "{tmp_path / "pw"}"\n')
+    path = write(
+        tmp_path,
+        f'[influx]\ntoken_file = "{tmp_path / "token"}"\n[kafka]\nsasl_password_file = "{tmp_path / "pw"}"\n',
+    )
     s = load_settings(path)
     assert s.influx.token is not None and s.influx.token.get_secret_value() == "s3cr3t-token"
-    assert s.kafka.sasl_password is not None and s.kafka.sasl_password.get_secret_value() == "hunter2"
+    assert (
+        s.kafka.sasl_password is not None and s.kafka.sasl_password.get_secret_value() == "hunter2"
+    )
     shown = json.dumps(s.masked())
     assert "s3cr3t" not in shown and "hunter2" not in shown and "**********" in shown
     assert "s3cr3t" not in repr(s)
 
 
-def test_secret_file_problems_name_the_field(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_secret_file_problems_name_the_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SEQAE_INFLUX__TOKEN_FILE", str(tmp_path / "missing"))
     with pytest.raises(ConfigError, match="token_file: cannot read"):
         load_settings()
@@ -71,3 +82,8 @@ def test_secret_file_problems_name_the_field(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setenv("SEQAE_INFLUX__TOKEN", "y")
     with pytest.raises(ConfigError, match="either token or token_file"):
         load_settings()
+
+
+def test_example_config_is_valid() -> None:
+    s = load_settings(Path(__file__).resolve().parents[2] / "configs" / "daemon.example.toml")
+    assert s.profiles.profile_for("pump-1") == "pumps"

@@ -18,8 +18,13 @@ class Clock:
         return self.now
 
 
-def feed(store: WindowStore, slots: list[int], asset: str = "p1", start_offset: int = 0,
-         values: dict[int, dict[str, float]] | None = None) -> list[ReadyWindow]:
+def feed(
+    store: WindowStore,
+    slots: list[int],
+    asset: str = "p1",
+    start_offset: int = 0,
+    values: dict[int, dict[str, float]] | None = None,
+) -> list[ReadyWindow]:
     out = []
     for i, slot in enumerate(slots):
         v = (values or {}).get(slot, {"a": float(slot), "b": float(slot) * 10})
