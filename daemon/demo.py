@@ -251,25 +251,44 @@ def main(out_dir: Path, assets: int, history_hours: float, live_minutes: float, 
     alerts = pd.DataFrame(influx_query(ep.influx_url, database, "SELECT * FROM seqae_alert"))
     png = out_dir / "scores.png"
     plot(png, scores, alerts, fault_list)
-    detected = summarise(alerts, fault_list, list(live))
+    end_ns = pd.Timestamp(LIVE_START).value + int(live_minutes * 60e9)
+    detected = summarise(alerts, fault_list, end_ns)
     click.echo(f"  {detected}")
     click.echo(f"  saved {png}; daemon log {out_dir / 'daemon.log'}")
 
 
-def summarise(alerts: pd.DataFrame, faults: list[dict[str, Any]], assets: list[str]) -> str:
-    opened = alerts[alerts["state"] == "open"] if len(alerts) else pd.DataFrame(columns=["asset", "time"])
-    hits = 0
-    for f in faults:
-        inside = opened[
-            (opened["asset"] == f["asset"])
-            & (opened["time"] >= f["start_ns"])
-            & (opened["time"] <= f["end_ns"] + 120 * 10**9)
-        ]
-        hits += int(len(inside) > 0)
-    faulty = {f["asset"] for f in faults}
-    false_assets = sorted(set(opened["asset"]) - faulty)
-    extra = f"; alerts on healthy pumps: {', '.join(false_assets)}" if false_assets else "; no alert on a healthy pump"
-    return f"faults detected: {hits} of {len(faults)}{extra}"
+def alert_episodes(alerts: pd.DataFrame, end_ns: int) -> list[tuple[str, int, int]]:
+    """(asset, opened, closed) per alert; one still open lasts until `end_ns`."""
+    episodes: list[tuple[str, int, int]] = []
+    if not len(alerts):
+        return episodes
+    for asset, rows in alerts.sort_values("time").groupby("asset"):
+        opened: int | None = None
+        for _, row in rows.iterrows():
+            if row["state"] == "open":
+                opened = int(row["time"])
+            elif row["state"] == "closed" and opened is not None:
+                episodes.append((str(asset), opened, int(row["time"])))
+                opened = None
+        if opened is not None:
+            episodes.append((str(asset), opened, end_ns))
+    return episodes
+
+
+def summarise(alerts: pd.DataFrame, faults: list[dict[str, Any]], end_ns: int) -> str:
+    """Faults overlapped by an alert, and alerts that overlap no fault."""
+    episodes = alert_episodes(alerts, end_ns)
+
+    def overlaps(e: tuple[str, int, int], f: dict[str, Any]) -> bool:
+        return e[0] == f["asset"] and e[1] <= f["end_ns"] and e[2] >= f["start_ns"]
+
+    detected = [f for f in faults if any(overlaps(e, f) for e in episodes)]
+    missed = [f"{f['asset']} {f['kind']}" for f in faults if f not in detected]
+    false = [e for e in episodes if not any(overlaps(e, f) for f in faults)]
+    text = f"faults detected: {len(detected)} of {len(faults)}"
+    if missed:
+        text += f" (missed: {', '.join(missed)})"
+    return text + f"; alerts matching no fault: {len(false)}"
 
 
 if __name__ == "__main__":
