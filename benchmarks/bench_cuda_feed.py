@@ -59,7 +59,9 @@ def unit_baseline(channels: int) -> Baseline:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--window", type=int, default=100)
     parser.add_argument("--channels", type=int, default=16)
@@ -73,8 +75,9 @@ def main() -> None:
     repeats = 3 if args.quick else 10
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print(f"device {name}; window {w} x {c} channels, hop {hop}, LSTM hidden {args.hidden}")
-    print(f"{'dtype':>5} {'batch':>6} {'plain win/s':>12} {'daemon win/s':>13} {'naive win/s':>12} {'daemon/plain':>13}")
-    rng = np.random.default_rng(0)
+    print(
+        f"{'dtype':>5} {'batch':>6} {'plain win/s':>12} {'daemon win/s':>13} {'naive win/s':>12} {'daemon/plain':>13}"
+    )
     baseline = unit_baseline(c)
     for label, dtype in DTYPES.items():
         if device.type == "cpu" and dtype != torch.float32:
@@ -82,38 +85,58 @@ def main() -> None:
         model = SequenceAutoencoder(ModelConfig(c, w, hidden_size=args.hidden, latent_size=16))
         scorer = Scorer(model.to(dtype), device=str(device))
         for n in batches:
-            history = DeviceHistory(c, w, device, capacity=n, dtype=dtype)
-            slots = np.array([history.slot(f"asset-{i}") for i in range(n)], np.int64)
-            history.append(np.repeat(slots, w), rng.normal(size=(n * w, c)).astype(np.float32))
-            new_slots = np.tile(slots, hop)
-            new_rows = rng.normal(size=(n * hop, c)).astype(np.float32)
-            center = torch.zeros(n, c, device=device)
-            scale = torch.ones(n, c, device=device)
-            x_dev = torch.randn(n, w, c, device=device, dtype=dtype)
-            m_dev = torch.ones(n, w, c, device=device, dtype=torch.bool)
-            host_windows = rng.normal(size=(n, w, c)).astype(np.float32)
-
-            def plain(x: torch.Tensor = x_dev, m: torch.Tensor = m_dev) -> None:
-                with torch.inference_mode():
-                    scorer.detector.reconstruct(x, m)
-
-            def daemon_path(slots: np.ndarray = slots) -> None:
-                history.append(new_slots, new_rows)
-                feats = device_features(scorer, history, slots, center, scale)
-                baseline.scores(feats.cpu().numpy().astype(np.float64))
-
-            def naive(h: np.ndarray = host_windows) -> None:
-                x = torch.from_numpy(h).to(device).to(dtype)
-                with torch.inference_mode():
-                    scorer.detector.reconstruct(x, torch.ones_like(x, dtype=torch.bool))
-
-            t_plain = timed(plain, device, repeats)
-            t_daemon = timed(daemon_path, device, repeats)
-            t_naive = timed(naive, device, repeats)
+            t_plain, t_daemon, t_naive = measure(
+                scorer, device, dtype, n, w, c, hop, baseline, repeats
+            )
             print(
                 f"{label:>5} {n:>6} {n / t_plain:>12,.0f} {n / t_daemon:>13,.0f} {n / t_naive:>12,.0f}"
                 f" {t_plain / t_daemon:>13.2f}"
             )
+
+
+def measure(
+    scorer: Scorer,
+    device: torch.device,
+    dtype: torch.dtype,
+    n: int,
+    w: int,
+    c: int,
+    hop: int,
+    baseline: Baseline,
+    repeats: int,
+) -> tuple[float, float, float]:
+    """Seconds per call of the plain forward, the daemon's path and the naive copy, for n assets."""
+    rng = np.random.default_rng(n)
+    history = DeviceHistory(c, w, device, capacity=n, dtype=dtype)
+    slots = np.array([history.slot(f"asset-{i}") for i in range(n)], np.int64)
+    history.append(np.repeat(slots, w), rng.normal(size=(n * w, c)).astype(np.float32))
+    new_slots = np.tile(slots, hop)
+    new_rows = rng.normal(size=(n * hop, c)).astype(np.float32)
+    center = torch.zeros(n, c, device=device)
+    scale = torch.ones(n, c, device=device)
+    x_dev = torch.randn(n, w, c, device=device, dtype=dtype)
+    m_dev = torch.ones(n, w, c, device=device, dtype=torch.bool)
+    host_windows = rng.normal(size=(n, w, c)).astype(np.float32)
+
+    def plain() -> None:
+        with torch.inference_mode():
+            scorer.detector.reconstruct(x_dev, m_dev)
+
+    def daemon_path() -> None:
+        history.append(new_slots, new_rows)
+        feats = device_features(scorer, history, slots, center, scale)
+        baseline.scores(feats.cpu().numpy().astype(np.float64))
+
+    def naive() -> None:
+        x = torch.from_numpy(host_windows).to(device).to(dtype)
+        with torch.inference_mode():
+            scorer.detector.reconstruct(x, torch.ones_like(x, dtype=torch.bool))
+
+    return (
+        timed(plain, device, repeats),
+        timed(daemon_path, device, repeats),
+        timed(naive, device, repeats),
+    )
 
 
 if __name__ == "__main__":

@@ -617,44 +617,50 @@ def format_table(table: dict[str, Any], subset: str, markdown: bool = False) -> 
     return "\n".join(fmt.format(*r) for r in [head, *rows])
 
 
+def _finite(x: Any) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x)
+
+
 def plot_results(
-    table: dict[str, Any], runs: Sequence[RunResult], data: SkabData, out_dir: Path
+    table: dict[str, Any],
+    runs: Sequence[RunResult],
+    data: SkabData,
+    out_dir: Path,
+    example_detector: str = "lstm-tuned",
 ) -> list[Path]:
-    """Bar chart of VUS-PR / F1 / FAR / MAR per detector and protocol on the report set, and
-    one per-file plot of the first detector's global+baseline run."""
+    """Per protocol, bars of VUS-PR and F1 (mean ± std over seeds) for every detector and the
+    references on the report set; and one file's score / threshold for `example_detector`'s
+    global+baseline run (the first detector's when it is absent)."""
     part = table["report"]
-    rows = []
+    paths = []
     for proto in PROTOCOLS:
+        rows = []
         for det, protos in part["detectors"].items():
-            if proto not in protos:
-                continue
-            for label, key in (("VUS-PR", "vus_pr"), ("F1", "f1"), ("FAR", "far"), ("MAR", "mar")):
-                stat = protos[proto][key]
-                if math.isfinite(stat["mean"]):
-                    rows.append({"detector": f"{det} {proto}", "metric": label, **stat})
+            for label, key in (("VUS-PR", "vus_pr"), ("F1", "f1")):
+                stat = protos.get(proto, {}).get(key)
+                if stat and _finite(stat["mean"]):
+                    rows.append(
+                        {
+                            "detector": det,
+                            "metric": label,
+                            "mean": stat["mean"],
+                            "std": stat["std"] or 0.0,
+                        }
+                    )
         for ref, stats in part["references"].get(proto, {}).items():
-            if proto == "global+baseline":
-                for label, key in (
-                    ("VUS-PR", "vus_pr"),
-                    ("F1", "f1"),
-                    ("FAR", "far"),
-                    ("MAR", "mar"),
-                ):
+            for label, key in (("VUS-PR", "vus_pr"), ("F1", "f1")):
+                if _finite(stats.get(key)):
                     rows.append({"detector": ref, "metric": label, "mean": stats[key], "std": 0.0})
-    paths = [
-        plot_summary(
-            out_dir / "skab_summary.png",
-            rows,
-            title="SKAB, 30 non-tuning files, mean ± std over seeds",
-        )
-    ]
-    example = next((r for r in runs if r.protocol == "global+baseline"), None)
+        if rows:
+            title = f"SKAB {proto}, 30 non-tuning files, mean ± std over seeds"
+            paths.append(
+                plot_summary(out_dir / f"skab_{proto.replace('+', '_')}.png", rows, title=title)
+            )
+    candidates = [r for r in runs if r.protocol == "global+baseline"]
+    example = next((r for r in candidates if r.detector == example_detector), None)
+    example = example or (candidates[0] if candidates else None)
     if example is not None:
-        f = (
-            next(f for f in example.files if f.name == "valve1/1")
-            if any(f.name == "valve1/1" for f in example.files)
-            else example.files[0]
-        )
+        f = next((f for f in example.files if f.name == "valve1/1"), example.files[0])
         s = data.files[f.name]
         rows_idx = np.arange(HEAD_ROWS, len(s))
         paths.append(
@@ -666,7 +672,8 @@ def plot_results(
                 f.normalised,
                 1.0,
                 f.labels,
-                title=f"{f.name}: {example.detector}, global network + per-asset baseline (seed {example.seed}), score / threshold",
+                title=f"{f.name}: {example.detector}, global network + per-asset baseline "
+                f"(seed {example.seed}), score / threshold",
             )
         )
     return paths

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 import pandas as pd
 
 from seqae.synth import generate_plant, write_plant
@@ -123,14 +122,18 @@ def report_alerts(rows: list[dict[str, Any]], seen: set[tuple[Any, ...]]) -> Non
             )
 
 
-def plot(out_png: Path, scores: pd.DataFrame, alerts: pd.DataFrame, faults: list[dict[str, Any]]) -> None:
+def plot(
+    out_png: Path, scores: pd.DataFrame, alerts: pd.DataFrame, faults: list[dict[str, Any]]
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     assets = sorted(scores["asset"].unique())
-    fig, axes = plt.subplots(len(assets), 1, figsize=(13, 2.6 * len(assets)), sharex=True, squeeze=False)
+    fig, axes = plt.subplots(
+        len(assets), 1, figsize=(13, 2.6 * len(assets)), sharex=True, squeeze=False
+    )
     for ax, asset in zip(axes[:, 0], assets, strict=True):
         s = scores[scores["asset"] == asset]
         t = pd.to_datetime(s["time"], unit="ns")
@@ -153,20 +156,26 @@ def plot(out_png: Path, scores: pd.DataFrame, alerts: pd.DataFrame, faults: list
         ax.set_ylabel(asset)
         ax.legend(loc="upper left", fontsize=7, ncol=4)
         ax.grid(alpha=0.3)
-    axes[0, 0].set_title("seqae demo: scores (log) and alerts read back from InfluxDB; red = open, green = closed")
+    axes[0, 0].set_title(
+        "seqae demo: scores (log) and alerts read back from InfluxDB; red = open, green = closed"
+    )
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
 
 
 @click.command()
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out/demo"))
+@click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out/demo")
+)
 @click.option("--assets", default=4, show_default=True)
 @click.option("--history-hours", default=2.0, show_default=True)
 @click.option("--live-minutes", default=60.0, show_default=True)
 @click.option("--epochs", default=10, show_default=True)
 @click.option("--rate", default=0.0, help="Replay messages/s (0: as fast as possible).")
-def main(out_dir: Path, assets: int, history_hours: float, live_minutes: float, epochs: int, rate: float) -> None:
+def main(
+    out_dir: Path, assets: int, history_hours: float, live_minutes: float, epochs: int, rate: float
+) -> None:
     """Run the seqae demo end to end."""
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -176,7 +185,11 @@ def main(out_dir: Path, assets: int, history_hours: float, live_minutes: float, 
 
     click.secho("2/5 train on the normal history of the plant", bold=True)
     history = generate_plant(
-        assets, int(history_hours * 3600), seed=0, with_faults=False, start_ns=pd.Timestamp(HISTORY_START).value
+        assets,
+        int(history_hours * 3600),
+        seed=0,
+        with_faults=False,
+        start_ns=pd.Timestamp(HISTORY_START).value,
     )
     version = train_profile(
         [s for s, _ in history.values()],
@@ -190,7 +203,11 @@ def main(out_dir: Path, assets: int, history_hours: float, live_minutes: float, 
     click.echo(f"  trained pumps/{version} on {assets} pumps x {history_hours:g} h")
 
     live = generate_plant(
-        assets, int(live_minutes * 60), seed=1, with_faults=True, start_ns=pd.Timestamp(LIVE_START).value
+        assets,
+        int(live_minutes * 60),
+        seed=1,
+        with_faults=True,
+        start_ns=pd.Timestamp(LIVE_START).value,
     )
     write_plant(out_dir / "live", live)
     faults = json.loads((out_dir / "live" / "faults.json").read_text())
@@ -230,7 +247,9 @@ def main(out_dir: Path, assets: int, history_hours: float, live_minutes: float, 
         scored = 0
         while time.monotonic() < deadline:
             if daemon.poll() is not None:
-                raise click.ClickException(f"the daemon stopped (exit {daemon.returncode}); see {out_dir / 'daemon.log'}")
+                raise click.ClickException(
+                    f"the daemon stopped (exit {daemon.returncode}); see {out_dir / 'daemon.log'}"
+                )
             report_alerts(influx_query(ep.influx_url, database, "SELECT * FROM seqae_alert"), seen)
             rows = influx_query(ep.influx_url, database, "SELECT count(score) FROM seqae_score")
             scored = int(rows[0]["count"]) if rows else 0
@@ -247,7 +266,9 @@ def main(out_dir: Path, assets: int, history_hours: float, live_minutes: float, 
             daemon.kill()
 
     click.secho("5/5 read back scores and alerts from InfluxDB and plot them", bold=True)
-    scores = pd.DataFrame(influx_query(ep.influx_url, database, "SELECT score, threshold, asset FROM seqae_score"))
+    scores = pd.DataFrame(
+        influx_query(ep.influx_url, database, "SELECT score, threshold, asset FROM seqae_score")
+    )
     alerts = pd.DataFrame(influx_query(ep.influx_url, database, "SELECT * FROM seqae_alert"))
     png = out_dir / "scores.png"
     plot(png, scores, alerts, fault_list)

@@ -136,7 +136,12 @@ def list_profiles(root: Path) -> list[str]:
 
 
 def save_model(
-    root: Path, profile: str, detector: Any, baseline: Baseline, meta: ModelMeta, promote_now: bool = True
+    root: Path,
+    profile: str,
+    detector: Any,
+    baseline: Baseline,
+    meta: ModelMeta,
+    promote_now: bool = True,
 ) -> str:
     """Write a new version (never overwriting one) and, by default, make it CURRENT."""
     _check_name("profile", profile)
@@ -271,14 +276,18 @@ def baseline_path(root: Path, profile: str, asset: str) -> Path:
     return Path(root) / profile / "baselines" / f"{safe}.json"
 
 
-def save_baseline(root: Path, profile: str, asset: str, baseline: Baseline, model_version: str) -> Path:
+def save_baseline(
+    root: Path, profile: str, asset: str, baseline: Baseline, model_version: str
+) -> Path:
     path = baseline_path(root, profile, asset)
     payload = {"asset": asset, "model_version": model_version, "baseline": baseline.to_dict()}
     _atomic_write(path, json.dumps(payload))
     return path
 
 
-def load_baseline(root: Path, profile: str, asset: str, model_version: str | None = None) -> Baseline | None:
+def load_baseline(
+    root: Path, profile: str, asset: str, model_version: str | None = None
+) -> Baseline | None:
     """The asset's stored baseline, or None when there is none for this model version."""
     path = baseline_path(root, profile, asset)
     if not path.exists():
@@ -290,4 +299,3 @@ def load_baseline(root: Path, profile: str, asset: str, model_version: str | Non
         return Baseline.from_dict(payload["baseline"])
     except (json.JSONDecodeError, KeyError, TypeError, CalibrationError) as exc:
         raise ArtifactError(f"{path}: unreadable baseline ({exc!r})") from exc
-

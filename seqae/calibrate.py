@@ -124,7 +124,11 @@ def pot_threshold(scores: np.ndarray, risk: float, initial_quantile: float = 0.9
     t0 = float(np.quantile(scores, initial_quantile))
     peaks = scores[scores > t0] - t0
     if len(peaks) < 10:
-        return float(np.quantile(scores, 1.0 - risk)) if risk > 1.0 / len(scores) else float(scores.max())
+        return (
+            float(np.quantile(scores, 1.0 - risk))
+            if risk > 1.0 / len(scores)
+            else float(scores.max())
+        )
     shape, _, scale = stats.genpareto.fit(peaks, floc=0.0)
     tail = len(peaks) / len(scores)
     ratio = risk / tail
@@ -221,6 +225,8 @@ def fit_baseline(
     }
     if period_s:
         windows_per_day = 86400.0 / (period_s * hop)
-        expected = max(exceed, 1.0 - policy.quantile if policy.method == "quantile" else policy.pot_risk)
+        expected = max(
+            exceed, 1.0 - policy.quantile if policy.method == "quantile" else policy.pot_risk
+        )
         baseline.info["expected_alarm_windows_per_day"] = expected * windows_per_day
     return baseline

@@ -61,7 +61,9 @@ def cli() -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--normal", is_flag=True, help="Normal operation only (training history).")
 @click.option("--healthy", default=1, show_default=True, help="Assets without faults.")
-@click.option("--start", default="2026-01-01T00:00:00Z", show_default=True, help="First timestamp (RFC 3339).")
+@click.option(
+    "--start", default="2026-01-01T00:00:00Z", show_default=True, help="First timestamp (RFC 3339)."
+)
 def synth(
     out_dir: Path,
     assets: int,
@@ -106,23 +108,53 @@ def synth(
 @click.option("--epochs", default=40, show_default=True)
 @click.option("--hidden", "hidden_size", default=64, show_default=True)
 @click.option("--latent", "latent_size", default=16, show_default=True)
-@click.option("--layers", "num_layers", type=int, default=None, help="LSTM layers per side [default: 1; deep: 2].")
-@click.option("--variant", type=click.Choice(list(VARIANTS)), default="plain", show_default=True, help="Autoencoder variant (lstm only).")
-@click.option("--noise-std", type=float, default=None, help="denoising: input noise (scaled units).")
+@click.option(
+    "--layers",
+    "num_layers",
+    type=int,
+    default=None,
+    help="LSTM layers per side [default: 1; deep: 2].",
+)
+@click.option(
+    "--variant",
+    type=click.Choice(list(VARIANTS)),
+    default="plain",
+    show_default=True,
+    help="Autoencoder variant (lstm only).",
+)
+@click.option(
+    "--noise-std", type=float, default=None, help="denoising: input noise (scaled units)."
+)
 @click.option("--mask-prob", type=float, default=None, help="denoising: share of samples hidden.")
-@click.option("--sparsity", type=click.Choice(["l1", "kl"]), default=None, help="sparse: penalty kind.")
+@click.option(
+    "--sparsity", type=click.Choice(["l1", "kl"]), default=None, help="sparse: penalty kind."
+)
 @click.option("--sparsity-weight", type=float, default=None, help="sparse: penalty weight.")
 @click.option("--contractive-weight", type=float, default=None, help="contractive: penalty weight.")
-@click.option("--contractive-projections", type=int, default=None, help="contractive: projections per step.")
+@click.option(
+    "--contractive-projections", type=int, default=None, help="contractive: projections per step."
+)
 @click.option("--kl-weight", type=float, default=None, help="variational: KL weight (beta).")
 @click.option("--kl-anneal-epochs", type=int, default=None, help="variational: KL warm-up epochs.")
-@click.option("--vae-samples", type=int, default=None, help="variational: latent samples when scoring.")
+@click.option(
+    "--vae-samples", type=int, default=None, help="variational: latent samples when scoring."
+)
 @click.option("--bidirectional", is_flag=True, help="Bidirectional encoder.")
 @click.option("--dropout", default=0.0, show_default=True)
-@click.option("--score", "score_kind", type=click.Choice(["mahalanobis", "mse"]), default="mahalanobis", show_default=True)
-@click.option("--threshold", type=click.Choice(["quantile", "pot"]), default="quantile", show_default=True)
+@click.option(
+    "--score",
+    "score_kind",
+    type=click.Choice(["mahalanobis", "mse"]),
+    default="mahalanobis",
+    show_default=True,
+)
+@click.option(
+    "--threshold", type=click.Choice(["quantile", "pot"]), default="quantile", show_default=True
+)
 @click.option("--quantile", default=0.995, show_default=True)
-@click.option("--risk", default=1e-3, show_default=True, help="POT: exceedance probability per window.")
+@click.option(
+    "--risk", default=1e-3, show_default=True, help="POT: exceedance probability per window."
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--no-promote", is_flag=True, help="Save without making it CURRENT.")
@@ -212,10 +244,16 @@ def train(
         raise fail(exc) from exc
     lp = load_profile(models_root, profile, version)
     info = lp.meta.validation.get("calibration", {})
-    click.echo(f"saved {profile}/{version} ({lp.meta.kind}, channels {', '.join(lp.meta.channels)})")
-    click.echo(f"threshold {lp.baseline.threshold:.4g} ({lp.baseline.score_kind}, {info.get('threshold_method')})")
+    click.echo(
+        f"saved {profile}/{version} ({lp.meta.kind}, channels {', '.join(lp.meta.channels)})"
+    )
+    click.echo(
+        f"threshold {lp.baseline.threshold:.4g} ({lp.baseline.score_kind}, {info.get('threshold_method')})"
+    )
     if "expected_alarm_windows_per_day" in info:
-        click.echo(f"expected alarmed windows per day on normal data: {info['expected_alarm_windows_per_day']:.2f}")
+        click.echo(
+            f"expected alarmed windows per day on normal data: {info['expected_alarm_windows_per_day']:.2f}"
+        )
 
 
 def _served(models_root: Path, profile: str, version: str | None) -> Any:
@@ -232,7 +270,9 @@ def _served(models_root: Path, profile: str, version: str | None) -> Any:
 @MODELS_OPTION
 @click.option("--rows", default=0, help="Use the first N rows only (0: all).")
 @click.option("--sep", default=None)
-@click.option("--threshold", type=click.Choice(["quantile", "pot"]), default="quantile", show_default=True)
+@click.option(
+    "--threshold", type=click.Choice(["quantile", "pot"]), default="quantile", show_default=True
+)
 @click.option("--quantile", default=0.995, show_default=True)
 @click.option("--risk", default=1e-3, show_default=True)
 @click.option("--device", default="auto", show_default=True)
@@ -268,7 +308,9 @@ def calibrate(
     except (DataError, CalibrationError, ValueError) as exc:
         raise fail(exc) from exc
     path = artifacts.save_baseline(models_root, profile, asset, baseline, lp.version)
-    click.echo(f"baseline for {asset} on {profile}/{lp.version}: threshold {baseline.threshold:.4g}; saved {path}")
+    click.echo(
+        f"baseline for {asset} on {profile}/{lp.version}: threshold {baseline.threshold:.4g}; saved {path}"
+    )
 
 
 def _baseline_for(lp: Any, models_root: Path, asset: str | None) -> Baseline:
@@ -285,7 +327,9 @@ def _baseline_for(lp: Any, models_root: Path, asset: str | None) -> Baseline:
 @MODELS_OPTION
 @click.option("--version", default=None, help="Default: CURRENT.")
 @click.option("--asset", default=None, help="Use this asset's stored baseline if there is one.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="CSV or Parquet.")
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="CSV or Parquet."
+)
 @click.option("--sep", default=None)
 @click.option("--device", default="auto", show_default=True)
 def score(
@@ -338,8 +382,18 @@ def score(
 @click.option("--profile", required=True)
 @MODELS_OPTION
 @click.option("--version", default=None)
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out/evaluate"), show_default=True)
-@click.option("--baseline-rows", default=0, help="Re-fit a per-file baseline on its first N rows (scored after them).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("out/evaluate"),
+    show_default=True,
+)
+@click.option(
+    "--baseline-rows",
+    default=0,
+    help="Re-fit a per-file baseline on its first N rows (scored after them).",
+)
 @click.option("--sep", default=None)
 @click.option("--device", default="auto", show_default=True)
 def evaluate(
@@ -377,7 +431,9 @@ def evaluate(
         except (DataError, CalibrationError, ValueError) as exc:
             raise fail(exc) from exc
         point_score, point_thr = result.pointwise()
-        labels = result.grid.labels if result.grid.labels is not None else np.zeros(len(point_score))
+        labels = (
+            result.grid.labels if result.grid.labels is not None else np.zeros(len(point_score))
+        )
         report = evaluate_scores(labels, point_score / point_thr, 1.0, lp.meta.period_s)
         per_file[str(path)] = report.to_dict()
         labels_all.append(labels)
@@ -393,8 +449,15 @@ def evaluate(
             labels,
             title=f"{path.name}  VUS-PR {report.vus_pr:.3f}  F1 {report.f1:.3f}",
         )
-    total = evaluate_scores(np.concatenate(labels_all), np.concatenate(scores_all), 1.0, lp.meta.period_s)
-    summary = {"profile": profile, "version": lp.version, "overall": total.to_dict(), "files": per_file}
+    total = evaluate_scores(
+        np.concatenate(labels_all), np.concatenate(scores_all), 1.0, lp.meta.period_s
+    )
+    summary = {
+        "profile": profile,
+        "version": lp.version,
+        "overall": total.to_dict(),
+        "files": per_file,
+    }
     (out_dir / "report.json").write_text(json.dumps(summary, indent=2))
     t = total
     click.echo(
@@ -409,7 +472,9 @@ def refit_on_head(scorer: Scorer, lp: Any, series: Series, rows: int) -> Baselin
     """A per-asset baseline fitted on the first `rows` rows of a series (its normal head)."""
     head = regularize(series.slice(0, rows), lp.meta.period_s, 3)
     windows, _ = make_windows(head.values, lp.meta.window, 1)
-    return fit_baseline(scorer, windows, hop=1, score_kind=lp.baseline.score_kind, period_s=lp.meta.period_s)
+    return fit_baseline(
+        scorer, windows, hop=1, score_kind=lp.baseline.score_kind, period_s=lp.meta.period_s
+    )
 
 
 def _write_table(frame: pd.DataFrame, out: Path) -> None:
@@ -425,9 +490,18 @@ def _write_table(frame: pd.DataFrame, out: Path) -> None:
 @click.option("--profile", required=True)
 @MODELS_OPTION
 @click.option("--version", default=None, help="Default: CURRENT.")
-@click.option("--asset", default=None, help="Use this asset's stored baseline (scaler) if there is one.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="CSV or Parquet.")
-@click.option("--min-observed", default=0.5, show_default=True, help="Least observed share of a window that may vote.")
+@click.option(
+    "--asset", default=None, help="Use this asset's stored baseline (scaler) if there is one."
+)
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="CSV or Parquet."
+)
+@click.option(
+    "--min-observed",
+    default=0.5,
+    show_default=True,
+    help="Least observed share of a window that may vote.",
+)
 @click.option("--sep", default=None)
 @click.option("--device", default="auto", show_default=True)
 def impute(
@@ -461,7 +535,9 @@ def impute(
     frame = pd.DataFrame(result.series.values, columns=lp.meta.channels)
     frame.insert(0, "timestamp", pd.to_datetime(result.series.timestamps, utc=True))
     _write_table(frame, out)
-    click.echo(f"{int(result.filled.sum())} samples imputed, {result.unfilled} left missing; wrote {out}")
+    click.echo(
+        f"{int(result.filled.sum())} samples imputed, {result.unfilled} left missing; wrote {out}"
+    )
 
 
 @cli.command()
@@ -469,9 +545,13 @@ def impute(
 @click.option("--profile", required=True)
 @MODELS_OPTION
 @click.option("--version", default=None, help="Default: CURRENT.")
-@click.option("--asset", default=None, help="Use this asset's stored baseline (scaler) if there is one.")
+@click.option(
+    "--asset", default=None, help="Use this asset's stored baseline (scaler) if there is one."
+)
 @click.option("--hop", type=int, default=None, help="Default: the model's hop.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="CSV or Parquet.")
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="CSV or Parquet."
+)
 @click.option("--sep", default=None)
 @click.option("--device", default="auto", show_default=True)
 def embed(
@@ -493,7 +573,9 @@ def embed(
         series = _read(data, lp.meta.channels, sep).select(lp.meta.channels)
         grid = regularize(series, lp.meta.period_s, 3)
         windows, ends = make_windows(grid.values, lp.meta.window, hop or lp.meta.hop)
-        codes = embed_windows(lp.detector, windows, _baseline_for(lp, models_root, asset).scaler, device=device)
+        codes = embed_windows(
+            lp.detector, windows, _baseline_for(lp, models_root, asset).scaler, device=device
+        )
     except (DataError, ValueError) as exc:
         raise fail(exc) from exc
     frame = pd.DataFrame(codes, columns=[f"z{i}" for i in range(codes.shape[1])])
@@ -509,7 +591,9 @@ def embed(
 @click.option("--n", "count", default=100, show_default=True, help="Windows to draw.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--noise", is_flag=True, help="Add the learned observation noise.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="CSV or Parquet.")
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="CSV or Parquet."
+)
 @click.option("--device", default="auto", show_default=True)
 def generate(
     profile: str,
@@ -526,7 +610,9 @@ def generate(
 
     lp = _served(models_root, profile, version)
     try:
-        windows = generate_windows(lp.detector, count, lp.baseline.scaler, seed=seed, with_noise=noise, device=device)
+        windows = generate_windows(
+            lp.detector, count, lp.baseline.scaler, seed=seed, with_noise=noise, device=device
+        )
     except ValueError as exc:
         raise fail(exc) from exc
     n, w, c = windows.shape
@@ -554,7 +640,9 @@ def models_list(models_root: Path) -> None:
             except ArtifactError as exc:  # one broken version must not hide the others
                 click.echo(f"{mark} {profile}/{v}  unreadable: {exc}")
                 continue
-            click.echo(f"{mark} {profile}/{v}  {meta['kind']}  {meta['created_at']}  channels={len(meta['channels'])}")
+            click.echo(
+                f"{mark} {profile}/{v}  {meta['kind']}  {meta['created_at']}  channels={len(meta['channels'])}"
+            )
 
 
 @models.command("show")
@@ -564,7 +652,11 @@ def models_list(models_root: Path) -> None:
 def models_show(profile: str, version: str | None, models_root: Path) -> None:
     lp = _served(models_root, profile, version)
     meta = artifacts.read_meta(lp.path)
-    meta["baseline"] = {"threshold": lp.baseline.threshold, "score_kind": lp.baseline.score_kind, **lp.baseline.info}
+    meta["baseline"] = {
+        "threshold": lp.baseline.threshold,
+        "score_kind": lp.baseline.score_kind,
+        **lp.baseline.info,
+    }
     click.echo(json.dumps(meta, indent=2))
 
 

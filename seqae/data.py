@@ -175,7 +175,7 @@ def regularize(series: Series, period_s: float, max_fill: int = 0) -> Series:
     at most `max_fill` empty slots; longer gaps stay NaN (and so masked)."""
     if period_s <= 0:
         raise DataError(f"period must be positive, got {period_s}")
-    period_ns = int(round(period_s * 1e9))
+    period_ns = round(period_s * 1e9)
     slots = series.timestamps // period_ns
     first, last = int(slots[0]), int(slots[-1])
     n = last - first + 1

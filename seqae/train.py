@@ -143,16 +143,28 @@ def train_network(
         rate = seen / max(time.perf_counter() - started, 1e-9)
         val_loss = evaluate_loss(model, x_val, m_val, use_amp, cfg.batch_size * 8)
         history.append({"epoch": epoch, "train_loss": total / max(seen, 1), "val_loss": val_loss})
-        bar.set_postfix(loss=f"{total / max(seen, 1):.4f}", val=f"{val_loss:.4f}", win_s=f"{rate:.0f}")
+        bar.set_postfix(
+            loss=f"{total / max(seen, 1):.4f}", val=f"{val_loss:.4f}", win_s=f"{rate:.0f}"
+        )
         if val_loss < best_val - 1e-6:
-            best_val, best_state, best_epoch, stale = val_loss, copy.deepcopy(model.state_dict()), epoch, 0
+            best_val, best_state, best_epoch, stale = (
+                val_loss,
+                copy.deepcopy(model.state_dict()),
+                epoch,
+                0,
+            )
         else:
             stale += 1
             if stale >= cfg.patience:
                 break
     model.load_state_dict(best_state)
     model.eval()
-    return {"best_epoch": best_epoch, "best_val_loss": best_val, "epochs_run": len(history), "history": history}
+    return {
+        "best_epoch": best_epoch,
+        "best_val_loss": best_val,
+        "epochs_run": len(history),
+        "history": history,
+    }
 
 
 def autocast(enabled: bool) -> contextlib.AbstractContextManager[Any]:
@@ -274,4 +286,6 @@ def train_profile(
         policy=policy,
         progress=progress,
     )
-    return save_model(Path(models_root), profile, fitted.detector, fitted.baseline, fitted.meta, promote_now)
+    return save_model(
+        Path(models_root), profile, fitted.detector, fitted.baseline, fitted.meta, promote_now
+    )
