@@ -124,7 +124,7 @@ def measure(
 
     def daemon_path() -> None:
         history.append(new_slots, new_rows)
-        feats = device_features(scorer, history, slots, center, scale)
+        feats = device_features(scorer, history.gather(slots), center, scale)
         baseline.scores(feats.cpu().numpy().astype(np.float64))
 
     def naive() -> None:

@@ -74,7 +74,10 @@ class Daemon:
             raise StartupError("profiles.routes: no asset pattern is mapped to a model profile")
         try:
             self.profiles = ProfileRegistry(
-                s.profiles.models_root, s.profiles.profile_names, s.engine.device
+                s.profiles.models_root,
+                s.profiles.profile_names,
+                s.engine.device,
+                s.engine.device_history,
             )
         except (ArtifactError, OSError, ValueError, RuntimeError) as exc:
             raise StartupError(f"cannot load a model profile: {exc}") from exc
@@ -232,7 +235,7 @@ class Daemon:
                     self.baselines.recalibrate(asset),
                 )
             if now >= next_evict:
-                self.windows.evict_idle()
+                self.engine.release_assets(set(self.windows.evict_idle()))
                 health.assets_tracked.set(len(self.windows))
                 next_evict = now + min(10.0, s.windows.idle_eviction_s / 2)
             if now >= next_lag:

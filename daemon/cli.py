@@ -119,10 +119,12 @@ def replay(
 
 
 def build_cli() -> click.Group:
+    from daemon.retrain_cli import retrain as retrain_command
     from seqae.cli import cli as library_cli
 
     for command in (daemon_group, config_group, replay):
         library_cli.add_command(command)
+    library_cli.add_command(retrain_command)
     return library_cli
 
 

@@ -10,8 +10,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from daemon.baselines import AssetBaselines, ScoreState, ShiftEvent
+from daemon.device_history import DeviceFeed, device_features
 from daemon.lineprotocol import Point
 from daemon.settings import EngineSettings
 from daemon.windows import ReadyWindow, TopicPartitionId, WindowGeometry
@@ -28,18 +30,41 @@ class ServedProfile:
     loaded: LoadedProfile
     scorer: Scorer
     geometry: WindowGeometry
+    feed: DeviceFeed | None = None  # per-asset history on the device (CUDA)
 
     @property
     def version(self) -> str:
         return self.loaded.version
 
+    def score(
+        self, x: np.ndarray, batch: Sequence[ReadyWindow], used: list[Baseline]
+    ) -> ScoreBatch:
+        """Score host windows `x` [N, W, C]; with a device feed, only new rows cross the bus and
+        the windows are gathered and scaled on the device."""
+        if self.feed is None:
+            return self.scorer.score(x, used)
+        raw = self.feed.windows(batch)
+        device = raw.device
+        center = torch.from_numpy(np.stack([b.center for b in used])).to(device)
+        scale = torch.from_numpy(np.stack([b.scale for b in used])).to(device)
+        feats = device_features(self.scorer, raw, center, scale)
+        return self.scorer.finish(feats.float().cpu().numpy().astype(np.float64), x, used)
+
+    def release(self, assets: set[str]) -> None:
+        if self.feed is not None:
+            for asset in assets:
+                self.feed.release(asset)
+
 
 class ProfileRegistry:
     """The profiles being served; swaps a profile when its CURRENT changes and the new one loads."""
 
-    def __init__(self, models_root: Path, names: Sequence[str], device: str) -> None:
+    def __init__(
+        self, models_root: Path, names: Sequence[str], device: str, device_history: str = "auto"
+    ) -> None:
         self._root = Path(models_root)
         self._device = device
+        self._device_history = device_history
         self._served: dict[str, ServedProfile] = {}
         self.load_failures = 0
         for name in names:
@@ -49,7 +74,12 @@ class ProfileRegistry:
         loaded = load_profile(self._root, name, version)
         m = loaded.meta
         geometry = WindowGeometry.of(m.channels, m.period_s, m.window, m.hop)
-        return ServedProfile(name, loaded, Scorer(loaded, device=self._device), geometry)
+        scorer = Scorer(loaded, device=self._device)
+        feed = None
+        wanted = self._device_history
+        if wanted == "always" or (wanted == "auto" and scorer.device.type == "cuda"):
+            feed = DeviceFeed(len(m.channels), m.window, geometry.period_ns, scorer.device)
+        return ServedProfile(name, loaded, scorer, geometry, feed)
 
     def get(self, name: str) -> ServedProfile:
         return self._served[name]
@@ -192,6 +222,12 @@ class ScoringEngine:
     def drop_assets(self, assets: set[str]) -> None:
         for q in self._queues.values():
             q.windows = [w for w in q.windows if w.asset not in assets]
+        self.release_assets(assets)
+
+    def release_assets(self, assets: set[str]) -> None:
+        """Forget device-side history of assets that left (evicted or revoked)."""
+        for served in self._profiles:
+            served.release(assets)
 
     def run(self, force: bool = False) -> EngineOutput:
         """Score every due queue (all queues when `force`)."""
@@ -219,7 +255,7 @@ class ScoringEngine:
             ]
 
         used = baselines_of(range(len(batch)))
-        result = served.scorer.score(x, used)
+        result = served.score(x, batch, used)
         rows = list(range(len(batch)))  # row of each window in `result`
         states: list[tuple[ScoreState, ShiftEvent | None] | None] = [None] * len(batch)
         stale = []

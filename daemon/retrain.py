@@ -690,18 +690,15 @@ def save_report(
     finite = [s[np.isfinite(s) & (s > 0)] for s in (served_scores, candidate_scores)]
     both = np.concatenate([*finite, [report.served.threshold, report.candidate.threshold]])
     both = both[both > 0]
-    bins = (
-        np.geomspace(both.min(), both.max(), 60)
-        if len(both) > 1 and both.min() < both.max()
-        else 30
-    )
+    log_scale = len(both) > 1 and both.min() < both.max()
+    bins: Any = np.geomspace(both.min(), both.max(), 60) if log_scale else 30
     for scores, summary, color in (
         (finite[0], report.served, "tab:red"),
         (finite[1], report.candidate, "tab:blue"),
     ):
         ax.hist(scores, bins=bins, alpha=0.5, color=color, label=f"{summary.version}")
         ax.axvline(summary.threshold, color=color, linestyle="--")
-    if isinstance(bins, np.ndarray):
+    if log_scale:
         ax.set_xscale("log")
     ax.set_xlabel("held-out window score (dashed: threshold)")
     ax.set_ylabel("windows")

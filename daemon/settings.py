@@ -149,6 +149,11 @@ class EngineSettings(_Section):
     device: Literal["cpu", "cuda", "auto"] = "auto"
     max_batch: int = Field(default=256, gt=0)
     max_wait_ms: float = Field(default=50.0, ge=0)
+    device_history: Literal["auto", "always", "never"] = Field(
+        default="auto",
+        description="keep each asset's recent rows on the scoring device and send only new rows "
+        "(auto: on CUDA, where copying whole windows costs more than the forward pass)",
+    )
 
 
 class AlertSettings(_Section):

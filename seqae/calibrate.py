@@ -118,6 +118,13 @@ class Baseline:
         return b
 
 
+def input_range(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel 0.5 and 99.5 percentiles of normal rows [..., C]: the range a baseline knows."""
+    flat = rows.reshape(-1, rows.shape[-1])
+    low, high = np.nanpercentile(flat, [0.5, 99.5], axis=0)
+    return low.astype(np.float32), high.astype(np.float32)
+
+
 def pot_threshold(scores: np.ndarray, risk: float, initial_quantile: float = 0.95) -> float:
     """Peaks over threshold: fit a generalised Pareto tail above an initial quantile and return
     the level exceeded with probability `risk` (SPOT, Siffer et al. 2017)."""
@@ -178,12 +185,14 @@ def fit_baseline(
     scaler: RobustScaler | None = None,
     period_s: float | None = None,
     split: int | None = None,
+    known_range: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Baseline:
     """Fit an asset's baseline from its own normal windows [N, W, C] in raw units, in time order.
 
     The scaler is refitted on these windows unless one is given (the training scaler, for the
     model's default baseline); the network is untouched. `split` is where the statistics
-    part ends and the threshold part begins, when the caller has already separated them.
+    part ends and the threshold part begins, when the caller has already separated them;
+    `known_range` the normal input range when it was seen on more data than these windows.
     """
     policy = policy or ThresholdPolicy()
     if windows.ndim != 3 or len(windows) == 0:
@@ -208,8 +217,8 @@ def fit_baseline(
         precision=precision,
         threshold=0.0,
         score_kind=score_kind,
-        range_low=np.nanpercentile(flat, 0.5, axis=0).astype(np.float32),
-        range_high=np.nanpercentile(flat, 99.5, axis=0).astype(np.float32),
+        range_low=known_range[0] if known_range else input_range(flat)[0],
+        range_high=known_range[1] if known_range else input_range(flat)[1],
     )
     held_out, _ = baseline.scores(errors[thr_part])
     baseline.threshold = set_threshold(held_out, policy)

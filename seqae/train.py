@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from seqae.artifacts import ModelMeta, save_model
-from seqae.calibrate import Baseline, ScoreKind, ThresholdPolicy, fit_baseline
+from seqae.calibrate import Baseline, ScoreKind, ThresholdPolicy, fit_baseline, input_range
 from seqae.data import DataError, RobustScaler, Series, make_windows, nan_to_mask, regularize
 from seqae.model import ModelConfig, SequenceAutoencoder
 from seqae.pca import PCAConfig, PCADetector
@@ -51,6 +51,7 @@ class PreparedData:
     calib: np.ndarray  # raw windows, stats part first then threshold part
     calib_split: int
     scaler: RobustScaler
+    known_range: tuple[np.ndarray, np.ndarray]  # the normal inputs seen, for `shifted`
     summary: dict[str, Any] = field(default_factory=dict)
 
 
@@ -67,7 +68,7 @@ def prepare(
     if not series:
         raise DataError("no training series given")
     channels = series[0].channels
-    train_raw, val_raw, calib_stats, calib_thr, fit_rows = [], [], [], [], []
+    train_raw, val_raw, calib_stats, calib_thr, fit_rows, all_rows = [], [], [], [], [], []
     for s in series:
         if s.channels != channels:
             raise DataError(f"series {s.asset!r} has channels {s.channels}, expected {channels}")
@@ -77,6 +78,7 @@ def prepare(
         n_fit = int(len(grid) * (1.0 - cfg.calib_fraction))
         n_train = int(n_fit * (1.0 - cfg.val_fraction))
         fit_rows.append(grid[:n_train])
+        all_rows.append(grid)
         train_raw.append(make_windows(grid[:n_train], window, hop)[0])
         val_raw.append(make_windows(grid[n_train:n_fit], window, hop)[0])
         calib = make_windows(grid[n_fit:], window, hop)[0]
@@ -102,6 +104,7 @@ def prepare(
         val=scaler.transform(val),
         calib=np.concatenate([stats, *calib_thr]),
         calib_split=len(stats),
+        known_range=input_range(np.concatenate(all_rows)),
         scaler=scaler,
         summary=summary,
     )
@@ -232,6 +235,7 @@ def fit_profile(
         scaler=data.scaler,
         period_s=period_s,
         split=data.calib_split,
+        known_range=data.known_range,
     )
     meta = ModelMeta(
         profile=profile,

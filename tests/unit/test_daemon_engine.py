@@ -267,3 +267,26 @@ def test_several_profiles_are_served_side_by_side(
     out = engine.run(force=True)
     assert sorted(out.batch_sizes) == [2, 3, 8]
     assert {(w.asset, w.profile) for w in out.scored} == {("pump-1", "pumps"), ("fan-1", "fans")}
+
+
+def test_device_history_path_scores_like_the_host_path(
+    models_root: Path, windows: np.ndarray, tmp_path: Path
+) -> None:
+    """The CUDA feed (here forced on CPU) sends only new rows yet scores every window the same."""
+    results = {}
+    for mode in ("never", "always"):
+        registry = ProfileRegistry(models_root, ["pumps"], "cpu", device_history=mode)
+        engine = ScoringEngine(
+            EngineSettings(max_batch=7, device_history=mode),
+            registry,
+            AssetBaselines(BaselineSettings(mode="model"), tmp_path / mode),
+        )
+        for asset in ("p1", "p2"):
+            engine.add("pumps", ready(asset, windows[:60], first_end=11))
+        results[mode] = engine.run(force=True).scored
+        feed = registry.get("pumps").feed
+        if mode == "always":
+            assert feed is not None and feed.rows_sent < 2 * 60 * 12 / 2
+    host, device = results["never"], results["always"]
+    assert [(w.asset, w.end_ns) for w in host] == [(w.asset, w.end_ns) for w in device]
+    np.testing.assert_allclose([w.score for w in device], [w.score for w in host], rtol=1e-4)

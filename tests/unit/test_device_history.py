@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from daemon.device_history import DeviceHistory
+from daemon.device_history import DeviceFeed, DeviceHistory
 
 
 def expected_window(rows: list[np.ndarray], window: int, channels: int) -> np.ndarray:
@@ -53,3 +53,28 @@ def test_cuda_history_matches_cpu() -> None:
             h.append(np.array([h.slot(str(s)) for s in slots]), rows)
     names = np.array([cpu.slot(str(s)) for s in range(10)])
     torch.testing.assert_close(gpu.gather(names).cpu(), cpu.gather(names), equal_nan=True)
+
+
+class Win:
+    def __init__(self, asset: str, end_ns: int, values: np.ndarray, gap: bool = False) -> None:
+        self.asset, self.end_ns, self.values, self.gap = asset, end_ns, values, gap
+
+
+def test_feed_sends_only_new_rows_and_returns_each_window() -> None:
+    rng = np.random.default_rng(2)
+    window, hop, channels = 6, 2, 3
+    series = {a: rng.normal(size=(200, channels)).astype(np.float32) for a in ("p1", "p2")}
+    feed = DeviceFeed(channels, window, period_ns=1, device="cpu", depth=window + 4)
+    batches: list[list[Win]] = [[]]
+    for end in range(window - 1, 200, hop):
+        for a, values in series.items():
+            gap = end == 101  # a gap reset: the whole window is sent again
+            batches[-1].append(Win(a, end, values[end - window + 1 : end + 1], gap))
+        if len(batches[-1]) >= 14:  # several windows of one asset in a batch forces flushes
+            batches.append([])
+    assert feed.windows([]).shape == (0, window, channels)
+    for batch in [b for b in batches if b]:
+        got = feed.windows(batch).numpy()
+        np.testing.assert_array_equal(got, np.stack([w.values for w in batch]))
+    n_windows = sum(len(b) for b in batches)
+    assert feed.rows_sent < n_windows * window / 2  # mostly `hop` rows per window, not `window`
