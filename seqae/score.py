@@ -61,6 +61,7 @@ def pick_device(device: str = "auto") -> torch.device:
 class Scorer:
     def __init__(self, model: Any, device: str = "auto", batch_size: int | None = None) -> None:
         detector = getattr(model, "detector", model)
+        self.default_baseline: Baseline | None = getattr(model, "baseline", None)
         self.device = pick_device(device)
         self.detector: Any = detector.to(self.device).eval()
         self.detector.compact()

@@ -82,9 +82,11 @@ def prepare(
         train_raw.append(make_windows(grid[:n_train], window, hop)[0])
         val_raw.append(make_windows(grid[n_train:n_fit], window, hop)[0])
         calib = make_windows(grid[n_fit:], window, hop)[0]
-        half = len(calib) // 2
+        # The threshold part starts a window after the statistics part ends: no shared sample.
+        gap = -(-window // hop) - 1
+        half = (len(calib) - gap) // 2
         calib_stats.append(calib[:half])
-        calib_thr.append(calib[half:])
+        calib_thr.append(calib[half + gap :])
     scaler = RobustScaler.fit(np.concatenate(fit_rows))
     train = np.concatenate(train_raw)
     val = np.concatenate(val_raw)
