@@ -42,6 +42,7 @@ from seqae.train import train_profile
 
 CHANNELS = [f"ch{i}" for i in range(8)]
 START_NS = 1_795_723_200_000_000_000
+WARMUP = 24  # windows an asset collects before its own baseline is fitted (the minimum)
 
 
 def plant_series(asset: str, rows: int, period_s: float, seed: int) -> Series:
@@ -142,7 +143,9 @@ def main() -> None:
     parser.add_argument("--kind", choices=["lstm", "pca"], default="lstm")
     parser.add_argument("--baselines", choices=["per_asset", "model"], default="per_asset")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: default)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads (0: default)"
+    )
     parser.add_argument("--profile", action="store_true", help="cProfile one daemon run")
     args = parser.parse_args()
     if args.threads:
@@ -156,7 +159,7 @@ def main() -> None:
         served.scorer.batch_size = args.batch
         default = served.loaded.baseline
         baselines = AssetBaselines(
-            BaselineSettings(mode=args.baselines, warmup_windows=4), Path(tmp) / "state"
+            BaselineSettings(mode=args.baselines, warmup_windows=WARMUP), Path(tmp) / "state"
         )
         engine = ScoringEngine(
             EngineSettings(device="cpu", max_batch=args.batch, max_wait_ms=0), registry, baselines
@@ -165,7 +168,7 @@ def main() -> None:
         windows = ready_windows(x, args.assets, args.hop, served.geometry.period_ns)
         if args.baselines == "per_asset":
             # Warm every asset up first: the measured runs score with each asset's own baseline.
-            warm = make_windows_for(args.assets, 4, args.window, seed=4)
+            warm = make_windows_for(args.assets, WARMUP, args.window, seed=4)
             daemon_path(engine, ready_windows(warm, args.assets, args.hop, 10**8))
             assert baselines.fitted == args.assets, baselines.fitted
         # The plain forward gets pre-made model input: scaled windows, zeros where missing.

@@ -219,9 +219,9 @@ class Daemon:
             if self.engine.due():
                 self._submit(self.engine.run())
             self._backpressure()
+            self._take_acks()  # every turn: the write latency is measured when acks are taken
             now = time.monotonic()
             if now >= next_commit:
-                self._take_acks()
                 self._advance_checkpoint()
                 next_commit = now + s.commit_interval_s
             if self._reload or now >= next_reload:
@@ -309,6 +309,8 @@ class Daemon:
         served = self.profiles.get(profile)
         before = self.windows.counters.late_dropped, self.windows.counters.gap_resets
         ready = self.windows.add(reading, served.geometry, tp, record.offset)
+        for w in ready:
+            w.completed_ms = record.timestamp_ms
         after = self.windows.counters.late_dropped, self.windows.counters.gap_resets
         health.late_readings.inc(after[0] - before[0])
         health.gap_resets.inc(after[1] - before[1])
@@ -343,7 +345,7 @@ class Daemon:
         health.alerts_open.set(self.alerts.open_count)
         ticket = self.ledger.new_ticket()
         self.ledger.track(ticket, out.offsets)
-        self._ticket_ts[ticket] = self._newest_ts_ms
+        self._ticket_ts[ticket] = out.oldest_completed_ms or self._newest_ts_ms
         self.sink.submit(points, ticket)
 
     def _take_acks(self) -> None:

@@ -75,7 +75,12 @@ def parse_timestamp(raw: object, field: str, fmt: str = "auto") -> int:
     raise DecodeError("bad_timestamp", f"{field} has type {type(raw).__name__}")
 
 
-def _number(raw: object, where: str) -> float:
+def _number(raw: object, where: str, name: str = "") -> float:
+    """`raw` as a finite float; `where` (+ "." + `name`) names the field in errors."""
+    if type(raw) is float and math.isfinite(raw):  # the common case, without the checks below
+        return raw
+    if name:
+        where = f"{where}.{name}"
     if isinstance(raw, bool) or not isinstance(raw, int | float):
         raise DecodeError("bad_type", f"{where} is {type(raw).__name__}, expected a number")
     value = float(raw)
@@ -105,7 +110,7 @@ class MessageDecoder:
     def decode(self, value: bytes) -> Reading:
         try:
             # parse_constant turns NaN/Infinity literals into a clear reason instead of floats.
-            message = json.loads(value, parse_constant=_reject_constant)
+            message = _loads(value)
         except _NonFiniteLiteral as exc:
             raise DecodeError("non_finite", f"literal {exc.args[0]} in message") from None
         except (ValueError, UnicodeDecodeError) as exc:
@@ -135,12 +140,11 @@ class MessageDecoder:
             raise DecodeError("bad_type", f"{field} must be an object of channel -> number")
         if not raw:
             raise DecodeError("missing_field", f"{field} is empty")
-        known = set(channels)
         values: dict[str, float] = {}
         for name, reading in raw.items():
-            if name not in known:
+            if name not in channels:
                 raise DecodeError("unknown_channel", f"channel {name[:60]!r} not in the profile")
-            values[name] = _number(reading, f"{field}.{name}")
+            values[name] = _number(reading, field, name)
         return values
 
     def _narrow_value(self, message: dict[str, Any], channels: Sequence[str]) -> dict[str, float]:
@@ -159,3 +163,18 @@ class _NonFiniteLiteral(ValueError):
 
 def _reject_constant(name: str) -> float:
     raise _NonFiniteLiteral(name)
+
+
+# One decoder for every message: json.loads with an argument builds a new one per call.
+_JSON = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def _loads(value: bytes) -> Any:
+    if type(value) is bytes:
+        try:
+            return _JSON.decode(value.decode("utf-8"))
+        except _NonFiniteLiteral:
+            raise
+        except ValueError:
+            pass  # a BOM, UTF-16/32, or bad JSON: json.loads detects the encoding and reports
+    return json.loads(value, parse_constant=_reject_constant)

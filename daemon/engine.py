@@ -152,9 +152,9 @@ class ScoredWindow:
             "state": self.state,
             "gap": bool(self.gap),
         }
-        for name, err in zip(self.channels, self.errors, strict=True):
-            if math.isfinite(float(err)):  # a channel with no observed sample has no error
-                fields[f"err_{name}"] = float(err)
+        for name, err in zip(self.channels, self.errors.tolist(), strict=True):
+            if math.isfinite(err):  # a channel with no observed sample has no error
+                fields[f"err_{name}"] = err
         tags = {"asset": self.asset, "profile": self.profile, "model_version": self.version}
         return Point("seqae_score", tags, fields, self.end_ns)
 
@@ -166,6 +166,7 @@ class EngineOutput:
     offsets: dict[TopicPartitionId, int] = field(default_factory=dict)
     batch_sizes: list[int] = field(default_factory=list)
     seconds: float = 0.0
+    oldest_completed_ms: int = 0  # earliest `completed_ms` among the scored windows (0: none)
 
 
 @dataclass
@@ -297,6 +298,10 @@ class ScoringEngine:
             )
             for tp, off in w.offsets.items():
                 out.offsets[tp] = min(out.offsets.get(tp, off), off)
+            if w.completed_ms and (
+                not out.oldest_completed_ms or w.completed_ms < out.oldest_completed_ms
+            ):
+                out.oldest_completed_ms = w.completed_ms
         out.batch_sizes.append(len(batch))
 
     def _observe(

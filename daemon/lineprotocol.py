@@ -8,6 +8,7 @@ sorted so the same point always encodes to the same line.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Iterable
@@ -47,7 +48,16 @@ def _check_name(text: str, what: str, measurement: str) -> None:
         raise LineProtocolError(f"{measurement}: {what} {text!r} ends with a backslash")
 
 
+@functools.lru_cache(maxsize=4096)
+def _escaped_key(text: str, what: str, measurement: str) -> str:
+    """A checked and escaped tag or field key; keys repeat on every point, so they are cached."""
+    _check_name(text, what, measurement)
+    return text.translate(_KEY_ESCAPES)
+
+
 def _field_value(value: object, key: str, measurement: str) -> str:
+    if type(value) is float and math.isfinite(value):  # most fields: skip the checks below
+        return repr(value)
     # bool before int: bool is an int subclass.
     if isinstance(value, bool | np.bool_):
         return "true" if value else "false"
@@ -74,17 +84,17 @@ def encode(point: Point) -> str:
     parts = [measurement.translate(_MEASUREMENT_ESCAPES)]
     for key in sorted(point.tags):
         value = point.tags[key]
-        _check_name(key, "tag key", measurement)
+        escaped = _escaped_key(key, "tag key", measurement)
         if value == "":
             continue  # the protocol has no empty tag values; an absent tag reads the same
         _check_name(value, f"tag {key!r} value", measurement)
-        parts.append(f"{key.translate(_KEY_ESCAPES)}={value.translate(_KEY_ESCAPES)}")
+        parts.append(f"{escaped}={value.translate(_KEY_ESCAPES)}")
     if not point.fields:
         raise LineProtocolError(f"{measurement}: a point needs at least one field")
-    fields = []
-    for name, field in point.fields.items():
-        _check_name(name, "field key", measurement)
-        fields.append(f"{name.translate(_KEY_ESCAPES)}={_field_value(field, name, measurement)}")
+    fields = [
+        f"{_escaped_key(name, 'field key', measurement)}={_field_value(field, name, measurement)}"
+        for name, field in point.fields.items()
+    ]
     if isinstance(point.time_ns, bool) or not isinstance(point.time_ns, numbers.Integral):
         raise LineProtocolError(f"{measurement}: time_ns {point.time_ns!r} is not an integer")
     return f"{','.join(parts)} {','.join(fields)} {int(point.time_ns)}"

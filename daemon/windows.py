@@ -49,6 +49,7 @@ class ReadyWindow:
     values: np.ndarray  # float32 [W, C], NaN = missing
     gap: bool  # first window after a gap reset
     offsets: dict[TopicPartitionId, int]  # smallest offset per partition among its readings
+    completed_ms: int = 0  # timestamp of the message that completed it (the run loop sets it)
 
 
 @dataclass(slots=True)
@@ -117,8 +118,12 @@ class AssetWindow:
             counters.late_dropped += 1
             return []
         row = slot % self._cap
-        for name, value in reading.values.items():
-            self._raw[row, self._index[name]] = value
+        values = reading.values
+        if len(values) == len(self._index):  # every channel: one row write instead of C
+            self._raw[row] = [values[name] for name in self.geometry.channels]
+        else:
+            for name, value in values.items():
+                self._raw[row, self._index[name]] = value
         per_slot = self._offsets.get(tp)
         if per_slot is None:
             per_slot = self._offsets[tp] = np.full(self._cap, _NO_OFFSET, np.int64)
@@ -196,14 +201,17 @@ class AssetWindow:
             row = s % self._cap
             raw = self._raw[row]
             observed = ~np.isnan(raw)
-            if s == self._run_start:
+            if observed.all():  # the common case: nothing to fill
                 self._filled[row] = raw
+                self._fill_count.fill(0)
+            elif s == self._run_start:
+                self._filled[row] = raw
+                self._fill_count[observed] = 0
             else:
                 prev = self._filled[(s - 1) % self._cap]
                 fill = ~observed & (self._fill_count < self._max_fill)
                 self._filled[row] = np.where(observed, raw, np.where(fill, prev, np.nan))
                 self._fill_count = np.where(observed, 0, self._fill_count + 1)
-            self._fill_count[observed] = 0
             if (
                 s % g.hop == g.hop - 1
                 and s - g.window + 1 >= self._run_start

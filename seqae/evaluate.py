@@ -410,6 +410,8 @@ def plot_series(
     if alarm_x.size:
         sax.plot(alarm_x, sc[alarms], "|", color="tab:red", ms=6, label="alarm")
     sax.set_ylabel("score", fontsize=8)
+    if np.nanmin(sc) > 0 and np.nanmax(sc) > 100 * max(np.nanmin(sc), 1e-12):
+        sax.set_yscale("log")  # fault scores dwarf normal ones; a log axis keeps both readable
     sax.legend(loc="upper left", fontsize=7, ncol=3)
     for ax in axes:
         for s, e in segments:
