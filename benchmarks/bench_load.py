@@ -305,11 +305,23 @@ class LoadResult:
 
 
 @contextlib.contextmanager
-def running_daemon(config: Path, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+def running_daemon(
+    config: Path, log_path: Path, profile_to: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    profiler = ["-m", "cProfile", "-o", str(profile_to)] if profile_to else []
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "daemon", "run", "--config", str(config)],
+            [
+                sys.executable,
+                *profiler,
+                "-m",
+                "daemon.cli",
+                "daemon",
+                "run",
+                "--config",
+                str(config),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
@@ -380,7 +392,7 @@ def run_load(args: argparse.Namespace) -> LoadResult:
     services = service_processes()
     samples: list[Sample] = []
     try:
-        with running_daemon(config, log_path) as proc:
+        with running_daemon(config, log_path, args.profile_daemon) as proc:
             wait_ready(proc, port, log_path)
             daemon_ps = psutil.Process(proc.pid)
             assets = [f"asset-{i}" for i in range(args.assets)]
@@ -690,6 +702,9 @@ def main() -> None:
     parser.add_argument("--sample-s", type=float, default=5.0)
     parser.add_argument(
         "--warmup-s", type=float, default=90.0, help="left out of the steady-state figures"
+    )
+    parser.add_argument(
+        "--profile-daemon", type=Path, default=None, help="run the daemon under cProfile, to here"
     )
     parser.add_argument("--tag", default=None, help="name of the output files (default: a<assets>)")
     parser.add_argument(

@@ -83,7 +83,9 @@ class Daemon:
             raise StartupError(f"cannot load a model profile: {exc}") from exc
         self.baselines = AssetBaselines(s.baselines, s.state_dir)
         self.windows = WindowStore(s.windows)
-        self.engine = ScoringEngine(s.engine, self.profiles, self.baselines)
+        self.engine = ScoringEngine(
+            s.engine, self.profiles, self.baselines, write_clean=s.influx.write_clean
+        )
         self.alerts = AlertBook(s.alerts)
         self.ledger = CommitLedger()
         self.decoder = MessageDecoder(s.input, self._channels_for)
@@ -325,6 +327,7 @@ class Daemon:
         events: list[AlertEvent] = []
         for w in out.scored:
             points.append(w.to_point())
+            points.extend(w.clean_points())
             health.windows_scored.labels(profile=w.profile).inc()
             if w.state == "calibrating":
                 continue

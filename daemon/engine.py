@@ -19,6 +19,7 @@ from daemon.settings import EngineSettings
 from daemon.windows import ReadyWindow, TopicPartitionId, WindowGeometry
 from seqae.artifacts import ArtifactError, LoadedProfile, current_version, load_profile
 from seqae.calibrate import Baseline
+from seqae.extras import reconstruct_raw
 from seqae.score import ScoreBatch, Scorer
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,27 @@ class ScoredWindow:
     gap: bool
     errors: np.ndarray  # [C]
     contributions: np.ndarray  # [C]
+    clean: np.ndarray | None = None  # [hop, C] reconstructed raw values of the newest slots
+    period_ns: int = 0
+
+    def clean_points(self) -> list[Point]:
+        """`seqae_clean`: the model's reconstruction of the window's newest `hop` slots, so
+        every slot is written once (denoised, and filled where a sample was missing)."""
+        if self.clean is None:
+            return []
+        tags = {"asset": self.asset, "profile": self.profile, "model_version": self.version}
+        hop = len(self.clean)
+        points = []
+        for k, row in enumerate(self.clean.tolist()):
+            fields: dict[str, float | int | bool | str] = {
+                name: value
+                for name, value in zip(self.channels, row, strict=True)
+                if math.isfinite(value)
+            }
+            if fields:
+                time_ns = self.end_ns - (hop - 1 - k) * self.period_ns
+                points.append(Point("seqae_clean", tags, fields, time_ns))
+        return points
 
     def to_point(self) -> Point:
         fields: dict[str, float | int | bool | str] = {
@@ -185,8 +207,10 @@ class ScoringEngine:
         profiles: ProfileRegistry,
         baselines: AssetBaselines,
         clock: Callable[[], float] = time.monotonic,
+        write_clean: bool = False,
     ) -> None:
         self._s = settings
+        self._write_clean = write_clean
         self._profiles = profiles
         self._baselines = baselines
         self._clock = clock
@@ -257,6 +281,9 @@ class ScoringEngine:
 
         used = baselines_of(range(len(batch)))
         result = served.score(x, batch, used)
+        clean = None
+        if self._write_clean:
+            clean = reconstruct_raw(served.scorer, x, used, last=served.geometry.hop)
         rows = list(range(len(batch)))  # row of each window in `result`
         states: list[tuple[ScoreState, ShiftEvent | None] | None] = [None] * len(batch)
         stale = []
@@ -294,6 +321,8 @@ class ScoringEngine:
                     gap=w.gap,
                     errors=result.errors[r],
                     contributions=result.contributions[r],
+                    clean=None if clean is None else clean[i],
+                    period_ns=served.geometry.period_ns,
                 )
             )
             for tp, off in w.offsets.items():

@@ -197,7 +197,9 @@ class InfluxSettings(_Section):
     timeout_s: float = Field(default=10.0, gt=0)
     retry_initial_s: float = Field(default=0.5, gt=0)
     retry_max_s: float = Field(default=30.0, gt=0)
-    write_clean: bool = False
+    write_clean: bool = Field(
+        default=False, description="also write `seqae_clean`: reconstructed values per channel"
+    )
 
     @field_validator("url")
     @classmethod

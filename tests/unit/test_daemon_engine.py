@@ -290,3 +290,26 @@ def test_device_history_path_scores_like_the_host_path(
     host, device = results["never"], results["always"]
     assert [(w.asset, w.end_ns) for w in host] == [(w.asset, w.end_ns) for w in device]
     np.testing.assert_allclose([w.score for w in device], [w.score for w in host], rtol=1e-4)
+
+
+def test_clean_points_cover_each_slot_once_when_enabled(
+    models_root: Path, known: np.ndarray, tmp_path: Path
+) -> None:
+    registry = ProfileRegistry(models_root, ["pumps"], "cpu")
+    baselines = AssetBaselines(BaselineSettings(mode="model"), tmp_path)
+    off = ScoringEngine(EngineSettings(), registry, baselines)
+    off.add("pumps", ready("p1", known[:3], first_end=11))
+    assert all(w.clean_points() == [] for w in off.run(force=True).scored)
+
+    on = ScoringEngine(EngineSettings(), registry, baselines, write_clean=True)
+    on.add("pumps", ready("p1", known[:3], first_end=11))
+    points = [p for w in on.run(force=True).scored for p in w.clean_points()]
+    channels = registry.get("pumps").geometry.channels
+    # hop 4: windows ending at slots 11, 15, 19 write slots 8..19, each once
+    assert [p.time_ns for p in points] == [t * S for t in range(8, 20)]
+    assert {p.measurement for p in points} == {"seqae_clean"}
+    assert all(set(p.fields) == set(channels) for p in points)
+    raw = known[2][-4:]  # the reconstruction lies near the observed values of the last slots
+    got = np.array([[p.fields[c] for c in channels] for p in points[-4:]])
+    scale = np.nanstd(known.reshape(-1, len(channels)), axis=0)
+    assert (np.abs(got - raw) < 3 * scale).mean() > 0.9
