@@ -1,4 +1,5 @@
-"""`seqae` offline commands: synth, train, calibrate, score, evaluate, models.
+"""`seqae` offline commands: synth, train, calibrate, score, evaluate (and, from their own
+modules, impute, embed, generate, models).
 
 The console entry point (daemon/cli.py) adds the service commands to this group.
 """
@@ -14,37 +15,21 @@ import numpy as np
 import pandas as pd
 
 from seqae import artifacts
-from seqae.artifacts import ArtifactError, load_baseline, load_profile
-from seqae.calibrate import Baseline, CalibrationError, ThresholdPolicy, fit_asset_baseline
-from seqae.data import DataError, Series, make_windows, read_series, regularize
+from seqae.artifacts import ArtifactError, load_profile
+from seqae.calibrate import Baseline, CalibrationError, fit_asset_baseline
+from seqae.cli_common import (
+    MODELS_OPTION,
+    baseline_for,
+    fail,
+    read_table_series,
+    served_profile,
+    threshold_policy,
+)
+from seqae.cli_extras import embed, generate, impute
+from seqae.cli_models import models
+from seqae.data import DataError, Series, make_windows, regularize
 from seqae.model import VARIANTS
 from seqae.score import Scorer, score_series
-
-MODELS_OPTION = click.option(
-    "--models",
-    "models_root",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("models"),
-    show_default=True,
-    envvar="SEQAE_MODELS",
-    help="Folder holding models/<profile>/<version>/.",
-)
-
-
-class UserError(click.ClickException):
-    exit_code = 2
-
-
-def fail(exc: Exception) -> UserError:
-    return UserError(str(exc))
-
-
-def _policy(threshold: str, quantile: float, risk: float) -> ThresholdPolicy:
-    return ThresholdPolicy(method=threshold, quantile=quantile, pot_risk=risk)  # type: ignore[arg-type]
-
-
-def _read(path: Path, channels: list[str] | None, sep: str | None) -> Series:
-    return read_series(path, channels=channels, sep=sep)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -197,7 +182,7 @@ def train(
 
     wanted = channels.split(",") if channels else None
     try:
-        series = [_read(p, wanted, sep) for p in data]
+        series = [read_table_series(p, wanted, sep) for p in data]
         first = series[0].channels
         series = [s.select(first) for s in series]
         model_cfg: dict[str, Any] = {}
@@ -236,7 +221,7 @@ def train(
             seed=seed,
             model_cfg=model_cfg,
             score_kind=score_kind,  # type: ignore[arg-type]
-            policy=_policy(threshold, quantile, risk),
+            policy=threshold_policy(threshold, quantile, risk),
             device=device,
             promote_now=not no_promote,
         )
@@ -254,13 +239,6 @@ def train(
         click.echo(
             f"expected alarmed windows per day on normal data: {info['expected_alarm_windows_per_day']:.2f}"
         )
-
-
-def _served(models_root: Path, profile: str, version: str | None) -> Any:
-    try:
-        return load_profile(models_root, profile, version)
-    except ArtifactError as exc:
-        raise fail(exc) from exc
 
 
 @cli.command()
@@ -294,9 +272,9 @@ def calibrate(
 ) -> None:
     """Re-fit one asset's baseline (scaler, error statistics, threshold) from its normal data,
     without retraining the network."""
-    lp = _served(models_root, profile, None)
+    lp = served_profile(models_root, profile, None)
     try:
-        series = _read(data, lp.meta.channels, sep).select(lp.meta.channels)
+        series = read_table_series(data, lp.meta.channels, sep).select(lp.meta.channels)
         if rows:
             series = series.slice(0, rows)
         grid = regularize(series, lp.meta.period_s, 3)
@@ -306,7 +284,7 @@ def calibrate(
             windows,
             hop=lp.meta.hop,
             refit_scaler=refit_scaler,
-            policy=_policy(threshold, quantile, risk),
+            policy=threshold_policy(threshold, quantile, risk),
             period_s=lp.meta.period_s,
         )
     except (DataError, CalibrationError, ValueError) as exc:
@@ -315,14 +293,6 @@ def calibrate(
     click.echo(
         f"baseline for {asset} on {profile}/{lp.version}: threshold {baseline.threshold:.4g}; saved {path}"
     )
-
-
-def _baseline_for(lp: Any, models_root: Path, asset: str | None) -> Baseline:
-    if asset:
-        stored = load_baseline(models_root, lp.profile, asset, lp.version)
-        if stored is not None:
-            return stored
-    return lp.baseline
 
 
 @cli.command()
@@ -347,13 +317,13 @@ def score(
     device: str,
 ) -> None:
     """Score a file: one row per window with score, threshold, anomalous and per-channel errors."""
-    lp = _served(models_root, profile, version)
+    lp = served_profile(models_root, profile, version)
     try:
-        series = _read(data, lp.meta.channels, sep).select(lp.meta.channels)
+        series = read_table_series(data, lp.meta.channels, sep).select(lp.meta.channels)
         result = score_series(
             Scorer(lp, device),
             series,
-            _baseline_for(lp, models_root, asset),
+            baseline_for(lp, models_root, asset),
             window=lp.meta.window,
             hop=lp.meta.hop,
             period_s=lp.meta.period_s,
@@ -415,14 +385,14 @@ def evaluate(
 
     from seqae.evaluate import evaluate_scores, plot_series
 
-    lp = _served(models_root, profile, version)
+    lp = served_profile(models_root, profile, version)
     scorer = Scorer(lp, device)
     out_dir.mkdir(parents=True, exist_ok=True)
     labels_all, scores_all, alarms_all = [], [], []
     per_file: dict[str, Any] = {}
     for path in tqdm(data, desc="evaluate", unit="file"):
         try:
-            series = _read(path, lp.meta.channels, sep).select(lp.meta.channels)
+            series = read_table_series(path, lp.meta.channels, sep).select(lp.meta.channels)
             if series.labels is None:
                 raise DataError(f"{path}: no label column to evaluate against")
             baseline = lp.baseline
@@ -479,211 +449,9 @@ def refit_on_head(scorer: Scorer, lp: Any, series: Series, rows: int) -> Baselin
     return fit_asset_baseline(scorer, windows, hop=1, period_s=lp.meta.period_s)
 
 
-def _write_table(frame: pd.DataFrame, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() in (".parquet", ".pq"):
-        frame.to_parquet(out, index=False)
-    else:
-        frame.to_csv(out, index=False)
-
-
-@cli.command()
-@click.argument("data", type=click.Path(exists=True, path_type=Path))
-@click.option("--profile", required=True)
-@MODELS_OPTION
-@click.option("--version", default=None, help="Default: CURRENT.")
-@click.option(
-    "--asset", default=None, help="Use this asset's stored baseline (scaler) if there is one."
-)
-@click.option(
-    "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="CSV or Parquet."
-)
-@click.option(
-    "--min-observed",
-    default=0.5,
-    show_default=True,
-    help="Least observed share of a window that may vote.",
-)
-@click.option("--sep", default=None)
-@click.option("--device", default="auto", show_default=True)
-def impute(
-    data: Path,
-    profile: str,
-    models_root: Path,
-    version: str | None,
-    asset: str | None,
-    out: Path,
-    min_observed: float,
-    sep: str | None,
-    device: str,
-) -> None:
-    """Fill missing samples (empty cells and missing grid slots) by masked reconstruction."""
-    from seqae.extras import impute_series
-
-    lp = _served(models_root, profile, version)
-    try:
-        series = _read(data, lp.meta.channels, sep).select(lp.meta.channels)
-        grid = regularize(series, lp.meta.period_s, 0)
-        result = impute_series(
-            lp.detector,
-            grid,
-            _baseline_for(lp, models_root, asset).scaler,
-            lp.meta.window,
-            min_observed=min_observed,
-            device=device,
-        )
-    except (DataError, ValueError) as exc:
-        raise fail(exc) from exc
-    frame = pd.DataFrame(result.series.values, columns=lp.meta.channels)
-    frame.insert(0, "timestamp", pd.to_datetime(result.series.timestamps, utc=True))
-    _write_table(frame, out)
-    click.echo(
-        f"{int(result.filled.sum())} samples imputed, {result.unfilled} left missing; wrote {out}"
-    )
-
-
-@cli.command()
-@click.argument("data", type=click.Path(exists=True, path_type=Path))
-@click.option("--profile", required=True)
-@MODELS_OPTION
-@click.option("--version", default=None, help="Default: CURRENT.")
-@click.option(
-    "--asset", default=None, help="Use this asset's stored baseline (scaler) if there is one."
-)
-@click.option("--hop", type=int, default=None, help="Default: the model's hop.")
-@click.option(
-    "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="CSV or Parquet."
-)
-@click.option("--sep", default=None)
-@click.option("--device", default="auto", show_default=True)
-def embed(
-    data: Path,
-    profile: str,
-    models_root: Path,
-    version: str | None,
-    asset: str | None,
-    hop: int | None,
-    out: Path,
-    sep: str | None,
-    device: str,
-) -> None:
-    """Export the latent code of each window (window_end, z0..zK) for projection or clustering."""
-    from seqae.extras import embed_windows
-
-    lp = _served(models_root, profile, version)
-    try:
-        series = _read(data, lp.meta.channels, sep).select(lp.meta.channels)
-        grid = regularize(series, lp.meta.period_s, 3)
-        windows, ends = make_windows(grid.values, lp.meta.window, hop or lp.meta.hop)
-        codes = embed_windows(
-            lp.detector, windows, _baseline_for(lp, models_root, asset).scaler, device=device
-        )
-    except (DataError, ValueError) as exc:
-        raise fail(exc) from exc
-    frame = pd.DataFrame(codes, columns=[f"z{i}" for i in range(codes.shape[1])])
-    frame.insert(0, "window_end", pd.to_datetime(grid.timestamps[ends], utc=True))
-    _write_table(frame, out)
-    click.echo(f"{len(frame)} windows, {codes.shape[1]} latent dimensions; wrote {out}")
-
-
-@cli.command()
-@click.option("--profile", required=True)
-@MODELS_OPTION
-@click.option("--version", default=None, help="Default: CURRENT.")
-@click.option("--n", "count", default=100, show_default=True, help="Windows to draw.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--noise", is_flag=True, help="Add the learned observation noise.")
-@click.option(
-    "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="CSV or Parquet."
-)
-@click.option("--device", default="auto", show_default=True)
-def generate(
-    profile: str,
-    models_root: Path,
-    version: str | None,
-    count: int,
-    seed: int,
-    noise: bool,
-    out: Path,
-    device: str,
-) -> None:
-    """Draw synthetic normal windows from a variational profile (one row per window and step)."""
-    from seqae.extras import generate_windows
-
-    lp = _served(models_root, profile, version)
-    try:
-        windows = generate_windows(
-            lp.detector, count, lp.baseline.scaler, seed=seed, with_noise=noise, device=device
-        )
-    except ValueError as exc:
-        raise fail(exc) from exc
-    n, w, c = windows.shape
-    frame = pd.DataFrame(windows.reshape(n * w, c), columns=lp.meta.channels)
-    frame.insert(0, "step", np.tile(np.arange(w), n))
-    frame.insert(0, "window", np.repeat(np.arange(n), w))
-    _write_table(frame, out)
-    click.echo(f"{n} windows of {w} samples; wrote {out}")
-
-
-@cli.group()
-def models() -> None:
-    """List, inspect, promote and roll back model versions."""
-
-
-@models.command("list")
-@MODELS_OPTION
-def models_list(models_root: Path) -> None:
-    for profile in artifacts.list_profiles(models_root):
-        current = artifacts.current_version(models_root, profile)
-        for v in artifacts.list_versions(models_root, profile):
-            mark = "*" if v == current else " "
-            try:
-                meta = artifacts.read_meta(models_root / profile / v)
-            except ArtifactError as exc:  # one broken version must not hide the others
-                click.echo(f"{mark} {profile}/{v}  unreadable: {exc}")
-                continue
-            click.echo(
-                f"{mark} {profile}/{v}  {meta['kind']}  {meta['created_at']}  channels={len(meta['channels'])}"
-            )
-
-
-@models.command("show")
-@click.argument("profile")
-@click.option("--version", default=None)
-@MODELS_OPTION
-def models_show(profile: str, version: str | None, models_root: Path) -> None:
-    lp = _served(models_root, profile, version)
-    meta = artifacts.read_meta(lp.path)
-    meta["baseline"] = {
-        "threshold": lp.baseline.threshold,
-        "score_kind": lp.baseline.score_kind,
-        **lp.baseline.info,
-    }
-    click.echo(json.dumps(meta, indent=2))
-
-
-@models.command("promote")
-@click.argument("profile")
-@click.argument("version")
-@MODELS_OPTION
-def models_promote(profile: str, version: str, models_root: Path) -> None:
-    try:
-        artifacts.promote(models_root, profile, version)
-    except ArtifactError as exc:
-        raise fail(exc) from exc
-    click.echo(f"{profile}: serving {version}")
-
-
-@models.command("rollback")
-@click.argument("profile")
-@MODELS_OPTION
-def models_rollback(profile: str, models_root: Path) -> None:
-    try:
-        version = artifacts.rollback(models_root, profile)
-    except ArtifactError as exc:
-        raise fail(exc) from exc
-    click.echo(f"{profile}: serving {version}")
-
-
 def main() -> None:
     cli()
+
+
+for command in (impute, embed, generate, models):
+    cli.add_command(command)
