@@ -676,6 +676,10 @@ def compare_consumers(args: argparse.Namespace) -> None:
         print(f"{what:28} {kp:>11.0f}/s {ck:>14.0f}/s {ck / kp:>6.2f}")
 
 
+def _jsonable(value: object) -> Any:
+    return str(value) if isinstance(value, Path) else float(value)  # type: ignore[arg-type]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -722,7 +726,7 @@ def main() -> None:
     tag = args.tag or f"a{args.assets}"
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"load_{tag}.json"
-    out.write_text(json.dumps(asdict(result), indent=1, default=float))
+    out.write_text(json.dumps(asdict(result), indent=1, default=_jsonable))
     paths = plot(result, tag)
     print(json.dumps(result.summary, indent=1))
     print("wrote", out, *paths)

@@ -96,7 +96,6 @@ class Daemon:
         self._reload = False
         self._recalibrate: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._checkpoint: _Checkpoint | None = None
-        self._ticket_ts: dict[int, int] = {}
         self._newest_ts_ms = 0
         self.source: KafkaSource | None = None
         self.sink: InfluxSink | None = None
@@ -217,13 +216,16 @@ class Daemon:
         while not self._stop:
             records = self.source.poll(self._poll_timeout(), s.kafka.max_poll_records)
             for record in records:
-                self._handle(record)
+                # A full batch is scored at once, not after the rest of the poll: its points
+                # reach InfluxDB while the following readings are handled.
+                if self._handle(record) and self.engine.due():
+                    self._submit(self.engine.run())
             if self.engine.due():
                 self._submit(self.engine.run())
             self._backpressure()
-            self._take_acks()  # every turn: the write latency is measured when acks are taken
             now = time.monotonic()
             if now >= next_commit:
+                self._take_acks()
                 self._advance_checkpoint()
                 next_commit = now + s.commit_interval_s
             if self._reload or now >= next_reload:
@@ -293,7 +295,8 @@ class Daemon:
 
     # -- stages ------------------------------------------------------------------------------
 
-    def _handle(self, record: Record) -> None:
+    def _handle(self, record: Record) -> bool:
+        """Decode, window and queue one record; True when it completed windows."""
         tp = (record.topic, record.partition)
         self.ledger.consumed(tp, record.offset)
         try:
@@ -305,7 +308,7 @@ class Daemon:
             )
             if self.publisher is not None:
                 self.publisher.dead_letter(record, exc.reason)
-            return
+            return False
         profile = self.settings.profiles.profile_for(reading.asset)
         assert profile is not None  # the decoder refused unknown assets
         served = self.profiles.get(profile)
@@ -318,6 +321,7 @@ class Daemon:
         health.gap_resets.inc(after[1] - before[1])
         self._newest_ts_ms = max(self._newest_ts_ms, record.timestamp_ms)
         self.engine.add(profile, ready)
+        return bool(ready)
 
     def _submit(self, out: EngineOutput) -> None:
         if not out.scored:
@@ -348,18 +352,11 @@ class Daemon:
         health.alerts_open.set(self.alerts.open_count)
         ticket = self.ledger.new_ticket()
         self.ledger.track(ticket, out.offsets)
-        self._ticket_ts[ticket] = out.oldest_completed_ms or self._newest_ts_ms
-        self.sink.submit(points, ticket)
+        self.sink.submit(points, ticket, out.oldest_completed_ms or self._newest_ts_ms)
 
     def _take_acks(self) -> None:
         assert self.sink is not None
-        acked = self.sink.take_acknowledged()
-        self.ledger.acknowledge(acked)
-        now_ms = time.time() * 1000
-        for ticket in acked:
-            ts = self._ticket_ts.pop(ticket, None)
-            if ts:
-                health.write_latency_seconds.observe(max(0.0, (now_ms - ts) / 1000))
+        self.ledger.acknowledge(self.sink.take_acknowledged())
 
     def _safe_offsets(self) -> dict[TopicPartitionId, int]:
         hold = self.windows.hold()

@@ -27,8 +27,8 @@ batch_size = Histogram(
 scoring_seconds = Histogram("seqae_scoring_seconds", "Time to score one round of batches")
 write_latency_seconds = Histogram(
     "seqae_write_latency_seconds",
-    "From the timestamp of the message that completed the batch's oldest window to the "
-    "acknowledged write of its points",
+    "From the timestamp of the message that completed a batch's oldest window to InfluxDB's "
+    "acknowledgement of the batch's points",
     buckets=(
         *(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75),
         *(1, 1.5, 2.5, 5, 10, 30, 60, 300),

@@ -186,6 +186,7 @@ class InfluxSink:
         self._queue: deque[_Line] = deque()
         self._remaining: dict[int, int] = {}  # ticket -> points not yet written or quarantined
         self._acknowledged: list[int] = []
+        self._origin_ms: dict[int, float] = {}  # ticket -> epoch ms its latency counts from
         self._buffered = 0  # queued + in flight
         self._closing = threading.Event()
         self._healthy = True
@@ -195,8 +196,10 @@ class InfluxSink:
 
     # -- caller side -------------------------------------------------------------------------
 
-    def submit(self, points: Sequence[Point], ticket: int) -> None:
-        """Queue points under `ticket`; never drops (check `full` first to bound memory)."""
+    def submit(self, points: Sequence[Point], ticket: int, origin_ms: float | None = None) -> None:
+        """Queue points under `ticket`; never drops (check `full` first to bound memory).
+        With `origin_ms` (epoch ms of the message the points stem from), the time from it to
+        the ticket's acknowledgement is observed as the write latency."""
         if self._closing.is_set():
             raise RuntimeError("InfluxSink.submit after close")
         lines = []
@@ -206,9 +209,11 @@ class InfluxSink:
             except LineProtocolError as exc:
                 self._quarantine(1, f"cannot encode: {exc}")
         with self._cond:
+            if origin_ms:
+                self._origin_ms[ticket] = min(origin_ms, self._origin_ms.get(ticket, origin_ms))
             if not lines:
                 if ticket not in self._remaining:
-                    self._acknowledged.append(ticket)
+                    self._acknowledge(ticket)
                 return
             self._remaining[ticket] = self._remaining.get(ticket, 0) + len(lines)
             self._queue.extend(lines)
@@ -325,6 +330,13 @@ class InfluxSink:
             self._healthy = True
             return
 
+    def _acknowledge(self, ticket: int) -> None:
+        """Called with the lock held."""
+        self._acknowledged.append(ticket)
+        origin = self._origin_ms.pop(ticket, None)
+        if origin is not None:
+            health.write_latency_seconds.observe(max(0.0, time.time() - origin / 1000))
+
     def _quarantine(self, count: int, reason: str) -> None:
         health.points_quarantined.inc(count)
         self._log(logging.ERROR, "quarantine", "point quarantined (not written): %s", reason)
@@ -337,7 +349,7 @@ class InfluxSink:
                     self._remaining[line.ticket] = left
                 else:
                     del self._remaining[line.ticket]
-                    self._acknowledged.append(line.ticket)
+                    self._acknowledge(line.ticket)
             self._buffered -= len(lines)
             health.sink_buffered_points.set(self._buffered)
             self._cond.notify_all()
