@@ -15,6 +15,7 @@ window to the acknowledged write), from which p50/p99 are interpolated per inter
     python benchmarks/bench_load.py --minutes 10                  # 1,000 assets, 10,000 msg/s
     python benchmarks/bench_load.py --assets 500 --minutes 10 --tag a500
     python benchmarks/bench_load.py --compare-consumers 200000    # kafka-python vs confluent-kafka
+    python benchmarks/bench_load.py --delivery-jitter 30          # ... their delivery latency
 
 Writes benchmarks/results/load_<tag>.json, load_<tag>_latency.png and load_<tag>_rss.png.
 """
@@ -361,12 +362,7 @@ def linear_slope(t: list[float], y: list[float]) -> float:
 def run_load(args: argparse.Namespace) -> LoadResult:
     lib = args.producer_lib
     if lib == "auto":
-        try:
-            import confluent_kafka  # noqa: F401
-
-            lib = "confluent"
-        except ImportError:
-            lib = "kafka-python"
+        lib = "confluent" if _has_confluent() else "kafka-python"
     topic = f"bench-load-{uuid.uuid4().hex[:8]}"
     db = f"bench_load_{uuid.uuid4().hex[:8]}"
     port = free_port()
@@ -534,7 +530,8 @@ def _summary(
         "rss_mb_mid": round(mid.rss_mb, 1),
         "rss_mb_end": round(last.rss_mb, 1),
         "rss_slope_mb_per_min_steady": round(60 * linear_slope(t, rss), 3),
-        "lag_end_messages": lag_end,
+        "read_lag_end_messages": last.sent - int(last.messages_in),
+        "uncommitted_end_messages": lag_end,
         "producer_behind_ms_max": max(s.behind_ms for s in samples),
         "paused_samples": sum(1 for s in samples if s.paused),
         "cpu_mean_pct_steady": {
@@ -680,6 +677,79 @@ def _jsonable(value: object) -> Any:
     return str(value) if isinstance(value, Path) else float(value)  # type: ignore[arg-type]
 
 
+def delivery_jitter(args: argparse.Namespace) -> None:
+    """Message timestamp -> bare consumer's receipt, under the load's producers, per client."""
+    lib = "confluent" if _has_confluent() else "kafka-python"
+    for consumer_lib in ("kafka-python", "confluent"):
+        topic = f"bench-jitter-{uuid.uuid4().hex[:8]}"
+        make_topic(args.bootstrap, topic, args.partitions)
+        ctx = mp.get_context("spawn")
+        stop_at = time.time() + args.delivery_jitter
+        counters = [(ctx.Value("q", 0), ctx.Value("q", 0)) for _ in range(args.producers)]
+        assets = [f"asset-{i}" for i in range(args.assets)]
+        producers = [
+            ctx.Process(
+                target=produce,
+                args=(w, assets[w :: args.producers], args.hz, args.bootstrap, topic, lib, stop_at)
+                + counters[w],
+                daemon=True,
+            )
+            for w in range(args.producers)
+        ]
+        for p in producers:
+            p.start()
+        delays: list[float] = []
+        group = f"jitter-{uuid.uuid4().hex[:6]}"
+        if consumer_lib == "kafka-python":
+            from kafka import KafkaConsumer
+
+            kc = KafkaConsumer(
+                topic,
+                bootstrap_servers=args.bootstrap,
+                group_id=group,
+                auto_offset_reset="earliest",
+                max_poll_records=2000,
+            )
+            while time.time() < stop_at:
+                for records in kc.poll(timeout_ms=50).values():
+                    now = time.time() * 1000
+                    delays.extend(now - r.timestamp for r in records)
+            kc.close()
+        else:
+            from confluent_kafka import Consumer
+
+            cc = Consumer(
+                {
+                    "bootstrap.servers": args.bootstrap,
+                    "group.id": group,
+                    "auto.offset.reset": "earliest",
+                }
+            )
+            cc.subscribe([topic])
+            while time.time() < stop_at:
+                msgs = cc.consume(2000, 0.05)
+                now = time.time() * 1000
+                delays.extend(now - m.timestamp()[1] for m in msgs if not m.error())
+            cc.close()
+        for p in producers:
+            p.join(timeout=30)
+        tail = np.asarray(delays[len(delays) // 3 :])  # after the group join
+        p50, p90, p99 = np.percentile(tail, [50, 90, 99])
+        print(
+            f"{consumer_lib:>12}: {len(tail)} messages, timestamp -> consumer"
+            f" p50 {p50:.0f} ms  p90 {p90:.0f} ms  p99 {p99:.0f} ms",
+            flush=True,
+        )
+
+
+def _has_confluent() -> bool:
+    try:
+        import confluent_kafka  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -718,7 +788,18 @@ def main() -> None:
         metavar="N",
         help="instead of the load: N messages through kafka-python and confluent-kafka",
     )
+    parser.add_argument(
+        "--delivery-jitter",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="instead of the load: S seconds of it into bare kafka-python, then confluent-kafka "
+        "consumers; prints message timestamp -> receipt percentiles",
+    )
     args = parser.parse_args()
+    if args.delivery_jitter:
+        delivery_jitter(args)
+        return
     if args.compare_consumers:
         compare_consumers(args)
         return
