@@ -655,7 +655,7 @@ def compare_consumers(args: argparse.Namespace) -> None:
                 if m.error():
                     continue
                 if decode:
-                    decoder.decode(m.value())
+                    decoder.decode(m.value() or b"")
                 seen += 1
         elapsed = time.perf_counter() - (start or time.perf_counter())
         consumer.close()
