@@ -17,7 +17,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,3 +172,33 @@ def unique_topic(request: pytest.FixtureRequest) -> str:
     """A topic name no other test (or earlier run) uses."""
     stem = re.sub(r"[^a-zA-Z0-9._-]", "-", request.node.name)[:60]
     return f"it-{stem}-{uuid.uuid4().hex[:8]}"
+
+
+Query = Callable[[str], list[dict[str, Any]]]
+
+
+@pytest.fixture
+def database(influx_v1: InfluxV1) -> Iterator[str]:
+    """A fresh InfluxDB 1.x database for one test, dropped after it."""
+    name = f"it_{uuid.uuid4().hex[:12]}"
+    q = urllib.parse.urlencode({"q": f'CREATE DATABASE "{name}"'})
+    status, body = http_request("POST", f"{influx_v1.url}/query?{q}")
+    assert status == 200, body
+    yield name
+    q = urllib.parse.urlencode({"q": f'DROP DATABASE "{name}"'})
+    http_request("POST", f"{influx_v1.url}/query?{q}")
+
+
+@pytest.fixture
+def query(influx_v1: InfluxV1, database: str) -> Query:
+    """Run InfluxQL against the test's database; returns the series of the first result."""
+
+    def run(q: str) -> list[dict[str, Any]]:
+        params = urllib.parse.urlencode({"db": database, "q": q, "epoch": "ns"})
+        status, body = http_request("GET", f"{influx_v1.url}/query?{params}")
+        assert status == 200, body
+        result = json.loads(body)["results"][0]
+        assert "error" not in result, result
+        return result.get("series", [])  # type: ignore[no-any-return]
+
+    return run

@@ -16,14 +16,13 @@ import sys
 import threading
 import time
 import urllib.parse
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import InfluxV1, http_request
+from conftest import InfluxV1, Query, http_request
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
@@ -37,7 +36,6 @@ WINDOW, HOP, PERIOD_NS = 20, 5, 1_000_000_000
 SAMPLES = 1200
 FAULT = (600, 800)  # samples of pump-1 with cavitation
 FAULTY, HEALTHY = "pump-1", "pump-3"
-Query = Callable[[str], list[dict[str, Any]]]
 
 
 # -- fixtures ------------------------------------------------------------------------------
@@ -59,33 +57,6 @@ def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         device="cpu",
     )
     return root
-
-
-@pytest.fixture
-def database(influx_v1: InfluxV1) -> Iterator[str]:
-    name = f"it_daemon_{uuid.uuid4().hex[:10]}"
-    status, body = http_request(
-        "POST",
-        f"{influx_v1.url}/query?" + urllib.parse.urlencode({"q": f'CREATE DATABASE "{name}"'}),
-    )
-    assert status == 200, body
-    yield name
-    http_request(
-        "POST", f"{influx_v1.url}/query?" + urllib.parse.urlencode({"q": f'DROP DATABASE "{name}"'})
-    )
-
-
-@pytest.fixture
-def query(influx_v1: InfluxV1, database: str) -> Query:
-    def run(q: str) -> list[dict[str, Any]]:
-        params = urllib.parse.urlencode({"db": database, "q": q, "epoch": "ns"})
-        status, body = http_request("GET", f"{influx_v1.url}/query?{params}")
-        assert status == 200, body
-        result = json.loads(body)["results"][0]
-        assert "error" not in result, result
-        return result.get("series", [])  # type: ignore[no-any-return]
-
-    return run
 
 
 def make_topic(bootstrap: str, topic: str, partitions: int) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
+from conftest import http_request
 
 pytestmark = pytest.mark.integration
 
@@ -42,15 +43,6 @@ class InfluxV1(Protocol):
 
 class InfluxV2(Protocol):
     url: str
-
-
-def http_request(method: str, url: str, body: bytes | None = None) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=body, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 # --- a realistic day in the InfluxDB ----------------------------------------------------------

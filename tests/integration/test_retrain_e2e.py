@@ -16,13 +16,11 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-from conftest import InfluxV1, http_request
+from conftest import InfluxV1, Query, http_request
 from test_daemon_service import (
     HOP,
     PERIOD_NS,
@@ -51,7 +49,6 @@ ASSETS = ("pump-1", "pump-2", "pump-3")
 SAMPLES, FIRST = 2000, 1500  # shifted-plant samples per pump; the first FIRST before retraining
 ALERT = (700, 760)  # samples of pump-2 with a recorded alert (open -> closed)
 MARGIN_S = 30
-Query = Callable[[str], list[dict[str, Any]]]
 
 
 def shifted_stream(asset: str) -> list[bytes]:
@@ -63,30 +60,6 @@ def shifted_stream(asset: str) -> list[bytes]:
             json.dumps({"asset": asset, "ts": int(ts) // 1_000_000, "values": values}).encode()
         )
     return out
-
-
-@pytest.fixture
-def database(influx_v1: InfluxV1) -> Iterator[str]:
-    name = f"it_retrain_{os.getpid()}_{int(time.time() * 1000)}"
-    q = urllib.parse.urlencode({"q": f'CREATE DATABASE "{name}"'})
-    status, body = http_request("POST", f"{influx_v1.url}/query?{q}")
-    assert status == 200, body
-    yield name
-    q = urllib.parse.urlencode({"q": f'DROP DATABASE "{name}"'})
-    http_request("POST", f"{influx_v1.url}/query?{q}")
-
-
-@pytest.fixture
-def query(influx_v1: InfluxV1, database: str) -> Query:
-    def run(q: str) -> list[dict[str, Any]]:
-        params = urllib.parse.urlencode({"db": database, "q": q, "epoch": "ns"})
-        status, body = http_request("GET", f"{influx_v1.url}/query?{params}")
-        assert status == 200, body
-        result = json.loads(body)["results"][0]
-        assert "error" not in result, result
-        return result.get("series", [])  # type: ignore[no-any-return]
-
-    return run
 
 
 def record_alert(influx_v1: InfluxV1, database: str) -> None:
