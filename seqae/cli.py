@@ -21,13 +21,14 @@ from seqae.cli_common import (
     MODELS_OPTION,
     baseline_for,
     fail,
-    read_table_series,
+    read_profile_series,
     served_profile,
     threshold_policy,
+    write_table,
 )
 from seqae.cli_extras import embed, generate, impute
 from seqae.cli_models import models
-from seqae.data import DataError, Series, make_windows, regularize
+from seqae.data import DataError, Series, make_windows, read_series, regularize
 from seqae.model import VARIANTS
 from seqae.score import Scorer, score_series
 
@@ -182,7 +183,7 @@ def train(
 
     wanted = channels.split(",") if channels else None
     try:
-        series = [read_table_series(p, wanted, sep) for p in data]
+        series = [read_series(p, channels=wanted, sep=sep) for p in data]
         first = series[0].channels
         series = [s.select(first) for s in series]
         model_cfg: dict[str, Any] = {}
@@ -274,7 +275,7 @@ def calibrate(
     without retraining the network."""
     lp = served_profile(models_root, profile, None)
     try:
-        series = read_table_series(data, lp.meta.channels, sep).select(lp.meta.channels)
+        series = read_profile_series(data, lp, sep)
         if rows:
             series = series.slice(0, rows)
         grid = regularize(series, lp.meta.period_s, 3)
@@ -319,7 +320,7 @@ def score(
     """Score a file: one row per window with score, threshold, anomalous and per-channel errors."""
     lp = served_profile(models_root, profile, version)
     try:
-        series = read_table_series(data, lp.meta.channels, sep).select(lp.meta.channels)
+        series = read_profile_series(data, lp, sep)
         result = score_series(
             Scorer(lp, device),
             series,
@@ -344,10 +345,7 @@ def score(
         frame[f"err_{ch}"] = b.errors[:, i]
     for i, ch in enumerate(lp.meta.channels):
         frame[f"contrib_{ch}"] = b.contributions[:, i]
-    if out.suffix.lower() in (".parquet", ".pq"):
-        frame.to_parquet(out, index=False)
-    else:
-        frame.to_csv(out, index=False)
+    write_table(frame, out)
     click.echo(f"{len(frame)} windows, {int(b.anomalous.sum())} anomalous; wrote {out}")
 
 
@@ -392,7 +390,7 @@ def evaluate(
     per_file: dict[str, Any] = {}
     for path in tqdm(data, desc="evaluate", unit="file"):
         try:
-            series = read_table_series(path, lp.meta.channels, sep).select(lp.meta.channels)
+            series = read_profile_series(path, lp, sep)
             if series.labels is None:
                 raise DataError(f"{path}: no label column to evaluate against")
             baseline = lp.baseline

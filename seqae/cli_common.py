@@ -35,8 +35,9 @@ def threshold_policy(threshold: str, quantile: float, risk: float) -> ThresholdP
     return ThresholdPolicy(method=threshold, quantile=quantile, pot_risk=risk)  # type: ignore[arg-type]
 
 
-def read_table_series(path: Path, channels: list[str] | None, sep: str | None) -> Series:
-    return read_series(path, channels=channels, sep=sep)
+def read_profile_series(path: Path, lp: Any, sep: str | None) -> Series:
+    """A file's series with exactly the profile's channels, in the profile's order."""
+    return read_series(path, channels=lp.meta.channels, sep=sep).select(lp.meta.channels)
 
 
 def served_profile(models_root: Path, profile: str, version: str | None) -> Any:

@@ -12,7 +12,7 @@ from seqae.cli_common import (
     MODELS_OPTION,
     baseline_for,
     fail,
-    read_table_series,
+    read_profile_series,
     served_profile,
     write_table,
 )
@@ -54,7 +54,7 @@ def impute(
 
     lp = served_profile(models_root, profile, version)
     try:
-        series = read_table_series(data, lp.meta.channels, sep).select(lp.meta.channels)
+        series = read_profile_series(data, lp, sep)
         grid = regularize(series, lp.meta.period_s, 0)
         result = impute_series(
             lp.detector,
@@ -104,7 +104,7 @@ def embed(
 
     lp = served_profile(models_root, profile, version)
     try:
-        series = read_table_series(data, lp.meta.channels, sep).select(lp.meta.channels)
+        series = read_profile_series(data, lp, sep)
         grid = regularize(series, lp.meta.period_s, 3)
         windows, ends = make_windows(grid.values, lp.meta.window, hop or lp.meta.hop)
         codes = embed_windows(

@@ -211,6 +211,18 @@ def score_times(query: Query, asset: str) -> list[int]:
     return [row[0] for row in series[0]["values"]] if series else []
 
 
+def wait_for_all_scores(query: Query, daemon: DaemonProcess, what: str) -> list[int]:
+    """Wait until both pumps have a score at every expected window end; returns those ends."""
+    want = expected_ends()
+    wait_for(
+        lambda: all(len(score_times(query, a)) >= len(want) for a in (FAULTY, HEALTHY)),
+        60,
+        what,
+        daemon,
+    )
+    return want
+
+
 def wait_for(
     predicate: Callable[[], bool], timeout_s: float, what: str, daemon: DaemonProcess | None = None
 ) -> None:
@@ -317,16 +329,7 @@ def test_known_fault_yields_exact_scores_and_one_alert(
     alert_topic = f"{unique_topic}-alerts"
     make_topic(kafka_bootstrap, alert_topic, 1)
     daemon, port = setup(env={"SEQAE_KAFKA__ALERT_TOPIC": alert_topic})
-    want = expected_ends()
-    wait_for(
-        lambda: (
-            len(score_times(query, FAULTY)) >= len(want)
-            and len(score_times(query, HEALTHY)) >= len(want)
-        ),
-        60,
-        "all scores",
-        daemon,
-    )
+    want = wait_for_all_scores(query, daemon, "all scores")
     text = metrics(port)
     assert metric_value(text, "seqae_windows_scored_total", profile="pumps") == 2 * len(want)
     assert metric_value(text, "seqae_alert_events_total", state="open") == 1
@@ -382,16 +385,7 @@ def test_sigkill_restart_leaves_no_window_unscored_and_none_doubled(
     assert daemon.signal(signal.SIGKILL) == -signal.SIGKILL  # alert open, work uncommitted
     produce(kafka_bootstrap, unique_topic, messages[second:])
     daemon, _ = setup(env=env)  # same config and state folder, as a restarted service
-    want = expected_ends()
-    wait_for(
-        lambda: (
-            len(score_times(query, FAULTY)) >= len(want)
-            and len(score_times(query, HEALTHY)) >= len(want)
-        ),
-        60,
-        "all scores after restart",
-        daemon,
-    )
+    want = wait_for_all_scores(query, daemon, "all scores after restart")
     assert "restored state of 2 assets" in daemon.log_path.read_text()
     assert daemon.signal(signal.SIGTERM) == 0, daemon.log()
     for asset in (FAULTY, HEALTHY):
@@ -544,16 +538,7 @@ def test_influx_outage_loses_nothing_and_bounds_the_buffer(
         status, _ = http_request("GET", f"http://127.0.0.1:{port}/readyz")
         assert status == 503
         proxy.restore()
-        want = expected_ends()
-        wait_for(
-            lambda: (
-                len(score_times(query, FAULTY)) >= len(want)
-                and len(score_times(query, HEALTHY)) >= len(want)
-            ),
-            60,
-            "all scores after the outage",
-            daemon,
-        )
+        want = wait_for_all_scores(query, daemon, "all scores after the outage")
         assert daemon.signal(signal.SIGTERM) == 0, daemon.log()
         for asset in (FAULTY, HEALTHY):
             assert score_times(query, asset) == want
