@@ -404,6 +404,22 @@ def java_cmd(paths: Paths, libs: Path, jvm: list[str], *args: str) -> list[str]:
     ]
 
 
+def existing_cluster_id(paths: Paths) -> str | None:
+    """Cluster id of a data directory left by an earlier broker that was killed, not stopped.
+
+    Formatting it again with a fresh id would fail, so the broker restarts on its own data.
+    """
+    meta = paths.service_dir("kafka") / "data" / "meta.properties"
+    if not meta.exists():
+        return None
+    for line in meta.read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "cluster.id" and value.strip():
+            say(f"kafka: restarting on the data an earlier broker left in {meta.parent}")
+            return value.strip()
+    return None
+
+
 def start_kafka(paths: Paths, ports: Ports) -> dict[str, Any]:
     libs = ensure_kafka_jars(paths)
     claim_port("kafka", ports.kafka, "SEQAE_DEV_KAFKA_PORT")
@@ -411,7 +427,9 @@ def start_kafka(paths: Paths, ports: Ports) -> dict[str, Any]:
     cfg = kafka_config(paths, ports)
     log = paths.log_file("kafka")
     log.parent.mkdir(parents=True, exist_ok=True)
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    cluster_id = existing_cluster_id(paths) or (
+        base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    )
     fmt = java_cmd(
         paths, libs, ["-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"], "kafka.tools.StorageTool", "format", "--ignore-formatted",
         "-t", cluster_id, "-c", str(cfg),
