@@ -116,8 +116,10 @@ def ready_windows(x: np.ndarray, assets: int, hop: int, period_ns: int) -> list[
 
 def daemon_path(engine: ScoringEngine, windows: list[ReadyWindow]) -> int:
     engine.add("bench", windows)
-    out = engine.run(force=True)
-    lines = [encode(w.to_point()) for w in out.scored]
+    lines = []
+    engine.hand_out(everything=True)
+    for out in engine.results(wait=True):  # like the run loop: write one, score the next
+        lines += [encode(w.to_point()) for w in out.scored]
     return len(lines)
 
 

@@ -177,7 +177,11 @@ class AlertBook:
             self._trackers.pop(asset, None)
 
     def to_dict(self) -> dict[str, Any]:
-        return {asset: asdict(t) for asset, t in self._trackers.items()}
+        # vars() rather than asdict(): this runs for every asset at every commit
+        return {
+            asset: {**vars(t), "peak_channels": list(t.peak_channels)}
+            for asset, t in self._trackers.items()
+        }
 
     def restore(self, data: dict[str, Any]) -> None:
         """Load state written by `to_dict`; raises ValueError naming the asset on bad data."""

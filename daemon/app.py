@@ -13,6 +13,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import torch
+
 from daemon import health
 from daemon.alerts import AlertBook, AlertEvent
 from daemon.baselines import AssetBaselines, WarmupSnapshot, write_atomic
@@ -81,6 +83,8 @@ class Daemon:
             )
         except (ArtifactError, OSError, ValueError, RuntimeError) as exc:
             raise StartupError(f"cannot load a model profile: {exc}") from exc
+        if s.engine.cpu_threads:
+            torch.set_num_threads(s.engine.cpu_threads)
         self.baselines = AssetBaselines(s.baselines, s.state_dir)
         self.windows = WindowStore(s.windows)
         self.engine = ScoringEngine(
@@ -144,7 +148,7 @@ class Daemon:
 
     def on_revoked(self, partitions: set[TopicPartitionId]) -> None:
         """Flush, commit and drop the revoked assets' windows (runs inside poll)."""
-        self._submit(self.engine.run(force=True))
+        self._score_all()
         if self.sink is not None and self.sink.flush(self.settings.influx.timeout_s):
             self._take_acks()
             self._settle_checkpoint()
@@ -216,12 +220,15 @@ class Daemon:
         while not self._stop:
             records = self.source.poll(self._poll_timeout(), s.kafka.max_poll_records)
             for record in records:
-                # A full batch is scored at once, not after the rest of the poll: its points
-                # reach InfluxDB while the following readings are handled.
-                if self._handle(record) and self.engine.due():
-                    self._submit(self.engine.run())
-            if self.engine.due():
-                self._submit(self.engine.run())
+                # A full batch goes to the scoring thread at once, and a scored one is written
+                # at once, not after the rest of the poll.
+                self._handle(record)
+                if self.engine.due():
+                    self._score_due()
+            # With the poll's readings handled, an idle scoring thread takes what is queued:
+            # waiting `max_wait_ms` for a fuller batch only pays while it is busy.
+            if self.engine.due() or (self.engine.queued and not self.engine.busy):
+                self._score_due(everything=not self.engine.busy)
             self._backpressure()
             now = time.monotonic()
             if now >= next_commit:
@@ -253,11 +260,14 @@ class Daemon:
         self.drain()
 
     def _poll_timeout(self) -> float:
-        """Short only while windows wait for their batch: kafka-python 3.0 can fail to finish
-        a group join when polls time out every few milliseconds during the rebalance."""
+        """Short only while windows wait (kafka-python 3.0 can fail to finish a group join when
+        polls time out every few milliseconds during the rebalance): shortest while the scoring
+        thread works, whose results would otherwise wait in the poll for the next readings."""
         assert self.source is not None
         if not self.source.assignment():
             return 0.5
+        if self.engine.busy:
+            return 0.005
         if self.engine.queued:
             return max(0.02, min(0.1, self.settings.engine.max_wait_ms / 1000))
         return 0.2
@@ -265,7 +275,7 @@ class Daemon:
     def drain(self) -> None:
         """Score what is queued, wait for the sink, save state and commit; then close."""
         assert self.source is not None and self.sink is not None
-        self._submit(self.engine.run(force=True))
+        self._score_all()
         if self.sink.flush(self.settings.influx.timeout_s * 3):
             self._take_acks()
             self._settle_checkpoint()
@@ -275,7 +285,7 @@ class Daemon:
         self.close()
 
     def close(self) -> None:
-        for closer in (self.source, self.publisher, self.sink, self.health_server):
+        for closer in (self.source, self.publisher, self.sink, self.health_server, self.engine):
             if closer is not None:
                 try:
                     closer.close()
@@ -287,7 +297,7 @@ class Daemon:
         """Swap profiles between batches: windows queued for the old model are scored first."""
         if not self._reload and not self.profiles.changed():
             return
-        self._submit(self.engine.run(force=True))
+        self._score_all()
         failures = self.profiles.load_failures
         self.profiles.refresh(force=self._reload)
         health.model_load_failures.inc(self.profiles.load_failures - failures)
@@ -295,8 +305,8 @@ class Daemon:
 
     # -- stages ------------------------------------------------------------------------------
 
-    def _handle(self, record: Record) -> bool:
-        """Decode, window and queue one record; True when it completed windows."""
+    def _handle(self, record: Record) -> None:
+        """Decode, window and queue one record."""
         tp = (record.topic, record.partition)
         self.ledger.consumed(tp, record.offset)
         try:
@@ -308,7 +318,7 @@ class Daemon:
             )
             if self.publisher is not None:
                 self.publisher.dead_letter(record, exc.reason)
-            return False
+            return
         profile = self.settings.profiles.profile_for(reading.asset)
         assert profile is not None  # the decoder refused unknown assets
         served = self.profiles.get(profile)
@@ -317,11 +327,23 @@ class Daemon:
         for w in ready:
             w.completed_ms = record.timestamp_ms
         after = self.windows.counters.late_dropped, self.windows.counters.gap_resets
-        health.late_readings.inc(after[0] - before[0])
-        health.gap_resets.inc(after[1] - before[1])
+        if after != before:
+            health.late_readings.inc(after[0] - before[0])
+            health.gap_resets.inc(after[1] - before[1])
         self._newest_ts_ms = max(self._newest_ts_ms, record.timestamp_ms)
         self.engine.add(profile, ready)
-        return bool(ready)
+
+    def _score_due(self, everything: bool = False) -> None:
+        self.engine.hand_out(everything)
+        for out in self.engine.results():
+            self._submit(out)
+
+    def _score_all(self) -> None:
+        """Score every queued window and submit its points: windows handed out are only
+        recorded as done once submitted."""
+        self.engine.hand_out(everything=True)
+        for out in self.engine.results(wait=True):
+            self._submit(out)
 
     def _submit(self, out: EngineOutput) -> None:
         if not out.scored:
@@ -366,14 +388,15 @@ class Daemon:
 
     def _advance_checkpoint(self) -> None:
         """Commit the last mark once its tickets are acknowledged; then take the next mark."""
-        if self._checkpoint is not None:
-            if not self.ledger.settled(self._checkpoint.mark):
-                return
-            checkpoint, self._checkpoint = self._checkpoint, None
-            self._commit(checkpoint)
-        # Windows handed out are only recorded as done once scored and submitted.
-        self._submit(self.engine.run(force=True))
+        if self._checkpoint is not None and not self.ledger.settled(self._checkpoint.mark):
+            return
+        # One pass over every asset's window serves both the commit and the next mark: scoring
+        # and submitting in between does not move what the windows hold.
         hold = self.windows.hold()
+        if self._checkpoint is not None:
+            checkpoint, self._checkpoint = self._checkpoint, None
+            self._commit(checkpoint, hold)
+        self._score_all()
         self._checkpoint = _Checkpoint(
             self.ledger.mark(hold), self._state_bytes(), self.baselines.snapshot()
         )
@@ -386,10 +409,11 @@ class Daemon:
 
     def _commit_now(self, offsets: dict[TopicPartitionId, int]) -> None:
         self._commit(
-            _Checkpoint(CommitMark(offsets, set()), self._state_bytes(), self.baselines.snapshot())
+            _Checkpoint(CommitMark(offsets, set()), self._state_bytes(), self.baselines.snapshot()),
+            self.windows.hold(),
         )
 
-    def _commit(self, checkpoint: _Checkpoint) -> None:
+    def _commit(self, checkpoint: _Checkpoint, window_hold: dict[TopicPartitionId, int]) -> None:
         assert self.source is not None
         try:
             if self.publisher is not None:
@@ -399,7 +423,7 @@ class Daemon:
             return
         self.baselines.saved(checkpoint.warmup)
         write_atomic(self._state_path, checkpoint.state)
-        safe = self.ledger.committable(self.windows.hold())
+        safe = self.ledger.committable(window_hold)
         offsets = {
             tp: min(off, safe.get(tp, off))
             for tp, off in checkpoint.mark.offsets.items()

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
+
 from daemon.settings import InputSettings
 
 # Epoch milliseconds outside [1970, 2300) are treated as a unit mistake, not a time.
@@ -165,16 +167,10 @@ def _reject_constant(name: str) -> float:
     raise _NonFiniteLiteral(name)
 
 
-# One decoder for every message: json.loads with an argument builds a new one per call.
-_JSON = json.JSONDecoder(parse_constant=_reject_constant)
-
-
 def _loads(value: bytes) -> Any:
-    if type(value) is bytes:
-        try:
-            return _JSON.decode(value.decode("utf-8"))
-        except _NonFiniteLiteral:
-            raise
-        except ValueError:
-            pass  # a BOM, UTF-16/32, or bad JSON: json.loads detects the encoding and reports
-    return json.loads(value, parse_constant=_reject_constant)
+    try:
+        return orjson.loads(value)  # strict RFC 8259, about 5x faster than json
+    except orjson.JSONDecodeError:
+        # Not plain UTF-8 JSON: the standard library reads the other encodings, and its
+        # errors (and NaN/Infinity literals, refused above) give the reason.
+        return json.loads(value, parse_constant=_reject_constant)

@@ -49,10 +49,25 @@ def _check_name(text: str, what: str, measurement: str) -> None:
 
 
 @functools.lru_cache(maxsize=4096)
-def _escaped_key(text: str, what: str, measurement: str) -> str:
-    """A checked and escaped tag or field key; keys repeat on every point, so they are cached."""
-    _check_name(text, what, measurement)
-    return text.translate(_KEY_ESCAPES)
+def _field_key(name: str, measurement: str) -> str:
+    """`name=` checked and escaped; field keys repeat on every point, so they are cached."""
+    _check_name(name, "field key", measurement)
+    return name.translate(_KEY_ESCAPES) + "="
+
+
+@functools.lru_cache(maxsize=65536)
+def _series(measurement: str, tags: tuple[tuple[str, str], ...]) -> str:
+    """`measurement,tag=value,...` checked and escaped, tags sorted; a series repeats on every
+    point of an asset, so it is encoded once."""
+    _check_name(measurement, "measurement", repr(measurement))
+    parts = [measurement.translate(_MEASUREMENT_ESCAPES)]
+    for key, value in tags:
+        _check_name(key, "tag key", measurement)
+        if value == "":
+            continue  # the protocol has no empty tag values; an absent tag reads the same
+        _check_name(value, f"tag {key!r} value", measurement)
+        parts.append(f"{key.translate(_KEY_ESCAPES)}={value.translate(_KEY_ESCAPES)}")
+    return ",".join(parts)
 
 
 def _field_value(value: object, key: str, measurement: str) -> str:
@@ -80,24 +95,26 @@ def _field_value(value: object, key: str, measurement: str) -> str:
 def encode(point: Point) -> str:
     """Encode one point as a line (without the trailing newline); raises LineProtocolError."""
     measurement = point.measurement
-    _check_name(measurement, "measurement", repr(measurement))
-    parts = [measurement.translate(_MEASUREMENT_ESCAPES)]
-    for key in sorted(point.tags):
-        value = point.tags[key]
-        escaped = _escaped_key(key, "tag key", measurement)
-        if value == "":
-            continue  # the protocol has no empty tag values; an absent tag reads the same
-        _check_name(value, f"tag {key!r} value", measurement)
-        parts.append(f"{escaped}={value.translate(_KEY_ESCAPES)}")
+    if not isinstance(measurement, str):
+        raise LineProtocolError(f"measurement {measurement!r} is not a string")
+    try:
+        series = _series(measurement, tuple(sorted(point.tags.items())))
+    except TypeError:  # unhashable or unorderable: let the checks name the bad part
+        for key, value in point.tags.items():
+            _check_name(key, "tag key", measurement)
+            _check_name(value, f"tag {key!r} value", measurement)
+        raise
     if not point.fields:
         raise LineProtocolError(f"{measurement}: a point needs at least one field")
-    fields = [
-        f"{_escaped_key(name, 'field key', measurement)}={_field_value(field, name, measurement)}"
-        for name, field in point.fields.items()
-    ]
+    fields = ",".join(
+        [
+            _field_key(name, measurement) + _field_value(value, name, measurement)
+            for name, value in point.fields.items()
+        ]
+    )
     if isinstance(point.time_ns, bool) or not isinstance(point.time_ns, numbers.Integral):
         raise LineProtocolError(f"{measurement}: time_ns {point.time_ns!r} is not an integer")
-    return f"{','.join(parts)} {','.join(fields)} {int(point.time_ns)}"
+    return f"{series} {fields} {int(point.time_ns)}"
 
 
 def encode_batch(points: Iterable[Point]) -> str:

@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -28,6 +29,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+_ROUTES_REMEMBERED = 100_000
 _TOML_FILE: ContextVar[Path | None] = ContextVar("seqae_settings_toml_file", default=None)
 
 
@@ -116,11 +118,21 @@ class ProfilesSettings(_Section):
     )
     reload_poll_s: float = Field(default=2.0, gt=0, description="how often CURRENT is checked")
 
+    _routed: dict[str, str | None] = PrivateAttr(default_factory=dict)
+
     def profile_for(self, asset: str) -> str | None:
-        for route in self.routes:
-            if fnmatch.fnmatchcase(asset, route.pattern):
-                return route.profile
-        return None
+        """The first route whose pattern matches; remembered, as every message asks."""
+        try:
+            return self._routed[asset]
+        except KeyError:
+            pass
+        profile = next(
+            (r.profile for r in self.routes if fnmatch.fnmatchcase(asset, r.pattern)), None
+        )
+        if len(self._routed) >= _ROUTES_REMEMBERED:
+            self._routed.clear()  # bounded: a stream of ever-new asset ids cannot grow it
+        self._routed[asset] = profile
+        return profile
 
     @property
     def profile_names(self) -> list[str]:
@@ -158,6 +170,12 @@ class EngineSettings(_Section):
         default="auto",
         description="keep each asset's recent rows on the scoring device and send only new rows "
         "(auto: on CUDA, where copying whole windows costs more than the forward pass)",
+    )
+    cpu_threads: int = Field(
+        default=1,
+        ge=0,
+        description="torch threads for scoring on CPU (0: torch's default, one per core); one "
+        "leaves the other cores to the run loop, which overlaps the forward pass",
     )
 
 

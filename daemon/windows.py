@@ -1,7 +1,9 @@
 """Per-asset ring buffers on the profile's sampling grid; whole windows come out ready to score.
 
-Slots are absolute: slot k covers [k*period, (k+1)*period) since the epoch, and a window ends at
-slot e when e % hop == hop - 1, so a replay of the same readings yields the same window ends.
+Slots are absolute: slot k covers [k*period, (k+1)*period) since the epoch, and an asset's window
+ends at slot e when (e + phase) % hop == hop - 1, its phase a fixed hash of the asset id. A replay
+of the same readings yields the same window ends, and a fleet whose readings arrive in step does
+not complete all its windows in the same slot (a burst of scoring and writing once per hop).
 A slot becomes final once a reading arrives more than `lateness` slots after it; final slots are
 forward-filled per channel for at most `max_fill` slots. A run of more than `max_fill` empty slots
 resets the asset's window and flags `gap` on its next window.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -21,6 +24,15 @@ from daemon.settings import WindowSettings
 
 TopicPartitionId = tuple[str, int]
 _NO_OFFSET = np.iinfo(np.int64).max
+
+
+def window_phase(asset: str, hop: int) -> int:
+    """The asset's offset of window ends on the grid: stable across processes and restarts."""
+    return zlib.crc32(asset.encode("utf-8")) % hop
+
+
+def is_window_end(slot: int, phase: int, hop: int) -> bool:
+    return (slot + phase) % hop == hop - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,11 +88,14 @@ class AssetWindow:
         self._lateness = lateness_slots
         c = len(geometry.channels)
         self._index = {name: i for i, name in enumerate(geometry.channels)}
+        self._phase = window_phase(asset, geometry.hop)
         self._cap = geometry.window + lateness_slots + max_fill + 2
         self._raw = np.full((self._cap, c), np.nan, np.float32)
         self._filled = np.full((self._cap, c), np.nan, np.float32)
         self._offsets: dict[TopicPartitionId, np.ndarray] = {}
         self._fill_count = np.zeros(c, np.int64)
+        self._filling = False  # some channel is being forward-filled (a count above zero)
+        self._complete = [False] * self._cap  # rows written with every channel
         self._head: int | None = None  # newest slot with a reading
         self._run_start = 0  # first slot of the current run (since start or last reset)
         self._final = 0  # slots < _final are final
@@ -111,7 +126,7 @@ class AssetWindow:
                 counters.gap_resets += 1
             else:
                 for s in range(self._head + 1, slot + 1):
-                    self._clear(s)
+                    self._clear(s, raw=s != slot or len(reading.values) != len(self._index))
                 self._head = slot
                 ready = self._finalize_until(slot - self._lateness)
         elif slot < self._final or slot < self._run_start:
@@ -121,9 +136,11 @@ class AssetWindow:
         values = reading.values
         if len(values) == len(self._index):  # every channel: one row write instead of C
             self._raw[row] = [values[name] for name in self.geometry.channels]
+            self._complete[row] = True
         else:
             for name, value in values.items():
                 self._raw[row, self._index[name]] = value
+            self._complete[row] = False  # `_finalize_until` looks at which are missing
         per_slot = self._offsets.get(tp)
         if per_slot is None:
             per_slot = self._offsets[tp] = np.full(self._cap, _NO_OFFSET, np.int64)
@@ -139,18 +156,21 @@ class AssetWindow:
         g = self.geometry
         next_end = self._last_end + g.hop if self._last_end >= 0 else self._final
         next_end = max(next_end, self._final)
-        next_end += (g.hop - 1 - next_end % g.hop) % g.hop
+        next_end += (g.hop - 1 - (next_end + self._phase) % g.hop) % g.hop
         first = max(next_end - g.window + 1, self._run_start)
         # forward fill into `first` may come from up to max_fill slots before it
         lo = max(first - self._max_fill, self._run_start)
-        rows = [s % self._cap for s in range(lo, min(first, self._head) + 1)]
+        hi = min(first, self._head)
         start = first
-        if rows:
+        if lo <= hi and math.isnan(self._raw[hi % self._cap].sum()):
+            rows = [s % self._cap for s in range(lo, hi + 1)]
             observed = ~np.isnan(self._raw[rows])  # [k, C]
             has = observed.any(axis=0)
             if has.any():
                 last = len(rows) - 1 - np.argmax(observed[::-1], axis=0)
                 start = lo + int(last[has].min())
+        elif lo <= hi:
+            start = hi  # every channel observed at `hi`: nothing older is needed
         held = self._offsets_from(start)
         for tp, off in self._gap_hold.items():
             held[tp] = min(held.get(tp, off), off)
@@ -160,10 +180,15 @@ class AssetWindow:
         assert self._head is not None
         if start > self._head:
             return {}
-        rows = [s % self._cap for s in range(start, self._head + 1)]
+        a, b = start % self._cap, self._head % self._cap
         held = {}
         for tp, per_slot in self._offsets.items():
-            low = int(per_slot[rows].min())
+            # the ring slots start..head as one or two slices
+            low = int(
+                per_slot[a : b + 1].min()
+                if a <= b
+                else min(per_slot[a:].min(), per_slot[: b + 1].min())
+            )
             if low != _NO_OFFSET:
                 held[tp] = low
         return held
@@ -182,14 +207,19 @@ class AssetWindow:
         for per_slot in self._offsets.values():
             per_slot[:] = _NO_OFFSET
         self._fill_count[:] = 0
+        self._filling = False
+        self._complete = [False] * self._cap
         self._head = slot
         self._run_start = slot
         self._final = slot
 
-    def _clear(self, slot: int) -> None:
+    def _clear(self, slot: int, raw: bool = True) -> None:
+        """Empty a slot for new readings (`raw=False`: a whole row is about to be written).
+        Its filled row needs no clearing: `_finalize_until` writes it before anything reads it."""
         row = slot % self._cap
-        self._raw[row] = np.nan
-        self._filled[row] = np.nan
+        if raw:
+            self._raw[row] = np.nan
+            self._complete[row] = False
         for per_slot in self._offsets.values():
             per_slot[row] = _NO_OFFSET
 
@@ -200,20 +230,24 @@ class AssetWindow:
         for s in range(self._final, stop):
             row = s % self._cap
             raw = self._raw[row]
-            observed = ~np.isnan(raw)
-            if observed.all():  # the common case: nothing to fill
+            if self._complete[row]:  # the common case: nothing to fill
                 self._filled[row] = raw
-                self._fill_count.fill(0)
-            elif s == self._run_start:
-                self._filled[row] = raw
-                self._fill_count[observed] = 0
+                if self._filling:
+                    self._fill_count.fill(0)
+                    self._filling = False
             else:
-                prev = self._filled[(s - 1) % self._cap]
-                fill = ~observed & (self._fill_count < self._max_fill)
-                self._filled[row] = np.where(observed, raw, np.where(fill, prev, np.nan))
-                self._fill_count = np.where(observed, 0, self._fill_count + 1)
+                observed = ~np.isnan(raw)
+                if s == self._run_start:
+                    self._filled[row] = raw
+                    self._fill_count[observed] = 0
+                else:
+                    prev = self._filled[(s - 1) % self._cap]
+                    fill = ~observed & (self._fill_count < self._max_fill)
+                    self._filled[row] = np.where(observed, raw, np.where(fill, prev, np.nan))
+                    self._fill_count = np.where(observed, 0, self._fill_count + 1)
+                self._filling = bool(self._fill_count.any())
             if (
-                s % g.hop == g.hop - 1
+                is_window_end(s, self._phase, g.hop)
                 and s - g.window + 1 >= self._run_start
                 and s > self._last_end
             ):

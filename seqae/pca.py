@@ -61,12 +61,12 @@ class PCADetector(nn.Module):
         return self
 
     def _project(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        flat = (x * mask).reshape(len(x), -1) - self.mean
+        flat = (x * mask).flatten(1) - self.mean
         return flat @ self.components.T  # [N, k]
 
     def reconstruct(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         t = self._project(x, mask)
-        return (t @ self.components + self.mean).reshape(x.shape)
+        return (t @ self.components + self.mean).view_as(x)
 
     def encode(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self._project(x, mask)

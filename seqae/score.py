@@ -1,12 +1,16 @@
 """Batched scoring: raw windows in, scores and per-channel contributions out.
 
 Windows of several assets may share one batch, each scaled and scored with its own baseline.
-The forward pass runs in chunks under `torch.inference_mode` on CPU or CUDA.
+The forward pass runs in chunks under `torch.inference_mode` on CPU or CUDA. On CPU the error
+features of a chunk are computed by a TorchScript trace of the model when it reproduces the eager
+result: one call that releases the GIL for its whole length, so a scoring thread keeps its speed
+beside a busy Python thread (eager, every op waits to take the GIL back).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -113,6 +117,26 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+class _ChunkFeatures(torch.nn.Module):
+    """Error features [N, F] of one chunk of scaled windows: a module, so a trace keeps the
+    detector's weights as parameters."""
+
+    def __init__(self, detector: Any) -> None:
+        super().__init__()
+        self.detector = detector
+        self.has_channel_errors = hasattr(detector, "channel_errors")
+        self.has_latent = hasattr(detector, "latent_distance")
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.has_channel_errors:  # a detector with its own error (the VAE's expectation)
+            err = self.detector.channel_errors(x, mask)
+        else:
+            err = channel_errors(self.detector.reconstruct(x, mask), x, mask)
+        if self.has_latent:
+            err = torch.cat([err, self.detector.latent_distance(x, mask)[:, None]], dim=1)
+        return err  # type: ignore[no-any-return]
+
+
 class Scorer:
     def __init__(self, model: Any, device: str = "auto", batch_size: int | None = None) -> None:
         detector = getattr(model, "detector", model)
@@ -126,21 +150,46 @@ class Scorer:
         self.has_latent = hasattr(self.detector, "latent_distance")
         first = next(iter(self.detector.parameters()), None)
         self.dtype = first.dtype if first is not None else torch.float32
-        self.has_channel_errors = hasattr(self.detector, "channel_errors")
+        self._chunk_features = _ChunkFeatures(self.detector)
+        self._traced: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+        self._trace_tried = self.device.type != "cpu"
+
+    def _trace(self, window: int, channels: int) -> None:
+        """Trace `_chunk_features` and keep it only if it matches eager at other batch sizes
+        (a trace freezes Python-level shapes; a model that reads them stays eager)."""
+        self._trace_tried = True
+        gen = torch.Generator().manual_seed(0)
+
+        def probe(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+            mask = torch.rand(n, window, channels, generator=gen) > 0.1
+            x = torch.randn(n, window, channels, generator=gen).to(self.dtype) * mask
+            return x.to(self.device), mask.to(self.device)
+
+        try:
+            with warnings.catch_warnings():
+                # torch.jit.trace is deprecated in favour of torch.compile/export, which need a
+                # compiler at run time or run op by op from Python; the check below guards it.
+                warnings.simplefilter("ignore")
+                traced = torch.jit.trace(self._chunk_features, probe(7), check_trace=False)
+                for n in (1, 5, 33):
+                    x, mask = probe(n)
+                    if not torch.allclose(
+                        traced(x, mask), self._chunk_features(x, mask), rtol=1e-5, atol=1e-6
+                    ):
+                        return
+        except Exception:  # any failure to trace means: stay eager
+            return
+        self._traced = traced
 
     @torch.inference_mode()
     def features_scaled(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Error features [N, F] of scaled windows already on the device (missing = 0)."""
+        if not self._trace_tried and x.ndim == 3 and len(x):
+            self._trace(x.shape[1], x.shape[2])
+        chunk_features = self._traced or self._chunk_features
         parts = []
         for i in range(0, len(x), self.batch_size):
-            xb, mb = x[i : i + self.batch_size], mask[i : i + self.batch_size]
-            if self.has_channel_errors:  # a detector with its own error (the VAE's expectation)
-                err = self.detector.channel_errors(xb, mb)
-            else:
-                err = channel_errors(self.detector.reconstruct(xb, mb), xb, mb)
-            if self.has_latent:
-                err = torch.cat([err, self.detector.latent_distance(xb, mb)[:, None]], dim=1)
-            parts.append(err)
+            parts.append(chunk_features(x[i : i + self.batch_size], mask[i : i + self.batch_size]))
         if not parts:
             n_features = mask.shape[-1] + int(self.has_latent)
             return torch.zeros(0, n_features, device=x.device)

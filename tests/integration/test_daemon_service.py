@@ -26,6 +26,7 @@ from conftest import InfluxV1, Query, http_request
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
+from daemon.windows import is_window_end, window_phase
 from seqae.synth import DEFAULT_START_NS, generate_asset
 from seqae.train import train_profile
 
@@ -92,11 +93,12 @@ def interleave(*streams: list[bytes], assets: tuple[str, ...]) -> list[tuple[str
     return [(assets[i], s[k]) for k in range(len(streams[0])) for i, s in enumerate(streams)]
 
 
-def expected_ends(samples: int = SAMPLES) -> list[int]:
-    """Window ends on the absolute grid that a stream of `samples` readings makes final."""
+def expected_ends(asset: str, samples: int = SAMPLES) -> list[int]:
+    """The asset's window ends on the grid that a stream of `samples` readings makes final."""
     first = DEFAULT_START_NS // PERIOD_NS
     last = first + samples - 1  # the newest slot is never final (no later reading)
-    return [e * PERIOD_NS for e in range(first + WINDOW - 1, last) if e % HOP == HOP - 1]
+    phase = window_phase(asset, HOP)
+    return [e * PERIOD_NS for e in range(first + WINDOW - 1, last) if is_window_end(e, phase, HOP)]
 
 
 def read_topic(bootstrap: str, topic: str) -> list[dict[str, Any]]:
@@ -211,11 +213,11 @@ def score_times(query: Query, asset: str) -> list[int]:
     return [row[0] for row in series[0]["values"]] if series else []
 
 
-def wait_for_all_scores(query: Query, daemon: DaemonProcess, what: str) -> list[int]:
+def wait_for_all_scores(query: Query, daemon: DaemonProcess, what: str) -> dict[str, list[int]]:
     """Wait until both pumps have a score at every expected window end; returns those ends."""
-    want = expected_ends()
+    want = {a: expected_ends(a) for a in (FAULTY, HEALTHY)}
     wait_for(
-        lambda: all(len(score_times(query, a)) >= len(want) for a in (FAULTY, HEALTHY)),
+        lambda: all(len(score_times(query, a)) >= len(want[a]) for a in want),
         60,
         what,
         daemon,
@@ -331,13 +333,14 @@ def test_known_fault_yields_exact_scores_and_one_alert(
     daemon, port = setup(env={"SEQAE_KAFKA__ALERT_TOPIC": alert_topic})
     want = wait_for_all_scores(query, daemon, "all scores")
     text = metrics(port)
-    assert metric_value(text, "seqae_windows_scored_total", profile="pumps") == 2 * len(want)
+    scored = sum(map(len, want.values()))
+    assert metric_value(text, "seqae_windows_scored_total", profile="pumps") == scored
     assert metric_value(text, "seqae_alert_events_total", state="open") == 1
     assert metric_value(text, "seqae_alert_events_total", state="closed") == 1
     assert metric_value(text, "seqae_alerts_open") == 0
     assert daemon.signal(signal.SIGTERM) == 0, daemon.log()
     for asset in (FAULTY, HEALTHY):
-        assert score_times(query, asset) == want
+        assert score_times(query, asset) == want[asset]
     fields = query(
         f"SELECT anomalous, state, gap, threshold, err_flow FROM seqae_score WHERE asset = '{HEALTHY}'"
     )
@@ -380,7 +383,7 @@ def test_sigkill_restart_leaves_no_window_unscored_and_none_doubled(
         daemon,
     )
     produce(kafka_bootstrap, unique_topic, messages[first:second])
-    upto = expected_ends(700)
+    upto = expected_ends(FAULTY, 700)
     wait_for(lambda: len(score_times(query, FAULTY)) >= len(upto), 30, "more scores", daemon)
     assert daemon.signal(signal.SIGKILL) == -signal.SIGKILL  # alert open, work uncommitted
     produce(kafka_bootstrap, unique_topic, messages[second:])
@@ -389,7 +392,7 @@ def test_sigkill_restart_leaves_no_window_unscored_and_none_doubled(
     assert "restored state of 2 assets" in daemon.log_path.read_text()
     assert daemon.signal(signal.SIGTERM) == 0, daemon.log()
     for asset in (FAULTY, HEALTHY):
-        assert score_times(query, asset) == want  # on the grid, none missing, none extra
+        assert score_times(query, asset) == want[asset]  # on the grid, none missing or extra
     assert_alert_story(query)
 
 
@@ -433,7 +436,7 @@ def test_malformed_messages_are_dead_lettered_and_counted(
             messages += [(HEALTHY, raw) for raw, _ in bad]
     produce(kafka_bootstrap, unique_topic, messages)
     daemon, port = setup(env={"SEQAE_KAFKA__DEAD_LETTER_TOPIC": dead})
-    want = expected_ends()
+    want = expected_ends(HEALTHY)
     wait_for(
         lambda: len(score_times(query, HEALTHY)) >= len(want), 60, "scores of good messages", daemon
     )
@@ -541,7 +544,7 @@ def test_influx_outage_loses_nothing_and_bounds_the_buffer(
         want = wait_for_all_scores(query, daemon, "all scores after the outage")
         assert daemon.signal(signal.SIGTERM) == 0, daemon.log()
         for asset in (FAULTY, HEALTHY):
-            assert score_times(query, asset) == want
+            assert score_times(query, asset) == want[asset]
         # bounded: the buffer stops at max_buffered_points plus the points of one poll
         # (a message makes at most one window, one alert event and one shift event)
         print(f"peak buffered points during the outage: {peak:.0f} (limit 100)")
@@ -577,13 +580,15 @@ def test_two_daemons_split_assets_and_survive_a_rebalance(
         first,
     )
     produce(kafka_bootstrap, unique_topic, messages[len(messages) // 3 :])
-    want = expected_ends()
+    want = {a: expected_ends(a) for a in assets}
     try:
         wait_for(
-            lambda: all(len(score_times(query, a)) >= len(want) for a in assets), 90, "all scores"
+            lambda: all(len(score_times(query, a)) >= len(want[a]) for a in assets),
+            90,
+            "all scores",
         )
     except AssertionError:
-        missing = {a: sorted(set(want) - set(score_times(query, a)))[:5] for a in assets}
+        missing = {a: sorted(set(want[a]) - set(score_times(query, a)))[:5] for a in assets}
         raise AssertionError(f"missing windows {missing}\n{first.log()}\n{second.log()}") from None
     scored = [
         metric_value(metrics(p), "seqae_windows_scored_total", profile="pumps")
@@ -593,8 +598,8 @@ def test_two_daemons_split_assets_and_survive_a_rebalance(
     assert second.signal(signal.SIGTERM) == 0, second.log()
     assert all(n > 0 for n in scored), scored  # both took part
     for a in assets:
-        assert score_times(query, a) == want, a
-    assert np.sum(scored) >= len(want) * len(assets)
+        assert score_times(query, a) == want[a], a
+    assert np.sum(scored) >= sum(map(len, want.values()))
 
 
 def test_per_asset_calibration_hot_swap_and_a_broken_model(
@@ -614,7 +619,7 @@ def test_per_asset_calibration_hot_swap_and_a_broken_model(
     produce(kafka_bootstrap, unique_topic, [(HEALTHY, m) for m in healthy[:500]])
     env = {"SEQAE_BASELINES__MODE": "per_asset", "SEQAE_BASELINES__WARMUP_WINDOWS": "30"}
     daemon, port = setup(models=models, env=env)
-    first_batch = expected_ends(500)
+    first_batch = expected_ends(HEALTHY, 500)
     wait_for(
         lambda: len(score_times(query, HEALTHY)) >= len(first_batch), 60, "first scores", daemon
     )
@@ -659,7 +664,7 @@ def test_per_asset_calibration_hot_swap_and_a_broken_model(
         daemon,
     )
     produce(kafka_bootstrap, unique_topic, [(HEALTHY, m) for m in healthy[800:]])
-    want = expected_ends()
+    want = expected_ends(HEALTHY)
     wait_for(lambda: len(score_times(query, HEALTHY)) >= len(want), 60, "all scores", daemon)
     assert daemon.signal(signal.SIGTERM) == 0, daemon.log()
     assert score_times(query, HEALTHY) == want

@@ -103,9 +103,9 @@ def test_retrain_from_kafka_promotes_and_the_daemon_swaps_without_losing_windows
         messages = interleave(*(shifted_stream(a) for a in ASSETS), assets=ASSETS)
         since_ms = int(time.time() * 1000) - 1000
         produce(kafka_bootstrap, unique_topic, messages[: FIRST * len(ASSETS)])
-        before = expected_ends(FIRST)
+        before = {a: expected_ends(a, FIRST) for a in ASSETS}
         wait_for(
-            lambda: all(len(score_times(query, a)) >= len(before) for a in ASSETS),
+            lambda: all(len(score_times(query, a)) >= len(before[a]) for a in ASSETS),
             60,
             "scores of the shifted stretch",
             daemon,
@@ -138,9 +138,9 @@ def test_retrain_from_kafka_promotes_and_the_daemon_swaps_without_losing_windows
 
         time.sleep(3)  # reload_poll_s is 1 s
         produce(kafka_bootstrap, unique_topic, messages[FIRST * len(ASSETS) :])
-        want = expected_ends(SAMPLES)
+        want = {a: expected_ends(a, SAMPLES) for a in ASSETS}
         wait_for(
-            lambda: all(len(score_times(query, a)) >= len(want) for a in ASSETS),
+            lambda: all(len(score_times(query, a)) >= len(want[a]) for a in ASSETS),
             60,
             "scores after the swap",
             daemon,
@@ -150,12 +150,12 @@ def test_retrain_from_kafka_promotes_and_the_daemon_swaps_without_losing_windows
     finally:
         daemon.stop()
     for asset in ASSETS:
-        assert score_times(query, asset) == want, asset  # none lost, none doubled
+        assert score_times(query, asset) == want[asset], asset  # none lost, none doubled
         rows = query(f"SELECT score, model_version FROM seqae_score WHERE asset = '{asset}'")
         versions = [r[2] for r in rows[0]["values"]]
         swap = versions.index("v0002")
         assert set(versions[:swap]) == {"v0001"} and set(versions[swap:]) == {"v0002"}
-        assert swap >= len(before)  # the shifted stretch was scored by the old model
+        assert swap >= len(before[asset])  # the shifted stretch was scored by the old model
     served_after = query(
         "SELECT count(score) FROM seqae_score WHERE model_version = 'v0002' AND anomalous = true"
     )

@@ -1,7 +1,9 @@
 """Engine, baselines and profile registry against a tiny PCA profile trained here."""
 
 import io
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -78,13 +80,44 @@ def test_batches_close_at_max_batch_or_after_max_wait(
     assert engine.hold() == {TP: 10}
     engine.add("pumps", ready("p2", windows[3:6]))
     assert engine.due()
-    out = engine.run()
+    out = engine.run(wait=True)
     assert out.batch_sizes == [4] and engine.queued == 2 and out.offsets == {TP: 10}
     clock.now += 0.049
     assert not engine.due()
     clock.now += 0.002
-    out = engine.run()
+    out = engine.run(wait=True)
     assert out.batch_sizes == [2] and engine.queued == 0 and engine.hold() == {}
+
+
+def test_batches_in_the_scoring_thread_stay_held_and_come_back_in_order(
+    models_root: Path, windows: np.ndarray, tmp_path: Path
+) -> None:
+    registry = ProfileRegistry(models_root, ["pumps"], "cpu")
+    served = registry.get("pumps")
+    gate = threading.Event()
+    forward = served.features
+
+    def gated(*args: Any) -> Any:
+        assert gate.wait(10)
+        return forward(*args)
+
+    served.features = gated  # type: ignore[method-assign]
+    engine = ScoringEngine(
+        EngineSettings(max_batch=2, max_wait_ms=0),
+        registry,
+        AssetBaselines(BaselineSettings(mode="model"), tmp_path),
+    )
+    given = ready("p1", windows[:6])
+    engine.add("pumps", given)
+    out = engine.run()  # three batches handed out, none scored yet
+    assert out.scored == [] and engine.queued == 6 and engine.hold() == {TP: 10}
+    assert not engine.due()
+    gate.set()
+    out = engine.run(wait=True)
+    assert out.batch_sizes == [2, 2, 2] and engine.queued == 0 and engine.hold() == {}
+    assert [w.end_ns for w in out.scored] == [w.end_ns for w in given]
+    assert out.offsets == {TP: 10}
+    engine.close()
 
 
 def test_score_points_follow_the_schema(

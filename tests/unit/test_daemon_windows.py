@@ -3,7 +3,7 @@ import pytest
 
 from daemon.codec import Reading
 from daemon.settings import WindowSettings
-from daemon.windows import ReadyWindow, WindowGeometry, WindowStore
+from daemon.windows import ReadyWindow, WindowGeometry, WindowStore, window_phase
 
 TP = ("sensors", 0)
 GEO = WindowGeometry.of(["a", "b"], period_s=1.0, window=4, hop=2)
@@ -21,7 +21,7 @@ class Clock:
 def feed(
     store: WindowStore,
     slots: list[int],
-    asset: str = "p1",
+    asset: str = "pump-b",
     start_offset: int = 0,
     values: dict[int, dict[str, float]] | None = None,
 ) -> list[ReadyWindow]:
@@ -36,20 +36,31 @@ def test_windows_end_on_absolute_grid_slots_and_are_whole() -> None:
     store = WindowStore(WindowSettings(max_fill=1))
     ready = feed(store, list(range(5, 16)))
     ends = [w.end_ns // S for w in ready]
-    # ends where slot % hop == hop-1, first whole one needs 4 slots from slot 5; slot 15 not final
+    # "pump-b" has phase 0: ends where slot % hop == hop-1; the first whole one needs 4 slots
+    # from slot 5; slot 15 is not final
     assert ends == [9, 11, 13]
     assert ready[0].values[:, 0].tolist() == [6, 7, 8, 9]
     assert ready[0].offsets == {TP: 1}
     assert not any(w.gap for w in ready)
 
 
+def test_window_ends_are_offset_per_asset_so_a_fleet_in_step_is_spread() -> None:
+    assert window_phase("pump-b", 2) == 0 and window_phase("p1", 2) == 1
+    store = WindowStore(WindowSettings())
+    ends = [w.end_ns // S for w in feed(store, list(range(5, 16)), asset="p1")]
+    assert ends == [8, 10, 12, 14]  # one slot earlier than "pump-b"'s 9, 11, 13
+    hop = 10
+    phases = [window_phase(f"asset-{i}", hop) for i in range(1000)]
+    assert min(np.bincount(phases, minlength=hop)) > 60  # about 100 windows per slot, not 1000
+
+
 def test_last_value_in_slot_wins() -> None:
     store = WindowStore(WindowSettings())
-    store.add(Reading("p1", 0 * S, {"a": 1.0, "b": 1.0}), GEO, TP, 0)
+    store.add(Reading("pump-b", 0 * S, {"a": 1.0, "b": 1.0}), GEO, TP, 0)
     for slot in range(1, 4):
-        store.add(Reading("p1", slot * S, {"a": 5.0, "b": 5.0}), GEO, TP, slot)
-    store.add(Reading("p1", 3 * S + S // 2, {"a": 7.0}), GEO, TP, 10)
-    (w,) = store.add(Reading("p1", 4 * S, {"a": 0.0, "b": 0.0}), GEO, TP, 11)
+        store.add(Reading("pump-b", slot * S, {"a": 5.0, "b": 5.0}), GEO, TP, slot)
+    store.add(Reading("pump-b", 3 * S + S // 2, {"a": 7.0}), GEO, TP, 10)
+    (w,) = store.add(Reading("pump-b", 4 * S, {"a": 0.0, "b": 0.0}), GEO, TP, 11)
     assert w.values[-1].tolist() == [7.0, 5.0]
 
 
@@ -116,6 +127,31 @@ def test_restart_from_hold_rebuilds_identical_windows() -> None:
         np.testing.assert_array_equal(a.values, b.values)
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_restart_from_hold_at_any_point_rebuilds_identical_windows(seed: int) -> None:
+    """Random missing channels, short gaps and resets, many trips around the ring buffer."""
+    rng = np.random.default_rng(seed)
+    slots = np.cumsum(rng.choice([1, 1, 1, 1, 2, 3, 5], size=120)).tolist()
+    values: dict[int, dict[str, float]] = {}
+    for slot in slots:
+        row = {"a": float(slot), "b": float(slot) * 10}
+        if rng.random() < 0.3:
+            row.pop(str(rng.choice(["a", "b"])))
+        values[slot] = row
+    full = feed(WindowStore(WindowSettings(max_fill=2)), slots, values=values)
+    for cut in range(10, len(slots), 7):
+        first = WindowStore(WindowSettings(max_fill=2))
+        before = feed(first, slots[:cut], values=values)
+        hold = first.hold().get(TP, cut)
+        restarted = WindowStore(WindowSettings(max_fill=2))
+        restarted.resume_after(first.last_ends())
+        after = feed(restarted, slots[hold:], start_offset=hold, values=values)
+        assert [w.end_ns for w in before + after] == [w.end_ns for w in full], cut
+        for a, b in zip(before + after, full, strict=True):
+            np.testing.assert_array_equal(a.values, b.values)
+            assert a.gap == b.gap
+
+
 def test_pending_gap_is_held_so_a_restart_sees_it() -> None:
     store = WindowStore(WindowSettings(max_fill=1))
     feed(store, [0, 1, 2, 3, 4, 10, 11])
@@ -128,20 +164,20 @@ def test_idle_eviction_releases_hold_and_remembers_last_end() -> None:
     clock = Clock()
     store = WindowStore(WindowSettings(idle_eviction_s=60), clock=clock)
     feed(store, list(range(6)))
-    feed(store, list(range(6)), asset="p2", start_offset=100)
+    feed(store, list(range(6)), asset="pump-a", start_offset=100)
     clock.now = 30
-    feed(store, [6], asset="p2", start_offset=106)
+    feed(store, [6], asset="pump-a", start_offset=106)
     clock.now = 70
-    assert store.evict_idle() == ["p1"]
+    assert store.evict_idle() == ["pump-b"]
     assert len(store) == 1 and store.hold() == {TP: 104}
-    assert store.last_ends()["p1"] == 3 * S
+    assert store.last_ends()["pump-b"] == 3 * S
 
 
 def test_drop_partitions_forgets_their_assets() -> None:
     store = WindowStore(WindowSettings())
     feed(store, list(range(6)))
     store.add(Reading("p9", 0, {"a": 1.0}), GEO, ("sensors", 1), 0)
-    assert store.drop_partitions({TP}) == ["p1"]
+    assert store.drop_partitions({TP}) == ["pump-b"]
     assert len(store) == 1
 
 

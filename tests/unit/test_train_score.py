@@ -136,3 +136,45 @@ def test_score_series_pointwise_alignment(models: Path, normal_history) -> None:
     for i, end in enumerate(result.ends):
         stop = result.ends[i + 1] if i + 1 < len(result.ends) else 50
         assert (point[end:stop] == s[i]).all()
+
+
+@pytest.mark.parametrize(
+    "variant", ["plain", "deep", "denoising", "sparse", "contractive", "variational", "pca"]
+)
+def test_cpu_features_match_the_eager_model_at_any_batch_size(variant: str) -> None:
+    """On CPU the features come from a trace when it reproduces the eager model; a model whose
+    trace would freeze the batch size (the VAE's latent samples) stays eager."""
+    import torch
+
+    from seqae.model import ModelConfig, SequenceAutoencoder
+    from seqae.pca import PCAConfig, PCADetector
+
+    rng = np.random.default_rng(0)
+    windows = rng.normal(size=(300, 12, 3)).astype(np.float32)
+    windows[rng.random(windows.shape) < 0.05] = np.nan
+    if variant == "pca":
+        clean = np.nan_to_num(windows)
+        detector: torch.nn.Module = PCADetector(PCAConfig(3, 12, n_components=4)).fit(clean)
+    else:
+        torch.manual_seed(0)
+        layers = 2 if variant == "deep" else 1
+        cfg = ModelConfig(
+            n_channels=3,
+            window=12,
+            hidden_size=8,
+            latent_size=4,
+            variant=variant,
+            num_layers=layers,
+        )
+        detector = SequenceAutoencoder(cfg).eval()
+    scorer = Scorer(detector, device="cpu", batch_size=128)
+    center, scale = np.zeros(3, np.float32), np.ones(3, np.float32)
+    got = [scorer.features(windows[:n], center, scale) for n in (300, 1, 77)]
+    assert scorer._trace_tried
+    eager = Scorer(detector, device="cpu", batch_size=128)
+    eager._trace_tried = True  # never trace: the reference
+    for n, features in zip((300, 1, 77), got, strict=True):
+        np.testing.assert_allclose(
+            features, eager.features(windows[:n], center, scale), rtol=1e-5, atol=1e-6
+        )
+    assert (scorer._traced is not None) == (variant != "variational")
