@@ -1,7 +1,8 @@
 """Ingest rate: the daemon's KafkaSource + MessageDecoder against a bare kafka-python loop.
 
 Both read the same topic from the start in a fresh consumer group; the bare loop does
-`KafkaConsumer.poll` + `json.loads`, the daemon path `KafkaSource.poll` + `MessageDecoder.decode`.
+`KafkaConsumer.poll` + `json.loads` (and again with `orjson.loads`, the daemon's parser), the
+daemon path `KafkaSource.poll` + `MessageDecoder.decode`.
 Prints messages/s for each and the ratio (daemon / bare). Needs a broker, e.g. the devstack one:
 
     python deploy/local/devstack.py up
@@ -13,9 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
 import uuid
+from collections.abc import Callable
 
+import orjson
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 
@@ -44,7 +48,9 @@ def fill_topic(bootstrap: str, topic: str, messages: int, assets: int, partition
     producer.close()
 
 
-def bare_rate(bootstrap: str, topic: str, messages: int) -> float:
+def bare_rate(
+    bootstrap: str, topic: str, messages: int, loads: Callable[[bytes], object] = json.loads
+) -> float:
     consumer = KafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
@@ -61,7 +67,7 @@ def bare_rate(bootstrap: str, topic: str, messages: int) -> float:
             start = time.perf_counter()
         for records in batches.values():
             for r in records:
-                json.loads(r.value)
+                loads(r.value)
                 seen += 1
     elapsed = time.perf_counter() - (start or time.perf_counter())
     consumer.close()
@@ -106,19 +112,26 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--assets", type=int, default=50)
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     topic = f"bench-ingest-{uuid.uuid4().hex[:8]}"
     fill_topic(args.bootstrap, topic, args.messages, args.assets, args.partitions)
-    bare, ours = [], []
+    bare, bare_orjson, ours = [], [], []
     for _ in range(args.rounds):  # alternate so neither side always runs on a warm cache
         bare.append(bare_rate(args.bootstrap, topic, args.messages))
+        bare_orjson.append(bare_rate(args.bootstrap, topic, args.messages, orjson.loads))
         ours.append(daemon_rate(args.bootstrap, topic, args.messages))
-    b, d = max(bare), max(ours)
     print(f"messages: {args.messages}  assets: {args.assets}  partitions: {args.partitions}")
-    print(f"bare kafka-python poll + json.loads : {b:10.0f} msg/s")
-    print(f"KafkaSource.poll + MessageDecoder  : {d:10.0f} msg/s")
-    print(f"ratio daemon/bare                  : {d / b:10.2f}")
+    print(f"rounds: {args.rounds}, each path once per round; msg/s median (best)")
+    b, bo, d = (statistics.median(r) for r in (bare, bare_orjson, ours))
+    for name, rates in (
+        ("bare kafka-python poll + json.loads  ", bare),
+        ("bare kafka-python poll + orjson.loads", bare_orjson),
+        ("KafkaSource.poll + MessageDecoder    ", ours),
+    ):
+        print(f"{name} : {statistics.median(rates):10.0f} ({max(rates):.0f})")
+    print(f"ratio daemon/bare (json.loads), medians   : {d / b:6.2f}")
+    print(f"ratio daemon/bare (orjson.loads), medians : {d / bo:6.2f}")
 
 
 if __name__ == "__main__":

@@ -49,6 +49,8 @@ class DecodeError(ValueError):
 
 def parse_timestamp(raw: object, field: str, fmt: str = "auto") -> int:
     """RFC 3339 string or epoch milliseconds (int/float) -> epoch nanoseconds."""
+    if type(raw) is int and fmt != "rfc3339" and 0 <= raw < _MAX_EPOCH_MS:  # the common case
+        return raw * 1_000_000
     if isinstance(raw, bool):
         raise DecodeError("bad_timestamp", f"{field} is a boolean")
     if isinstance(raw, int | float):
@@ -142,12 +144,13 @@ class MessageDecoder:
             raise DecodeError("bad_type", f"{field} must be an object of channel -> number")
         if not raw:
             raise DecodeError("missing_field", f"{field} is empty")
-        values: dict[str, float] = {}
         for name, reading in raw.items():
             if name not in channels:
                 raise DecodeError("unknown_channel", f"channel {name[:60]!r} not in the profile")
-            values[name] = _number(reading, field, name)
-        return values
+            # a finite float (x - x is 0.0 unless x is inf or NaN) stays; the rest is checked
+            if type(reading) is not float or reading - reading != 0.0:
+                raw[name] = _number(reading, field, name)
+        return raw  # the parser's fresh dict, now of finite floats
 
     def _narrow_value(self, message: dict[str, Any], channels: Sequence[str]) -> dict[str, float]:
         s = self._s
