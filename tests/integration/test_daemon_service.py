@@ -672,6 +672,67 @@ def test_per_asset_calibration_hot_swap_and_a_broken_model(
     assert sorted(v[1] for v in versions) == ["v0001", v2]
 
 
+def test_recalibrate_endpoint_puts_an_asset_back_into_warm_up(
+    setup: Callable[..., tuple[DaemonProcess, int]],
+    kafka_bootstrap: str,
+    unique_topic: str,
+    query: Query,
+) -> None:
+    make_topic(kafka_bootstrap, unique_topic, 1)
+    healthy = stream(HEALTHY)
+    produce(kafka_bootstrap, unique_topic, [(HEALTHY, m) for m in healthy[:500]])
+    env = {"SEQAE_BASELINES__MODE": "per_asset", "SEQAE_BASELINES__WARMUP_WINDOWS": "30"}
+    daemon, port = setup(env=env)
+    first = expected_ends(HEALTHY, 500)
+    wait_for(lambda: len(score_times(query, HEALTHY)) >= len(first), 60, "first scores", daemon)
+    status, body = http_request("POST", f"http://127.0.0.1:{port}/recalibrate?asset={HEALTHY}")
+    assert status == 202, body
+    wait_for(lambda: "recalibrating" in daemon.log_path.read_text(), 30, "the reset", daemon)
+    produce(kafka_bootstrap, unique_topic, [(HEALTHY, m) for m in healthy[500:]])
+    want = expected_ends(HEALTHY)
+    wait_for(lambda: len(score_times(query, HEALTHY)) >= len(want), 60, "all scores", daemon)
+    assert daemon.signal(signal.SIGTERM) == 0, daemon.log()
+    rows = query(f"SELECT state FROM seqae_score WHERE asset = '{HEALTHY}'")[0]["values"]
+    states = [r[1] for r in rows]
+    assert [r[0] for r in rows] == want
+    n = len(first)
+    assert states[:30] == ["calibrating"] * 30 and "calibrating" not in states[30:n]
+    # after the reset: a fresh warm-up of 30 windows, then its new baseline
+    assert states[n : n + 30] == ["calibrating"] * 30 and "calibrating" not in states[n + 30 :]
+
+
+def test_narrow_messages_one_channel_each_are_scored_like_wide_ones(
+    setup: Callable[..., tuple[DaemonProcess, int]],
+    kafka_bootstrap: str,
+    unique_topic: str,
+    query: Query,
+) -> None:
+    make_topic(kafka_bootstrap, unique_topic, 1)
+    messages = []
+    for raw in stream(HEALTHY):
+        wide = json.loads(raw)
+        for channel, value in wide["values"].items():
+            narrow = {"asset": HEALTHY, "ts": wide["ts"], "channel": channel, "value": value}
+            messages.append((HEALTHY, json.dumps(narrow).encode()))
+    produce(kafka_bootstrap, unique_topic, messages)
+    daemon, port = setup(env={"SEQAE_INPUT__FORMAT": "narrow"})
+    want = expected_ends(HEALTHY)
+    wait_for(lambda: len(score_times(query, HEALTHY)) >= len(want), 60, "all scores", daemon)
+    text = metrics(port)
+    assert daemon.signal(signal.SIGTERM) == 0, daemon.log()
+    assert score_times(query, HEALTHY) == want
+    assert metric_value(text, "seqae_messages_in_total") == len(messages)
+    assert "seqae_bad_messages_total{" not in text  # no reason was ever counted
+    # every channel of every window observed: none reported missing
+    fields = query(f"SELECT * FROM seqae_score WHERE asset = '{HEALTHY}'")[0]
+    errors = [c for c in fields["columns"] if c.startswith("err_")]
+    assert len(errors) == len(json.loads(stream(HEALTHY)[0])["values"])
+    for row in fields["values"]:
+        assert all(
+            v is not None for c, v in zip(fields["columns"], row, strict=True) if c in errors
+        )
+
+
 def test_replay_command_sends_plant_rows_keyed_by_asset(
     kafka_bootstrap: str, unique_topic: str, tmp_path: Path
 ) -> None:
