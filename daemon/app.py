@@ -18,7 +18,7 @@ import torch
 
 from daemon import health
 from daemon.alerts import AlertBook, AlertEvent
-from daemon.baselines import AssetBaselines, WarmupSnapshot, write_atomic
+from daemon.baselines import AssetBaselines, WarmupSnapshot
 from daemon.codec import DecodeError, MessageDecoder
 from daemon.delivery import CommitLedger, CommitMark
 from daemon.engine import EngineOutput, ProfileRegistry, ScoringEngine, shift_point
@@ -28,7 +28,7 @@ from daemon.settings import DaemonSettings
 from daemon.sink import InfluxSink
 from daemon.source import KafkaSource, Record
 from daemon.windows import TopicPartitionId, WindowStore
-from seqae.artifacts import ArtifactError
+from seqae.artifacts import ArtifactError, write_atomic
 
 log = logging.getLogger(__name__)
 _STATE_FORMAT = "seqae-daemon-state/1"
@@ -232,8 +232,9 @@ class Daemon:
                     self._score_due()
             # With the poll's readings handled, an idle scoring thread takes what is queued:
             # waiting `max_wait_ms` for a fuller batch only pays while it is busy.
-            if self.engine.due() or (self.engine.queued and not self.engine.busy):
-                self._score_due(everything=not self.engine.busy)
+            idle = not self.engine.busy
+            if self.engine.due() or (idle and self.engine.queued):
+                self._score_due(everything=idle)
             self._backpressure()
             now = time.monotonic()
             if now >= next_commit:

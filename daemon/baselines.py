@@ -12,9 +12,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,25 +20,11 @@ from typing import Any, Literal
 import numpy as np
 
 from daemon.settings import BaselineSettings
+from seqae.artifacts import write_atomic
 from seqae.calibrate import Baseline, CalibrationError, fit_asset_baseline
 
 log = logging.getLogger(__name__)
 ScoreState = Literal["ok", "calibrating", "shifted"]
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so a crash leaves either the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_files(files: list[tuple[Path, bytes | None]]) -> None:

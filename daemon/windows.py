@@ -162,15 +162,15 @@ class AssetWindow:
         lo = max(first - self._max_fill, self._run_start)
         hi = min(first, self._head)
         start = first
-        if lo <= hi and math.isnan(self._raw[hi % self._cap].sum()):
+        if lo <= hi and self._complete[hi % self._cap]:
+            start = hi  # every channel observed at `hi`: nothing older is needed
+        elif lo <= hi:
             rows = [s % self._cap for s in range(lo, hi + 1)]
             observed = ~np.isnan(self._raw[rows])  # [k, C]
             has = observed.any(axis=0)
             if has.any():
                 last = len(rows) - 1 - np.argmax(observed[::-1], axis=0)
                 start = lo + int(last[has].min())
-        elif lo <= hi:
-            start = hi  # every channel observed at `hi`: nothing older is needed
         held = self._offsets_from(start)
         for tp, off in self._gap_hold.items():
             held[tp] = min(held.get(tp, off), off)

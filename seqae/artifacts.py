@@ -85,12 +85,13 @@ class LoadedProfile:
     meta: ModelMeta
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Replace `path` with `data` so a crash leaves either the old or the new file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -178,8 +179,8 @@ def promote(root: Path, profile: str, version: str) -> None:
     history = _history(folder)
     if not history or history[-1] != version:
         history.append(version)
-    _atomic_write(folder / "HISTORY", "\n".join(history) + "\n")
-    _atomic_write(folder / "CURRENT", version + "\n")
+    write_atomic(folder / "HISTORY", "\n".join(history) + "\n")
+    write_atomic(folder / "CURRENT", version + "\n")
 
 
 def rollback(root: Path, profile: str) -> str:
@@ -191,8 +192,8 @@ def rollback(root: Path, profile: str) -> str:
     history.pop()
     previous = history[-1]
     load_profile(root, profile, previous)
-    _atomic_write(folder / "HISTORY", "\n".join(history) + "\n")
-    _atomic_write(folder / "CURRENT", previous + "\n")
+    write_atomic(folder / "HISTORY", "\n".join(history) + "\n")
+    write_atomic(folder / "CURRENT", previous + "\n")
     return previous
 
 
@@ -281,7 +282,7 @@ def save_baseline(
 ) -> Path:
     path = baseline_path(root, profile, asset)
     payload = {"asset": asset, "model_version": model_version, "baseline": baseline.to_dict()}
-    _atomic_write(path, json.dumps(payload))
+    write_atomic(path, json.dumps(payload))
     return path
 
 

@@ -42,11 +42,10 @@ FAULTY, HEALTHY = "pump-1", "pump-3"
 # -- fixtures ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("models")
+def train_pumps(root: Path, seed: int = 0) -> str:
+    """Train profile `pumps` (PCA) on normal history of pumps 1-3; returns its version."""
     history = [generate_asset(f"pump-{i}", 3000, seed=0, plant_seed=0)[0] for i in (1, 2, 3)]
-    train_profile(
+    return train_profile(
         history,
         models_root=root,
         profile="pumps",
@@ -56,7 +55,14 @@ def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         epochs=3,
         progress=False,
         device="cpu",
+        seed=seed,
     )
+
+
+@pytest.fixture(scope="module")
+def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    train_pumps(root)
     return root
 
 
@@ -629,19 +635,7 @@ def test_per_asset_calibration_hot_swap_and_a_broken_model(
     assert list((tmp_path / "state-d1" / "baselines").rglob("*.json"))
 
     # a new version becomes CURRENT: served from the next batch on, under its own tag
-    history = [generate_asset(f"pump-{i}", 3000, seed=0, plant_seed=0)[0] for i in (1, 2, 3)]
-    v2 = train_profile(
-        history,
-        models_root=models,
-        profile="pumps",
-        window=WINDOW,
-        hop=HOP,
-        kind="pca",
-        epochs=3,
-        progress=False,
-        device="cpu",
-        seed=1,
-    )
+    v2 = train_pumps(models, seed=1)
     time.sleep(3)  # reload_poll_s is 1 s
     produce(kafka_bootstrap, unique_topic, [(HEALTHY, m) for m in healthy[500:800]])
     wait_for(

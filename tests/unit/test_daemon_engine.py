@@ -20,11 +20,10 @@ S = 1_000_000_000
 TP = ("sensors", 0)
 
 
-@pytest.fixture(scope="module")
-def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("models")
-    history = [generate_asset("pump-1", 900, seed=0, plant_seed=0)[0]]
-    train_profile(
+def train_pumps(root: Path, asset: str) -> str:
+    """Train profile `pumps` (PCA, window 12, hop 4) on one asset's history; its version."""
+    history = [generate_asset(asset, 900, seed=0, plant_seed=0)[0]]
+    return train_profile(
         history,
         models_root=root,
         profile="pumps",
@@ -35,6 +34,12 @@ def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         progress=False,
         device="cpu",
     )
+
+
+@pytest.fixture(scope="module")
+def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    train_pumps(root, "pump-1")
     return root
 
 
@@ -224,18 +229,7 @@ def test_registry_swaps_on_current_and_keeps_serving_when_a_model_is_broken(
     shutil.copytree(models_root, root)
     registry = ProfileRegistry(root, ["pumps"], "cpu")
     assert registry.refresh() == []
-    history = [generate_asset("pump-2", 900, seed=0, plant_seed=0)[0]]
-    v2 = train_profile(
-        history,
-        models_root=root,
-        profile="pumps",
-        window=12,
-        hop=4,
-        kind="pca",
-        epochs=1,
-        progress=False,
-        device="cpu",
-    )
+    v2 = train_pumps(root, "pump-2")
     assert registry.refresh() == ["pumps"] and registry.get("pumps").version == v2
     broken = root / "pumps" / "v0003"
     shutil.copytree(root / "pumps" / v2, broken)
