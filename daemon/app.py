@@ -17,17 +17,17 @@ from typing import Any
 import torch
 
 from daemon import health
-from daemon.alerts import AlertBook, AlertEvent
-from daemon.baselines import AssetBaselines, WarmupSnapshot
+from daemon.baselines import WarmupSnapshot
 from daemon.codec import DecodeError, MessageDecoder
+from daemon.core import CoreOutput, StreamCore
 from daemon.delivery import CommitLedger, CommitMark
-from daemon.engine import EngineOutput, ProfileRegistry, ScoringEngine, shift_point
+from daemon.engine import ProfileRegistry
 from daemon.lineprotocol import Point
 from daemon.publish import KafkaPublisher, PublishError
 from daemon.settings import DaemonSettings
 from daemon.sink import InfluxSink
-from daemon.source import KafkaSource, Record
-from daemon.windows import TopicPartitionId, WindowStore
+from daemon.source import KafkaSource, KafkaUnavailable, Record
+from daemon.windows import TopicPartitionId
 from seqae.artifacts import ArtifactError, write_atomic
 
 log = logging.getLogger(__name__)
@@ -86,12 +86,7 @@ class Daemon:
             raise StartupError(f"cannot load a model profile: {exc}") from exc
         if s.engine.cpu_threads:
             torch.set_num_threads(s.engine.cpu_threads)
-        self.baselines = AssetBaselines(s.baselines, s.state_dir)
-        self.windows = WindowStore(s.windows)
-        self.engine = ScoringEngine(
-            s.engine, self.profiles, self.baselines, write_clean=s.influx.write_clean
-        )
-        self.alerts = AlertBook(s.alerts)
+        self.core = StreamCore(s, self.profiles)
         self.ledger = CommitLedger()
         self.decoder = MessageDecoder(s.input, self._channels_for)
         self.health_state = health.HealthState()
@@ -99,9 +94,10 @@ class Daemon:
         self._restore_state()
         self._stop = False
         self._reload = False
-        self._recalibrate: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._recalibrate: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
         self._checkpoint: _Checkpoint | None = None
         self._newest_ts_ms = 0
+        self._unexpected = health.RateLimitedLog(log)
         self.source: KafkaSource | None = None
         self.sink: InfluxSink | None = None
         self.publisher: KafkaPublisher | None = None
@@ -122,18 +118,13 @@ class Daemon:
             data = json.loads(self._state_path.read_text(encoding="utf-8"))
             if data.get("format") != _STATE_FORMAT:
                 raise ValueError(f"format is {data.get('format')!r}, expected {_STATE_FORMAT!r}")
-            self.windows.resume_after({a: int(t) for a, t in data["last_ends"].items()})
-            self.alerts.restore(data["alerts"])
+            self.core.restore(data)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise StartupError(f"{self._state_path}: unreadable daemon state: {exc}") from exc
         log.info("restored state of %d assets from %s", len(data["alerts"]), self._state_path)
 
     def _state_bytes(self) -> bytes:
-        state = {
-            "format": _STATE_FORMAT,
-            "last_ends": self.windows.last_ends(),
-            "alerts": self.alerts.to_dict(),
-        }
+        state = {"format": _STATE_FORMAT, **self.core.state()}
         return json.dumps(state, separators=(",", ":")).encode()
 
     def request_stop(self, *_: Any) -> None:
@@ -142,8 +133,13 @@ class Daemon:
     def request_reload(self, *_: Any) -> None:
         self._reload = True
 
-    def request_recalibration(self, asset: str) -> None:
-        self._recalibrate.put(asset)
+    def request_recalibration(self, asset: str, source: str = "") -> bool:
+        """Queue a recalibration (called on the health server's thread, `source` the caller's
+        address); False for an asset that no profile route maps."""
+        if self.settings.profiles.profile_for(asset) is None:
+            return False
+        self._recalibrate.put((asset, source))
+        return True
 
     # -- PartitionListener -------------------------------------------------------------------
 
@@ -161,10 +157,8 @@ class Daemon:
                 "revoked %s before all points were acknowledged; the next owner re-reads",
                 sorted(partitions),
             )
-        dropped = self.windows.drop_partitions(partitions)
-        self.engine.drop_assets(set(dropped))
-        self.alerts.forget(dropped)  # the next owner starts these assets' alert state afresh
-        self.baselines.forget(dropped)
+        # the next owner starts these assets' alert state afresh
+        self.core.drop_assets(self.core.windows.drop_partitions(partitions))
         self.ledger.forget(partitions)
         self._checkpoint = None
 
@@ -178,34 +172,44 @@ class Daemon:
         if self.source is None or not s.seek_back_on_assign:
             return
         span_s = max(p.geometry.window * p.geometry.period_ns / 1e9 for p in self.profiles)
-        for tp in partitions:
-            committed = self.source.committed(tp)
-            if committed is not None:
-                self.source.seek(tp, committed)
-            elif s.auto_offset_reset == "latest":
-                self.source.seek_to_time(tp, int((time.time() - span_s) * 1000))
+        fallback_ms = int((time.time() - span_s) * 1000)
+        self.source.rewind_to_committed(
+            partitions, fallback_ms if s.auto_offset_reset == "latest" else None
+        )
 
     # -- the loop ----------------------------------------------------------------------------
 
     def start(self) -> None:
         s = self.settings
-        self.sink = InfluxSink(s.influx)
-        self.publisher = KafkaPublisher(s.kafka)
-        self.source = KafkaSource(
-            s.kafka,
-            self,
-            session_timeout_ms=s.kafka.session_timeout_ms,
-            heartbeat_interval_ms=s.kafka.heartbeat_interval_ms,
-        )
+        # The health server first: while Kafka is unreachable at start /readyz says so.
         if s.health.enabled:
             try:
                 self.health_server = health.HealthServer(
-                    s.health.host, s.health.port, self.health_state, self.request_recalibration
+                    s.health.host,
+                    s.health.port,
+                    self.health_state,
+                    self.request_recalibration,
+                    control_token=s.health.control_token,
                 )
             except OSError as exc:
                 raise StartupError(f"health.port {s.health.port}: {exc.strerror}") from exc
             self.health_server.start()
             log.info("health endpoints on http://%s:%d", s.health.host, self.health_server.port)
+        servers = ",".join(s.kafka.bootstrap_servers)
+        self.health_state.set_ready(False, f"connecting to Kafka at {servers}")
+        self.sink = InfluxSink(s.influx)
+        try:
+            self.publisher = KafkaPublisher(s.kafka, should_stop=lambda: self._stop)
+            self.source = KafkaSource(
+                s.kafka,
+                self,
+                should_stop=lambda: self._stop,
+                session_timeout_ms=s.kafka.session_timeout_ms,
+                heartbeat_interval_ms=s.kafka.heartbeat_interval_ms,
+            )
+        except KafkaUnavailable as exc:
+            self.close()
+            raise StartupError(f"kafka.connect_timeout_s: {exc}") from exc
 
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT (or `request_stop`), then drain and commit."""
@@ -228,12 +232,12 @@ class Daemon:
                 # A full batch goes to the scoring thread at once, and a scored one is written
                 # at once, not after the rest of the poll.
                 self._handle(record)
-                if self.engine.due():
+                if self.core.due():
                     self._score_due()
             # With the poll's readings handled, an idle scoring thread takes what is queued:
             # waiting `max_wait_ms` for a fuller batch only pays while it is busy.
-            idle = not self.engine.busy
-            if self.engine.due() or (idle and self.engine.queued):
+            idle = not self.core.busy
+            if self.core.due() or (idle and self.core.queued):
                 self._score_due(everything=idle)
             self._backpressure()
             now = time.monotonic()
@@ -245,15 +249,10 @@ class Daemon:
                 self._reload_profiles()
                 next_reload = now + s.profiles.reload_poll_s
             while not self._recalibrate.empty():
-                asset = self._recalibrate.get()
-                log.info(
-                    "asset %s: recalibrating (%d profiles)",
-                    asset,
-                    self.baselines.recalibrate(asset),
-                )
+                self._recalibrate_now(*self._recalibrate.get())
             if now >= next_evict:
-                self.engine.release_assets(set(self.windows.evict_idle()))
-                health.assets_tracked.set(len(self.windows))
+                self.core.evict_idle()
+                health.assets_tracked.set(len(self.core.windows))
                 next_evict = now + min(10.0, s.windows.idle_eviction_s / 2)
             if now >= next_lag:
                 for (topic, part), lag in self.source.lag().items():
@@ -272,9 +271,9 @@ class Daemon:
         assert self.source is not None
         if not self.source.assignment():
             return 0.5
-        if self.engine.busy:
+        if self.core.busy:
             return 0.005
-        if self.engine.queued:
+        if self.core.queued:
             return max(0.02, min(0.1, self.settings.engine.max_wait_ms / 1000))
         return 0.2
 
@@ -291,7 +290,7 @@ class Daemon:
         self.close()
 
     def close(self) -> None:
-        for closer in (self.source, self.publisher, self.sink, self.health_server, self.engine):
+        for closer in (self.source, self.publisher, self.sink, self.health_server, self.core):
             if closer is not None:
                 try:
                     closer.close()
@@ -325,72 +324,84 @@ class Daemon:
             if self.publisher is not None:
                 self.publisher.dead_letter(record, exc.reason)
             return
-        profile = self.settings.profiles.profile_for(reading.asset)
-        assert profile is not None  # the decoder refused unknown assets
-        served = self.profiles.get(profile)
-        before = self.windows.counters.late_dropped, self.windows.counters.gap_resets
-        ready = self.windows.add(reading, served.geometry, tp, record.offset)
-        for w in ready:
-            w.completed_ms = record.timestamp_ms
-        after = self.windows.counters.late_dropped, self.windows.counters.gap_resets
-        if after != before:
-            health.late_readings.inc(after[0] - before[0])
-            health.gap_resets.inc(after[1] - before[1])
+        counters = self.core.windows.counters
+        before = counters.late_dropped, counters.gap_resets
+        try:
+            self.core.add(reading, tp, record.offset, record.timestamp_ms)
+        except Exception as exc:  # one reading never stops the loop: a dead letter, and a bug
+            self._unexpected.log(
+                logging.ERROR,
+                type(exc).__name__,
+                "reading %s[%d]@%d of asset %r not windowed: %r",
+                record.topic,
+                record.partition,
+                record.offset,
+                reading.asset,
+                exc,
+            )
+            health.bad_messages.labels(reason="undecodable").inc()
+            if self.publisher is not None:
+                self.publisher.dead_letter(record, "undecodable")
+            return
+        if (counters.late_dropped, counters.gap_resets) != before:
+            health.late_readings.inc(counters.late_dropped - before[0])
+            health.gap_resets.inc(counters.gap_resets - before[1])
         self._newest_ts_ms = max(self._newest_ts_ms, record.timestamp_ms)
-        self.engine.add(profile, ready)
+
+    def _recalibrate_now(self, asset: str, source: str) -> None:
+        """An accepted control request: logged, and written to `seqae_event` (kind=control)
+        with the caller's address, so every change of the detector's behaviour leaves a trace."""
+        reset = self.core.recalibrate(asset)
+        log.info("asset %s: recalibrating (%d profiles), asked by %s", asset, reset, source)
+        assert self.sink is not None
+        point = Point(
+            "seqae_event",
+            {
+                "asset": asset,
+                "profile": self.settings.profiles.profile_for(asset) or "",
+                "kind": "control",
+            },
+            {"action": "recalibrate", "source": source, "profiles_reset": reset},
+            time.time_ns(),
+        )
+        self.sink.submit([point], self.ledger.new_ticket(), self._newest_ts_ms)
 
     def _score_due(self, everything: bool = False) -> None:
-        self.engine.hand_out(everything)
-        for out in self.engine.results():
+        for out in self.core.score(everything):
             self._submit(out)
 
     def _score_all(self) -> None:
         """Score every queued window and submit its points: windows handed out are only
         recorded as done once submitted."""
-        self.engine.hand_out(everything=True)
-        for out in self.engine.results(wait=True):
+        for out in self.core.score(everything=True, wait=True):
             self._submit(out)
 
-    def _submit(self, out: EngineOutput) -> None:
+    def _submit(self, out: CoreOutput) -> None:
         if not out.scored:
             return
         assert self.sink is not None
-        points: list[Point] = []
-        events: list[AlertEvent] = []
         for w in out.scored:
-            points.append(w.to_point())
-            points.extend(w.clean_points())
             health.windows_scored.labels(profile=w.profile).inc()
-            if w.state == "calibrating":
-                continue
-            events += self.alerts.observe(
-                w.asset, w.profile, w.end_ns, w.score, w.threshold, w.contributions, w.channels
-            )
-        for event in events:
-            points.append(event.to_point())
+        for event in out.events:
             health.alert_events.labels(state=event.state).inc()
             if self.publisher is not None:
                 self.publisher.alert_event(event.to_json())
         for shift in out.shifts:
-            points.append(shift_point(shift))
             health.shift_events.labels(state=shift.state).inc()
         for size in out.batch_sizes:
             health.batch_size.observe(size)
         health.scoring_seconds.observe(out.seconds)
-        health.alerts_open.set(self.alerts.open_count)
+        health.alerts_open.set(self.core.alerts.open_count)
         ticket = self.ledger.new_ticket()
         self.ledger.track(ticket, out.offsets)
-        self.sink.submit(points, ticket, out.oldest_completed_ms or self._newest_ts_ms)
+        self.sink.submit(out.points, ticket, out.oldest_completed_ms or self._newest_ts_ms)
 
     def _take_acks(self) -> None:
         assert self.sink is not None
         self.ledger.acknowledge(self.sink.take_acknowledged())
 
     def _safe_offsets(self) -> dict[TopicPartitionId, int]:
-        hold = self.windows.hold()
-        for tp, off in self.engine.hold().items():
-            hold[tp] = min(hold.get(tp, off), off)
-        return self.ledger.committable(hold)
+        return self.ledger.committable(self.core.hold())
 
     def _advance_checkpoint(self) -> None:
         """Commit the last mark once its tickets are acknowledged; then take the next mark."""
@@ -398,36 +409,43 @@ class Daemon:
             return
         # One pass over every asset's window serves both the commit and the next mark: scoring
         # and submitting in between does not move what the windows hold.
-        hold = self.windows.hold()
+        hold = self.core.windows.hold()
         if self._checkpoint is not None:
             checkpoint, self._checkpoint = self._checkpoint, None
             self._commit(checkpoint, hold)
         self._score_all()
         self._checkpoint = _Checkpoint(
-            self.ledger.mark(hold), self._state_bytes(), self.baselines.snapshot()
+            self.ledger.mark(hold), self._state_bytes(), self.core.baseline_snapshot()
         )
 
     def _settle_checkpoint(self) -> None:
         """Everything is acknowledged: write the pending checkpoint's files before a newer one."""
         if self._checkpoint is not None:
-            self.baselines.saved(self._checkpoint.warmup)
+            self.core.baselines.saved(self._checkpoint.warmup)
             self._checkpoint = None
 
     def _commit_now(self, offsets: dict[TopicPartitionId, int]) -> None:
         self._commit(
-            _Checkpoint(CommitMark(offsets, set()), self._state_bytes(), self.baselines.snapshot()),
-            self.windows.hold(),
+            _Checkpoint(
+                CommitMark(offsets, set()), self._state_bytes(), self.core.baseline_snapshot()
+            ),
+            self.core.windows.hold(),
         )
 
     def _commit(self, checkpoint: _Checkpoint, window_hold: dict[TopicPartitionId, int]) -> None:
         assert self.source is not None
         try:
             if self.publisher is not None:
-                self.publisher.flush(self.settings.influx.timeout_s)
+                self.publisher.flush(self.settings.kafka.call_timeout_s)
         except PublishError as exc:
-            log.error("not committing: dead letters or alert events not delivered: %s", exc)
+            self._unexpected.log(
+                logging.ERROR,
+                "publisher",
+                "not committing: dead letters or alert events not delivered: %s",
+                exc,
+            )
             return
-        self.baselines.saved(checkpoint.warmup)
+        self.core.baselines.saved(checkpoint.warmup)
         write_atomic(self._state_path, checkpoint.state)
         safe = self.ledger.committable(window_hold)
         offsets = {
@@ -442,35 +460,45 @@ class Daemon:
     def _backpressure(self) -> None:
         assert self.source is not None and self.sink is not None
         limit = self.settings.influx.max_buffered_points
-        if not self.source.paused and self.sink.full:
+        backlogged = self.publisher is not None and self.publisher.backlogged
+        if not self.source.paused and (self.sink.full or backlogged):
             log.warning(
-                "sink buffer full (%d points): pausing partitions", self.sink.buffered_points
+                "sink buffer full (%d points) or publisher backlogged: pausing partitions",
+                self.sink.buffered_points,
             )
             self.source.pause()
             health.source_paused.set(1)
-        elif self.source.paused and self.sink.buffered_points <= limit // 2:
+        elif (
+            self.source.paused
+            and self.sink.buffered_points <= limit // 2
+            and not (self.publisher is not None and self.publisher.backlog)
+        ):
             log.info("sink drained: resuming partitions")
             self.source.resume()
             health.source_paused.set(0)
 
     def _ready_state(self) -> None:
-        assert self.sink is not None
+        assert self.sink is not None and self.source is not None
+        reasons = [self.source.reachability.reason]
+        if self.publisher is not None:
+            reasons.append(self.publisher.reachability.reason)
         if not self.sink.healthy:
-            self.health_state.set_ready(False, "InfluxDB writes failing")
-        else:
-            self.health_state.set_ready(True)
+            reasons.append("InfluxDB writes failing")
+        shown = [r for r in dict.fromkeys(reasons) if r]
+        self.health_state.set_ready(not shown, "; ".join(shown))
 
 
 def run_daemon(settings: DaemonSettings) -> None:
     """Start the daemon with signal handlers: SIGTERM/SIGINT drain and stop, SIGHUP reloads."""
     daemon = Daemon(settings)
-    daemon.start()
 
     def stop(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: draining and stopping", signum)
         daemon.request_stop()
 
+    # before start(): a SIGTERM while it waits for Kafka ends the wait
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
+    daemon.start()
     daemon.run()

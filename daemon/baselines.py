@@ -58,6 +58,8 @@ class _AssetCalibration:
     version: str
     baseline: Baseline | None = None
     warmup: list[np.ndarray] = field(default_factory=list)
+    moved: Baseline | None = None  # the baseline re-centred at the operating point it moved to
+    shift_run: list[np.ndarray] = field(default_factory=list)  # displacements of shifted windows
     shifted: bool = False
     changes: int = 0  # bumped on every change worth persisting
     saved: int = 0  # `changes` as of the last snapshot written
@@ -79,26 +81,26 @@ class AssetBaselines:
         if entry is None or entry.version != version:
             entry = _AssetCalibration(version)
             if self._s.mode == "per_asset":
-                entry.baseline = self._load(profile, version, asset)
+                entry.baseline = self._load(self._path(profile, version, asset), asset)
                 if entry.baseline is None:
                     entry.warmup = self._load_warmup(profile, version, asset)
+            entry.moved = self._load(self._moved_path(profile, version, asset), asset)
             self._assets[key] = entry
         return entry
 
     def baseline(self, profile: str, version: str, asset: str, default: Baseline) -> Baseline:
-        if self._s.mode == "model":
-            return default
         entry = self._entry(profile, version, asset)
+        if entry.moved is not None:
+            return entry.moved
         return entry.baseline if entry.baseline is not None else default
 
     def fitted_since(
         self, profile: str, version: str, asset: str, used: Baseline, default: Baseline
     ) -> bool:
-        """True when a window scored with `used` must be scored again: the asset got its own
-        baseline after `used` was chosen (its warm-up ended earlier in the same batch)."""
-        if self._s.mode == "model" or used is not default:
-            return False
-        return self._entry(profile, version, asset).baseline is not None
+        """True when a window scored with `used` must be scored again: the asset's baseline
+        changed after `used` was chosen (its warm-up ended, or it re-baselined after a shift,
+        earlier in the same batch)."""
+        return self.baseline(profile, version, asset, default) is not used
 
     def observe(
         self,
@@ -112,21 +114,43 @@ class AssetBaselines:
         shifted: bool,
     ) -> tuple[ScoreState, ShiftEvent | None]:
         """Account for one scored window; returns its state and a shift event if one began/ended."""
-        if self._s.mode == "model":
-            entry = self._assets.setdefault((profile, asset), _AssetCalibration(version))
-        else:
-            entry = self._entry(profile, version, asset)
-            if entry.baseline is None:
-                entry.warmup.append(window)
-                entry.changes += 1
-                if len(entry.warmup) >= self._s.warmup_windows:
-                    self._fit(scorer, profile, hop, asset, entry)
-                return "calibrating", None
+        entry = self._entry(profile, version, asset)
         event = None
+        if self._s.mode == "per_asset" and entry.baseline is None:
+            if entry.shifted:  # recalibration ended a shift
+                entry.shifted = False
+                event = ShiftEvent(asset, profile, time_ns, "left")
+            entry.warmup.append(window)
+            entry.changes += 1
+            if len(entry.warmup) >= self._s.warmup_windows:
+                self._fit(scorer, profile, hop, asset, entry)
+            return "calibrating", event
         if shifted != entry.shifted:
             entry.shifted = shifted
             event = ShiftEvent(asset, profile, time_ns, "entered" if shifted else "left")
+        if shifted:
+            current = self.baseline(profile, version, asset, scorer.default_baseline)
+            entry.shift_run.append(current.displacement(window[None])[0])
+            if self._s.rebaseline_windows and len(entry.shift_run) >= self._s.rebaseline_windows:
+                self._move(profile, asset, entry, current)
+        else:
+            entry.shift_run = []
         return ("shifted" if shifted else "ok"), event
+
+    def _move(self, profile: str, asset: str, entry: _AssetCalibration, current: Baseline) -> None:
+        """Re-baseline at the operating point the asset moved to: the baseline's centre moves
+        by the median displacement of the shifted windows; statistics and threshold stay."""
+        moved = current.moved(np.median(np.stack(entry.shift_run), axis=0))
+        payload = {"asset": asset, "model_version": entry.version, "baseline": moved.to_dict()}
+        write_atomic(self._moved_path(profile, entry.version, asset), json.dumps(payload).encode())
+        entry.moved, entry.shift_run = moved, []
+        entry.changes += 1
+        log.info(
+            "asset %s (%s %s): re-baselined at its new operating point",
+            asset,
+            profile,
+            entry.version,
+        )
 
     def recalibrate(self, asset: str) -> int:
         """Put the asset back into warm-up for every profile; returns how many were reset."""
@@ -134,7 +158,10 @@ class AssetBaselines:
         for (profile, name), entry in self._assets.items():
             if name == asset:
                 self._path(profile, entry.version, asset).unlink(missing_ok=True)
-                self._assets[(profile, name)] = _AssetCalibration(entry.version, changes=1)
+                self._moved_path(profile, entry.version, asset).unlink(missing_ok=True)
+                self._assets[(profile, name)] = _AssetCalibration(
+                    entry.version, changes=1, shifted=entry.shifted
+                )
                 reset += 1
         return reset
 
@@ -176,7 +203,11 @@ class AssetBaselines:
         windows = np.stack(entry.warmup)
         try:
             baseline = fit_asset_baseline(
-                scorer, windows, hop=hop, refit_scaler=self._s.refit_scaler
+                scorer,
+                windows,
+                hop=hop,
+                refit_scaler=self._s.refit_scaler,
+                prior_windows=self._s.prior_windows,
             )
         except (CalibrationError, ValueError) as exc:
             # keep the newer half and go on collecting rather than fail the asset
@@ -186,7 +217,7 @@ class AssetBaselines:
             return
         payload = {"asset": asset, "model_version": entry.version, "baseline": baseline.to_dict()}
         write_atomic(self._path(profile, entry.version, asset), json.dumps(payload).encode())
-        entry.baseline, entry.warmup = baseline, []
+        entry.baseline, entry.warmup, entry.moved = baseline, [], None
         entry.changes += 1
         self.fitted += 1
         log.info("asset %s (%s %s): own baseline fitted", asset, profile, entry.version)
@@ -194,11 +225,13 @@ class AssetBaselines:
     def _path(self, profile: str, version: str, asset: str) -> Path:
         return self._dir / "baselines" / _safe(profile) / _safe(version) / f"{_safe(asset)}.json"
 
+    def _moved_path(self, profile: str, version: str, asset: str) -> Path:
+        return self._dir / "moved" / _safe(profile) / _safe(version) / f"{_safe(asset)}.json"
+
     def _warmup_path(self, profile: str, version: str, asset: str) -> Path:
         return self._dir / "warmup" / _safe(profile) / _safe(version) / f"{_safe(asset)}.npy"
 
-    def _load(self, profile: str, version: str, asset: str) -> Baseline | None:
-        path = self._path(profile, version, asset)
+    def _load(self, path: Path, asset: str) -> Baseline | None:
         if not path.exists():
             return None
         try:

@@ -29,6 +29,7 @@ from seqae.train import train_profile
 
 REPO = Path(__file__).resolve().parents[1]
 DEVSTACK = REPO / "deploy" / "local" / "devstack.py"
+EXAMPLE_CONFIG = REPO / "configs" / "daemon.example.toml"
 HISTORY_START = "2026-01-01T00:00:00Z"
 LIVE_START = "2026-01-01T06:00:00Z"
 
@@ -68,7 +69,22 @@ def influx_command(url: str, q: str) -> None:
         resp.read()
 
 
+def shipped_sections(names: tuple[str, ...]) -> str:
+    """The text of these sections of the shipped example config, as written there."""
+    text = EXAMPLE_CONFIG.read_text(encoding="utf-8")
+    parts, keep = [], False
+    for line in text.splitlines():
+        if line.startswith("["):
+            keep = line.strip("[] ") in names
+        if keep:
+            parts.append(line)
+    return "\n".join(parts) + "\n"
+
+
 def write_config(path: Path, ep: Endpoints, topic: str, database: str, out: Path) -> None:
+    """Where the demo's servers, topic and folders are; every detection setting (windows,
+    baselines, alerts) is copied from configs/daemon.example.toml as shipped."""
+    detection = shipped_sections(("windows", "baselines", "alerts"))
     path.write_text(
         f"""state_dir = "{out / "state"}"
 log_level = "WARNING"
@@ -83,13 +99,6 @@ dead_letter_topic = "{topic}-dead"
 models_root = "{out / "models"}"
 routes = [{{ pattern = "pump-*", profile = "pumps" }}]
 
-[baselines]
-mode = "model"
-
-[alerts]
-min_duration_s = 20.0
-cooldown_s = 120.0
-
 [influx]
 api = "v1"
 url = "{ep.influx_url}"
@@ -98,6 +107,8 @@ database = "{database}"
 [health]
 port = 19108
 """
+        + "\n"
+        + detection
     )
 
 
@@ -169,7 +180,7 @@ def plot(
     "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out/demo")
 )
 @click.option("--assets", default=4, show_default=True)
-@click.option("--history-hours", default=2.0, show_default=True)
+@click.option("--history-hours", default=6.0, show_default=True)
 @click.option("--live-minutes", default=60.0, show_default=True)
 @click.option("--epochs", default=10, show_default=True)
 @click.option("--rate", default=0.0, help="Replay messages/s (0: as fast as possible).")

@@ -1,7 +1,15 @@
-"""Prometheus metrics (module-level, `seqae_*`) and the /healthz, /readyz, /metrics HTTP server."""
+"""Prometheus metrics (module-level, `seqae_*`) and the health HTTP server.
+
+Observation is open: /healthz, /readyz and /metrics answer anyone who can reach the port (probes
+and scrapers). Control is not: POST /recalibrate (and any control endpoint to come) is off
+unless `health.control_token_file` is set, and then needs `Authorization: Bearer <token>`,
+compared in constant time and never logged. Each accepted request is logged with its source
+address and handed to the callback with that address, so the daemon can record it.
+"""
 
 from __future__ import annotations
 
+import hmac
 import logging
 import threading
 import time
@@ -10,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from pydantic import SecretStr
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +56,50 @@ assets_tracked = Gauge("seqae_assets_tracked", "Assets with a window in memory")
 model_load_failures = Counter("seqae_model_load_failures", "Model (re)loads that failed")
 source_paused = Gauge("seqae_source_paused", "1 while partitions are paused for backpressure")
 commits = Counter("seqae_commits", "Offset commits that Kafka accepted")
+control_requests = Counter(
+    "seqae_control_requests", "Control requests (POST) by outcome", ["endpoint", "outcome"]
+)
+
+# `on_recalibrate(asset, source_address)`: True if the asset is known (and queued), else False.
+RecalibrateCallback = Callable[[str, str], bool]
+_MAX_ASSET_CHARS = 240
+_CONTROL_OFF = (
+    b"control endpoints are off: mount a token file and set health.control_token_file "
+    b"(SEQAE_HEALTH__CONTROL_TOKEN_FILE) to enable them\n"
+)
+
+
+class RateLimitedLog:
+    """Logs a repeated message once, then at most once per `every_s` with the count since."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        every_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._log = logger
+        self._every_s = every_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._seen: dict[str, tuple[float, int]] = {}  # key -> (last logged, suppressed since)
+
+    def log(self, level: int, key: str, message: str, *args: object) -> bool:
+        """Log `message % args` unless `key` was logged less than `every_s` ago."""
+        now = self._clock()
+        with self._lock:
+            last, suppressed = self._seen.get(key, (None, 0))
+            if last is not None and now - last < self._every_s:
+                self._seen[key] = (last, suppressed + 1)
+                return False
+            if len(self._seen) > 1000:
+                self._seen.clear()  # bounded: keys may come from the network
+            self._seen[key] = (now, 0)
+        if suppressed:
+            message += " (%d more like it in the last %.0f s)"
+            args = (*args, suppressed, now - last if last is not None else 0.0)
+        self._log.log(level, message, *args)
+        return True
 
 
 class HealthState:
@@ -70,16 +123,19 @@ class HealthState:
 
 
 class HealthServer:
-    """A small HTTP server thread; `on_recalibrate(asset)` serves POST /recalibrate?asset=..."""
+    """A small HTTP server thread. `on_recalibrate(asset, source)` serves
+    POST /recalibrate?asset=... when `control_token` is set (see the module docstring)."""
 
     def __init__(
         self,
         host: str,
         port: int,
         state: HealthState,
-        on_recalibrate: Callable[[str], None] | None = None,
+        on_recalibrate: RecalibrateCallback | None = None,
+        *,
+        control_token: SecretStr | None = None,
     ) -> None:
-        handler = _handler(state, on_recalibrate)
+        handler = _handler(state, on_recalibrate, control_token)
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
@@ -98,10 +154,25 @@ class HealthServer:
         self._server.server_close()
 
 
+def _authorized(header: str | None, token: SecretStr) -> bool:
+    """`Authorization: Bearer <token>`, compared in constant time."""
+    scheme, _, given = (header or "").strip().partition(" ")
+    expected = token.get_secret_value().encode("utf-8")
+    # compare_digest's time does not depend on where a guess differs from the token
+    matches = hmac.compare_digest(given.strip().encode("utf-8", "replace"), expected)
+    return scheme.lower() == "bearer" and matches
+
+
 def _handler(
-    state: HealthState, on_recalibrate: Callable[[str], None] | None
+    state: HealthState,
+    on_recalibrate: RecalibrateCallback | None,
+    control_token: SecretStr | None,
 ) -> type[BaseHTTPRequestHandler]:
+    refusals = RateLimitedLog(log)
+
     class Handler(BaseHTTPRequestHandler):
+        timeout = 10  # an idle or slow client does not hold its thread for ever
+
         def do_GET(self) -> None:
             path = urlparse(self.path).path
             if path == "/healthz":
@@ -120,19 +191,48 @@ def _handler(
             if url.path != "/recalibrate" or on_recalibrate is None:
                 self._reply(404, b"not found\n")
                 return
-            assets = parse_qs(url.query).get("asset", [])
-            if not assets or not assets[0]:
-                self._reply(400, b"asset query parameter is required\n")
+            source = self.client_address[0]
+            if control_token is None:
+                control_requests.labels(endpoint=url.path, outcome="off").inc()
+                self._reply(403, _CONTROL_OFF)
                 return
-            on_recalibrate(assets[0])
-            self._reply(202, f"asset {assets[0]} queued for recalibration\n".encode())
+            if not _authorized(self.headers.get("Authorization"), control_token):
+                control_requests.labels(endpoint=url.path, outcome="unauthorized").inc()
+                refusals.log(
+                    logging.WARNING,
+                    source,
+                    "refused control request %s from %s: missing or wrong bearer token",
+                    url.path,
+                    source,
+                )
+                self._reply(401, b"unauthorized\n", headers={"WWW-Authenticate": "Bearer"})
+                return
+            assets = parse_qs(url.query).get("asset", [])
+            if not assets or not assets[0] or len(assets[0]) > _MAX_ASSET_CHARS:
+                self._reply(400, b"asset query parameter is required (one asset id)\n")
+                return
+            asset = assets[0]
+            known = on_recalibrate(asset, source)
+            outcome = "accepted" if known else "unknown_asset"
+            log.info("control request from %s: recalibrate asset %r: %s", source, asset, outcome)
+            control_requests.labels(endpoint=url.path, outcome=outcome).inc()
+            if known:
+                self._reply(202, f"asset {asset!r} queued for recalibration\n".encode())
+            else:
+                self._reply(404, f"unknown asset {asset!r}\n".encode())
 
         def _reply(
-            self, status: int, body: bytes, ctype: str = "text/plain; charset=utf-8"
+            self,
+            status: int,
+            body: bytes,
+            ctype: str = "text/plain; charset=utf-8",
+            headers: dict[str, str] | None = None,
         ) -> None:
             self.send_response(status)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(body)
 

@@ -19,7 +19,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
 from tqdm import tqdm
+
+from daemon.source import KafkaUnavailable, Reachability, connect
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +70,16 @@ def replay_file(
     channels: Sequence[str] | None = None,
     exclude: Sequence[str] = (),
     progress: bool = True,
+    connect_timeout_s: float = 30.0,
+    send_timeout_s: float = 30.0,
     **producer_options: Any,
 ) -> int:
     """Send every row of `path` to `topic`; `rate` messages/s, or as fast as possible if None.
 
     `asset` names the asset of a file without an asset column. `channels` picks the value
     columns (default: every numeric column but the asset, timestamp and `exclude` ones).
-    Returns the number of messages sent, all acknowledged by the broker.
+    Returns the number of messages sent, all acknowledged by the broker. An unreachable broker
+    (for `connect_timeout_s` at the start, or `send_timeout_s` later) is a ReplayError.
     """
     path = Path(path)
     if rate is not None and not rate > 0:
@@ -112,13 +118,23 @@ def replay_file(
 
     if isinstance(bootstrap, str):
         bootstrap = [bootstrap]
-    producer = KafkaProducer(
-        bootstrap_servers=list(bootstrap),
-        acks="all",
-        linger_ms=20,
-        client_id="seqae-replay",
-        **producer_options,
-    )
+    options = {
+        "bootstrap_servers": list(bootstrap),
+        "acks": "all",
+        "linger_ms": 20,
+        "client_id": "seqae-replay",
+        "max_block_ms": int(send_timeout_s * 1000),
+    } | producer_options
+    try:
+        producer = connect(
+            KafkaProducer,
+            options,
+            timeout_s=connect_timeout_s,
+            what="replay",
+            reachability=Reachability(),
+        )
+    except KafkaUnavailable as exc:
+        raise ReplayError(str(exc)) from None
     sent = 0
     start = time.monotonic()
     try:
@@ -135,10 +151,14 @@ def replay_file(
                     ahead = start + sent / rate - time.monotonic()
                     if ahead > 0:
                         time.sleep(ahead)
-            producer.flush()
+            producer.flush(timeout=send_timeout_s)
+    except KafkaError as exc:
+        raise ReplayError(
+            f"{path}: Kafka stopped taking messages after {sent} of {len(frame)}: {exc}"
+        ) from None
     finally:
-        producer.close()
+        producer.close(timeout=5)
     if failures:
-        raise RuntimeError(f"{len(failures)} of {sent} messages failed: {failures[0]!r}")
+        raise ReplayError(f"{path}: {len(failures)} of {sent} messages failed: {failures[0]!r}")
     log.info("replayed %d messages from %s to %s", sent, path, topic)
     return sent

@@ -1,10 +1,13 @@
 """`seqae retrain`: recent normal history in, a compared (and maybe promoted) candidate out.
 
 1. read the profile's recent history (files, a Kafka replay, or a raw-readings measurement);
-2. drop the spans that had alerts (`seqae_alert`, open -> closed) plus a margin;
+2. drop the spans that had alerts (`seqae_alert`, open -> closed) plus a margin, and check that
+   what is left can train a candidate and hold out enough recent data to judge it;
 3. train a candidate with the served model's geometry on the older part of the history;
-4. score the newest part, which neither model trained on, with each model's default baseline;
-5. promote the candidate only if its expected false alarms per day are no worse.
+4. run both models, each with its default baseline, on the newest part (which neither trained
+   on) through the daemon's alert rule: false alert episodes per day on the normal data, and
+   recall of faults injected into it (`daemon.retrain_gate`);
+5. promote the candidate only if it alerts no more often and catches no fewer faults.
 
 The raw-readings measurement is not written by the daemon: it comes from the plant historian
 (or Telegraf consuming the same Kafka topics), with tag `asset` and one field per channel.
@@ -28,10 +31,21 @@ import urllib3
 from tqdm.auto import tqdm
 
 from daemon.codec import DecodeError, MessageDecoder, parse_timestamp
+from daemon.retrain_gate import (
+    FAULT_SEED,
+    GateData,
+    GateFigures,
+    Geometry,
+    evaluate,
+    fault_starts,
+    gate_data,
+    min_gate_rows,
+    verdict,
+)
 from daemon.settings import DaemonSettings, InfluxSettings
 from seqae.artifacts import LoadedProfile
-from seqae.calibrate import ThresholdPolicy
-from seqae.data import DataError, Series, frame_to_series, make_windows, regularize
+from seqae.calibrate import MIN_CALIBRATION_WINDOWS, ThresholdPolicy
+from seqae.data import DataError, Series, frame_to_series
 from seqae.score import Scorer
 from seqae.train import FittedProfile, TrainConfig, fit_profile
 
@@ -432,7 +446,7 @@ def split_recent(
     if not 0.0 < holdout_fraction < 1.0:
         raise RetrainError(f"--holdout must be between 0 and 1, got {holdout_fraction}")
     if not series:
-        raise RetrainError("no history left to train on")
+        return [], [], 0
     start = min(int(s.timestamps[0]) for s in series)
     end = max(int(s.timestamps[-1]) for s in series)
     cutoff = start + int((end - start) * (1.0 - holdout_fraction))
@@ -461,6 +475,128 @@ def threshold_policy(served: LoadedProfile) -> ThresholdPolicy:
     )
 
 
+def grid_rows(s: Series, period_s: float) -> int:
+    """Rows of `s` on the model's sampling grid (what `regularize` makes of it)."""
+    period_ns = round(period_s * 1e9)
+    return int(s.timestamps[-1] // period_ns - s.timestamps[0] // period_ns) + 1
+
+
+@dataclass(frozen=True)
+class PieceWindows:
+    """The windows `seqae.train.prepare` makes of one piece: training, validation (early
+    stopping), and the calibration windows for the error statistics and for the threshold."""
+
+    train: int
+    val: int
+    calib: int
+    stats: int
+    threshold: int
+
+    @property
+    def usable(self) -> bool:  # prepare needs a whole window in each part
+        return self.train > 0 and self.val > 0 and self.calib > 0
+
+
+def piece_windows(rows: int, window: int, hop: int) -> PieceWindows:
+    cfg = TrainConfig()
+    n_fit = int(rows * (1.0 - cfg.calib_fraction))
+    n_train = int(n_fit * (1.0 - cfg.val_fraction))
+
+    def count(n: int) -> int:
+        return (n - window) // hop + 1 if n >= window else 0
+
+    calib = count(rows - n_fit)
+    gap = -(-window // hop) - 1
+    half = (calib - gap) // 2
+    return PieceWindows(
+        train=count(n_train),
+        val=count(n_fit - n_train),
+        calib=calib,
+        stats=len(range(calib)[:half]),
+        threshold=len(range(calib)[half + gap :]),
+    )
+
+
+CALIBRATION_PART_WINDOWS = MIN_CALIBRATION_WINDOWS // 2  # fit_baseline's least per part
+
+
+def min_train_rows(window: int, hop: int) -> int:
+    """The fewest contiguous grid rows one piece needs to train and calibrate a candidate alone."""
+    rows = window
+    while True:
+        w = piece_windows(rows, window, hop)
+        if w.usable and min(w.stats, w.threshold) >= CALIBRATION_PART_WINDOWS:
+            return rows
+        rows += 1
+
+
+def usable_pieces(older: Sequence[Series], window: int, hop: int, period_s: float) -> list[Series]:
+    return [s for s in older if piece_windows(grid_rows(s, period_s), window, hop).usable]
+
+
+def check_trainable(
+    older: Sequence[Series], meta: Any, exclusion: Exclusion, opts: RetrainOptions
+) -> None:
+    """Fail before training, saying what is left, what is needed and which option to change."""
+    usable = usable_pieces(older, meta.window, meta.hop, meta.period_s)
+    counts = [piece_windows(grid_rows(s, meta.period_s), meta.window, meta.hop) for s in usable]
+    stats, threshold = sum(c.stats for c in counts), sum(c.threshold for c in counts)
+    if counts and min(stats, threshold) >= CALIBRATION_PART_WINDOWS:
+        return
+    kept = exclusion.rows_before - exclusion.rows_dropped
+    longest = max((len(s) for s in exclusion.kept), default=0)
+    left = f"the history holds {exclusion.rows_before} rows"
+    if exclusion.rows_dropped:
+        what = (
+            "labelled rows"
+            if opts.ignore_alerts
+            else f"{exclusion.spans} alert spans (and any labelled rows)"
+        )
+        left = f"excluding {what} ± {opts.margin_s:g}s left {kept} of {exclusion.rows_before} rows"
+    raise RetrainError(
+        f"too little history to train a candidate: {left} in {len(exclusion.kept)} pieces "
+        f"(the longest {longest} rows); their older {100 * (1 - opts.holdout):g}% gives "
+        f"{len(usable)} pieces long enough to train on, with {stats} + {threshold} calibration "
+        f"windows where {CALIBRATION_PART_WINDOWS} + {CALIBRATION_PART_WINDOWS} are needed "
+        f"(one piece of {min_train_rows(meta.window, meta.hop)} contiguous rows at "
+        f"{meta.period_s:g}s holds them; window {meta.window}, hop {meta.hop}). "
+        + more_history_hint(opts, excluded=exclusion.rows_dropped > 0)
+    )
+
+
+def check_held_out(
+    newer: Sequence[Series], meta: Any, exclusion: Exclusion, opts: RetrainOptions
+) -> None:
+    """The gate needs one held-out piece with room for a fault; fail before training if not."""
+    g = Geometry(meta.window, meta.hop, meta.period_s)
+    rows = [grid_rows(s, meta.period_s) for s in newer]
+    if any(fault_starts(r, g) for r in rows):
+        return
+    hint = more_history_hint(opts, excluded=exclusion.rows_dropped > 0)
+    raise RetrainError(
+        f"too little held-out history for the gate: the newest {100 * opts.holdout:g}% "
+        f"(--holdout {opts.holdout:g}) holds {sum(rows)} rows in {len(rows)} pieces (the "
+        f"longest {max(rows, default=0)}); the gate needs one piece of {min_gate_rows(g)} "
+        f"contiguous rows at {meta.period_s:g}s (a window of lead-in, a fault of {g.span} rows "
+        f"and a window after it). Raise --holdout, or {hint[0].lower()}{hint[1:]}"
+    )
+
+
+def more_history_hint(opts: RetrainOptions, *, excluded: bool) -> str:
+    """Which options give more rows, as a sentence."""
+    options = [
+        "give more or longer files"
+        if opts.source == "files"
+        else f"read a longer history (--since, now {opts.since})"
+    ]
+    if excluded:
+        options.append(f"leave less around each excluded span (--margin, now {opts.margin_s:g}s)")
+    if excluded and not opts.ignore_alerts:
+        options.append("keep the alert spans in training (--ignore-alerts)")
+    text = options[0] if len(options) == 1 else ", ".join(options[:-1]) + " or " + options[-1]
+    return text[0].upper() + text[1:] + "."
+
+
 def train_candidate(
     older: Sequence[Series],
     served: LoadedProfile,
@@ -472,9 +608,10 @@ def train_candidate(
     progress: bool = True,
 ) -> FittedProfile:
     """Fit a candidate with the served model's channels, window, hop, period, kind and
-    architecture on the older part of the history."""
+    architecture on the older part of the history (pieces too short to train on are left out;
+    `check_trainable` has made sure enough remain)."""
     m = served.meta
-    usable = [s for s in older if len(s) >= min_train_rows(m.window, m.hop)]
+    usable = usable_pieces(older, m.window, m.hop, m.period_s)
     if not usable:
         raise RetrainError(
             f"no history piece is long enough to train on (need {min_train_rows(m.window, m.hop)} "
@@ -498,15 +635,9 @@ def train_candidate(
         raise RetrainError(f"training the candidate failed: {exc}") from exc
 
 
-def min_train_rows(window: int, hop: int) -> int:
-    # fit_profile keeps 20% of each piece for calibration and 15% of the rest for validation:
-    # each part must hold at least a window
-    return math.ceil(window / 0.2) + 2 * window + hop
-
-
 @dataclass
 class ScoreSummary:
-    """How one model scores the held-out windows."""
+    """How one model's scores of the held-out windows are distributed."""
 
     version: str
     windows: int
@@ -516,24 +647,11 @@ class ScoreSummary:
     p99: float
     max: float
     exceedance: float  # share of windows above the threshold
-    false_alarms_per_day: float  # exceedance x windows per day
+    alarmed_windows_per_day: float  # exceedance x windows per day: windows, not alert episodes
     degenerate: bool  # no spread, or non-finite scores: not a usable model
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def held_out_windows(
-    newer: Sequence[Series], window: int, hop: int, period_s: float, max_fill: int
-) -> np.ndarray:
-    parts = []
-    for s in newer:
-        grid = regularize(s, period_s, max_fill).values
-        if len(grid) >= window:
-            parts.append(make_windows(grid, window, hop)[0])
-    if not parts:
-        raise RetrainError(f"the held-out history holds no whole window of {window} samples")
-    return np.concatenate(parts)
 
 
 def summarize_scores(
@@ -555,13 +673,34 @@ def summarize_scores(
         p99=q99,
         max=float(finite.max()),
         exceedance=exceed,
-        false_alarms_per_day=exceed * windows_per_day,
+        alarmed_windows_per_day=exceed * windows_per_day,
         degenerate=degenerate,
     )
 
 
-def score_held_out(detector: Any, baseline: Any, windows: np.ndarray, device: str) -> np.ndarray:
-    return Scorer(detector, device=device).score(windows, baseline).score
+@dataclass
+class Evaluation:
+    """One model on the held-out data: its score distribution and its gate figures."""
+
+    scores: ScoreSummary
+    gate: GateFigures
+
+
+def evaluate_model(
+    version: str,
+    detector: Any,
+    baseline: Any,
+    data: GateData,
+    settings: DaemonSettings,
+    channels: Sequence[str],
+    device: str,
+) -> Evaluation:
+    scorer = Scorer(detector, device=device)
+    gate = evaluate(version, scorer, baseline, data, settings.alerts, channels)
+    g = data.geometry
+    return Evaluation(
+        summarize_scores(version, gate.scores, baseline.threshold, g.period_s, g.hop), gate
+    )
 
 
 # -- decision and report -------------------------------------------------------------------
@@ -580,33 +719,48 @@ class Decision:
         return self.outcome == "promoted"
 
 
-def decide(
-    served: ScoreSummary, candidate: ScoreSummary, *, force: bool, dry_run: bool
-) -> Decision:
-    """Promote when the candidate's expected false alarms per day are no worse than the served
-    model's and its scores are not degenerate; `force` overrides, `dry_run` only reports."""
-    if candidate.degenerate:
-        verdict, reason = False, "candidate scores are degenerate (no spread or non-finite)"
-    elif candidate.false_alarms_per_day <= served.false_alarms_per_day:
-        verdict = True
-        reason = (
-            f"candidate expects {candidate.false_alarms_per_day:.1f} false alarms/day, "
-            f"no worse than the served {served.false_alarms_per_day:.1f}"
-        )
+def decide(served: Evaluation, candidate: Evaluation, *, force: bool, dry_run: bool) -> Decision:
+    """Promote when the candidate's scores are not degenerate, it opens no more false alerts per
+    day on the held-out normal data than the served model (+ the largest of 0.5/day, 10 % and
+    one episode over the held-out days) and catches no fewer injected faults (- 0.05); `force`
+    overrides, `dry_run` only reports."""
+    if candidate.scores.degenerate:
+        passes, reason = False, "candidate scores are degenerate (no spread or non-finite)"
     else:
-        verdict = False
-        reason = (
-            f"candidate expects {candidate.false_alarms_per_day:.1f} false alarms/day, "
-            f"worse than the served {served.false_alarms_per_day:.1f}"
-        )
+        passes, reason = verdict(served.gate, candidate.gate)
     if dry_run:
-        would = "would promote" if verdict or force else "would not promote"
-        return Decision("dry_run", f"dry run: {would} ({reason})", forced=force and not verdict)
-    if verdict:
+        would = "would promote" if passes or force else "would not promote"
+        return Decision("dry_run", f"dry run: {would} ({reason})", forced=force and not passes)
+    if passes:
         return Decision("promoted", reason)
     if force:
         return Decision("promoted", f"forced: {reason}", forced=True)
     return Decision("rejected", reason)
+
+
+def gate_rule(settings: DaemonSettings) -> dict[str, Any]:
+    """What the gate measured with, for the report."""
+    from daemon import retrain_gate as rg
+    from seqae.inject import DEFAULT_SIZES
+
+    return {
+        "false_alerts": "alert episodes (open events) per day on the held-out normal windows",
+        "recall": "share of injected faults for which an alert opens at a window overlapping "
+        "the fault's span, and none opens there on the same data without the fault",
+        "false_alert_slack": {
+            "per_day": rg.FALSE_ALERT_SLACK_PER_DAY,
+            "share_of_served": rg.FALSE_ALERT_SLACK_SHARE,
+            "episodes_over_held_out": 1,
+        },
+        "recall_slack": rg.RECALL_SLACK,
+        "alerts": settings.alerts.model_dump(),
+        "faults": {
+            "sizes_in_robust_spreads": {k: list(v) for k, v in DEFAULT_SIZES.items()},
+            "repeats": rg.FAULT_REPEATS,
+            "span_windows": rg.FAULT_SPAN_WINDOWS,
+            "seed": FAULT_SEED,
+        },
+    }
 
 
 @dataclass
@@ -617,10 +771,11 @@ class RetrainReport:
     created_at: str
     source: dict[str, Any]
     history: dict[str, Any]
-    served: ScoreSummary
-    candidate: ScoreSummary
+    served: Evaluation
+    candidate: Evaluation
     decision: Decision
     training: dict[str, Any] = field(default_factory=dict)
+    rule: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -630,7 +785,15 @@ class RetrainReport:
             "created_at": self.created_at,
             "source": self.source,
             "history": self.history,
-            "held_out": {"served": self.served.to_dict(), "candidate": self.candidate.to_dict()},
+            "held_out": {
+                "served": self.served.scores.to_dict(),
+                "candidate": self.candidate.scores.to_dict(),
+            },
+            "gate": {
+                "rule": self.rule,
+                "served": self.served.gate.to_dict(),
+                "candidate": self.candidate.gate.to_dict(),
+            },
             "decision": {
                 "outcome": self.decision.outcome,
                 "promoted": self.decision.promote,
@@ -642,25 +805,35 @@ class RetrainReport:
 
     def table(self) -> str:
         """The comparison as a fixed-width table, with the decision underneath."""
+        s, c = self.served, self.candidate
+        sg, cg = s.gate, c.gate
+
+        def row(name: str, fmt: str, a: Any, b: Any) -> tuple[str, str, str]:
+            return name, format(a, fmt), format(b, fmt)
+
         rows = [
-            ("version", self.served.version, self.candidate.version),
-            ("held-out windows", str(self.served.windows), str(self.candidate.windows)),
-            ("threshold", f"{self.served.threshold:.4g}", f"{self.candidate.threshold:.4g}"),
-            ("score p50", f"{self.served.p50:.4g}", f"{self.candidate.p50:.4g}"),
-            ("score p90", f"{self.served.p90:.4g}", f"{self.candidate.p90:.4g}"),
-            ("score p99", f"{self.served.p99:.4g}", f"{self.candidate.p99:.4g}"),
-            ("score max", f"{self.served.max:.4g}", f"{self.candidate.max:.4g}"),
-            (
-                "above threshold",
-                f"{100 * self.served.exceedance:.2f}%",
-                f"{100 * self.candidate.exceedance:.2f}%",
-            ),
-            (
-                "false alarms/day",
-                f"{self.served.false_alarms_per_day:.1f}",
-                f"{self.candidate.false_alarms_per_day:.1f}",
-            ),
+            ("version", s.scores.version, c.scores.version),
+            row("held-out windows", "d", s.scores.windows, c.scores.windows),
+            row("held-out days", ".3g", sg.days, cg.days),
+            row("threshold", ".4g", s.scores.threshold, c.scores.threshold),
+            row("score p50", ".4g", s.scores.p50, c.scores.p50),
+            row("score p99", ".4g", s.scores.p99, c.scores.p99),
+            row("above threshold %", ".2f", 100 * s.scores.exceedance, 100 * c.scores.exceedance),
+            row("alarmed windows/day", ".1f", s.scores.alarmed_windows_per_day,
+                c.scores.alarmed_windows_per_day),
+            row("alert episodes", "d", sg.alert_episodes, cg.alert_episodes),
+            row("false alerts/day", ".1f", sg.false_alerts_per_day, cg.false_alerts_per_day),
+            (f"injected recall ({sg.injected})", f"{sg.recall:.2f}", f"{cg.recall:.2f}"),
+        ]  # fmt: skip
+        rows += [
+            row(f"  {kind}", ".2f", sg.recall_by_kind[kind], cg.recall_by_kind[kind])
+            for kind in sg.recall_by_kind
         ]
+        if sg.labelled_spans:
+            rows.append(
+                row(f"labelled recall ({sg.labelled_spans})", ".2f", sg.labelled_recall,
+                    cg.labelled_recall)
+            )  # fmt: skip
         width = max(len(r[0]) for r in rows)
         lines = [f"{'':{width}}  {'served':>12}  {'candidate':>12}"]
         lines += [f"{a:{width}}  {b:>12}  {c:>12}" for a, b, c in rows]
@@ -673,10 +846,9 @@ class RetrainReport:
         return "\n".join(lines)
 
 
-def save_report(
-    report: RetrainReport, folder: Path, served_scores: np.ndarray, candidate_scores: np.ndarray
-) -> tuple[Path, Path]:
-    """Write retrain_report.json and a PNG of both held-out score distributions."""
+def save_report(report: RetrainReport, folder: Path) -> tuple[Path, Path]:
+    """Write retrain_report.json and a PNG: both held-out score distributions, and the recall
+    of each fault kind for both models."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -686,24 +858,33 @@ def save_report(
     json_path = folder / REPORT_JSON
     json_path.write_text(json.dumps(report.to_dict(), indent=2))
     png_path = folder / REPORT_PNG
-    fig, ax = plt.subplots(figsize=(7, 4))
-    finite = [s[np.isfinite(s) & (s > 0)] for s in (served_scores, candidate_scores)]
-    both = np.concatenate([*finite, [report.served.threshold, report.candidate.threshold]])
+    fig, (ax, bars) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [3, 2]})
+    models = ((report.served, "tab:red"), (report.candidate, "tab:blue"))
+    finite = [e.gate.scores[np.isfinite(e.gate.scores) & (e.gate.scores > 0)] for e, _ in models]
+    thresholds = [e.scores.threshold for e, _ in models]
+    both = np.concatenate([*finite, thresholds])
     both = both[both > 0]
     log_scale = len(both) > 1 and both.min() < both.max()
-    bins: Any = np.geomspace(both.min(), both.max(), 60) if log_scale else 30
-    for scores, summary, color in (
-        (finite[0], report.served, "tab:red"),
-        (finite[1], report.candidate, "tab:blue"),
-    ):
-        ax.hist(scores, bins=bins, alpha=0.5, color=color, label=f"{summary.version}")
-        ax.axvline(summary.threshold, color=color, linestyle="--")
+    hist_bins: Any = np.geomspace(both.min(), both.max(), 60) if log_scale else 30
+    for (e, color), scores in zip(models, finite, strict=True):
+        ax.hist(scores, bins=hist_bins, alpha=0.5, color=color, label=e.scores.version)
+        ax.axvline(e.scores.threshold, color=color, linestyle="--")
     if log_scale:
         ax.set_xscale("log")
     ax.set_xlabel("held-out window score (dashed: threshold)")
     ax.set_ylabel("windows")
     ax.set_title(f"{report.profile}: served {report.served_version} vs candidate")
     ax.legend()
+    kinds = list(report.served.gate.recall_by_kind)
+    x = np.arange(len(kinds) + 1)
+    for k, (e, color) in enumerate(models):
+        values = [e.gate.recall_by_kind[kind] for kind in kinds] + [e.gate.recall]
+        label = f"{e.scores.version}: {e.gate.false_alerts_per_day:.1f} false alerts/day"
+        bars.bar(x + (k - 0.5) * 0.4, values, 0.4, color=color, alpha=0.7, label=label)
+    bars.set_xticks(x, [*kinds, "all"])
+    bars.set_ylim(0, 1.05)
+    bars.set_ylabel("injected-fault recall")
+    bars.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(png_path, dpi=80)
     plt.close(fig)
@@ -795,6 +976,8 @@ def run_retrain(
     exclusion = exclude_spans(history, spans, margin_ns, min_rows=meta.window)
     echo(f"      {exclusion.rows_dropped} of {exclusion.rows_before} rows excluded")
     older, newer, cutoff = split_recent(exclusion.kept, opts.holdout)
+    check_trainable(older, meta, exclusion, opts)
+    check_held_out(newer, meta, exclusion, opts)
 
     echo(f"[3/5] training a candidate ({meta.kind}, window {meta.window}, hop {meta.hop})")
     fitted = train_candidate(
@@ -810,18 +993,23 @@ def run_retrain(
     version = save_model(root, opts.profile, fitted.detector, fitted.baseline, fitted.meta, False)
     echo(f"      saved candidate {opts.profile}/{version} (not yet served)")
 
-    echo("[4/5] scoring the held-out recent data with both models")
-    windows = held_out_windows(newer, meta.window, meta.hop, meta.period_s, max_fill)
-    served_scores = score_held_out(served.detector, served.baseline, windows, opts.device)
-    cand_scores = score_held_out(fitted.detector, fitted.baseline, windows, opts.device)
-    served_sum = summarize_scores(
-        served.version, served_scores, served.baseline.threshold, meta.period_s, meta.hop
+    geometry = Geometry(meta.window, meta.hop, meta.period_s)
+    try:
+        data = gate_data(newer, history, geometry, max_fill)
+    except DataError as exc:
+        raise RetrainError(f"held-out data: {exc}") from exc
+    echo(
+        f"[4/5] both models on {data.windows} held-out windows ({data.days:.3g} days), "
+        f"{len(data.trials)} injected faults and {len(data.labelled)} labelled spans"
     )
-    cand_sum = summarize_scores(
-        version, cand_scores, fitted.baseline.threshold, meta.period_s, meta.hop
-    )
-
-    decision = decide(served_sum, cand_sum, force=opts.force, dry_run=opts.dry_run)
+    evals = [
+        evaluate_model(v, d, b, data, settings, meta.channels, opts.device)
+        for v, d, b in (
+            (served.version, served.detector, served.baseline),
+            (version, fitted.detector, fitted.baseline),
+        )
+    ]
+    decision = decide(*evals, force=opts.force, dry_run=opts.dry_run)
     echo(f"[5/5] decision: {decision.outcome}")
     if decision.promote:
         try:
@@ -846,10 +1034,11 @@ def run_retrain(
             "train_rows": sum(len(s) for s in older),
             "held_out_rows": sum(len(s) for s in newer),
         },
-        served=served_sum,
-        candidate=cand_sum,
+        served=evals[0],
+        candidate=evals[1],
         decision=decision,
         training={k: v for k, v in fitted.meta.training.items() if k != "retrain"},
+        rule=gate_rule(settings),
     )
-    save_report(report, root / opts.profile / version, served_scores, cand_scores)
+    save_report(report, root / opts.profile / version)
     return report

@@ -47,7 +47,7 @@ from daemon.settings import ConfigError, load_settings
 @click.option("--epochs", default=20, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default=None, help="auto, cpu or cuda (default: engine.device).")
-@click.option("--force", is_flag=True, help="Promote the candidate even if it compares worse.")
+@click.option("--force", is_flag=True, help="Promote the candidate even if the gate refuses it.")
 @click.option("--dry-run", is_flag=True, help="Train, compare and report; never promote.")
 @click.option("--no-progress", is_flag=True)
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -70,8 +70,9 @@ def retrain(
     no_progress: bool,
     paths: tuple[Path, ...],
 ) -> None:
-    """Train a candidate on recent normal history (alert spans left out), compare it with the
-    served model on the newest held-out data, and promote it to CURRENT if it is no worse.
+    """Train a candidate on recent normal history (alert spans left out), run it and the served
+    model on the newest held-out data through the daemon's alert rule, and promote it to
+    CURRENT only if it raises no more false alerts per day and catches no fewer injected faults.
 
     The report is printed and saved as models/<profile>/<version>/retrain_report.json.
     """

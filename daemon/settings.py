@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
+import re
 from contextvars import ContextVar
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -26,6 +30,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -62,6 +67,8 @@ def _resolve_secret(section: BaseModel, value_field: str, file_field: str) -> No
 
 
 class KafkaSettings(_Section):
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="strings")  # show inf as "Infinity"
+
     bootstrap_servers: list[str] = Field(default=["127.0.0.1:9092"], min_length=1)
     topics: list[str] = Field(default=["sensors"], min_length=1, description="input topics")
     group_id: str = "seqae"
@@ -85,6 +92,20 @@ class KafkaSettings(_Section):
         default=45_000, ge=1000, description="a member silent this long leaves the group"
     )
     heartbeat_interval_ms: int = Field(default=3000, ge=100)
+    call_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
+        description="longest one broker call from the run loop may block (lag, commit, committed "
+        "offsets, a dead letter's topic metadata); one that takes longer counts as Kafka "
+        "unreachable, shown on /readyz, and is tried again later",
+    )
+    connect_timeout_s: float = Field(
+        default=float("inf"),
+        gt=0,
+        description="how long start-up retries an unreachable broker (one log line per try, "
+        "backing off to 30 s) before it exits; inf: for ever, as a service should",
+    )
 
     @model_validator(mode="after")
     def _secrets(self) -> KafkaSettings:
@@ -95,6 +116,8 @@ class KafkaSettings(_Section):
 
 
 class InputSettings(_Section):
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="strings")
+
     format: Literal["wide", "narrow"] = "wide"
     asset_field: str = "asset"
     ts_field: str = "ts"
@@ -103,6 +126,32 @@ class InputSettings(_Section):
     value_field: str = Field(default="value", description="narrow: reading")
     timestamp_format: Literal["auto", "rfc3339", "epoch_ms"] = Field(
         default="auto", description="auto accepts both RFC 3339 strings and epoch milliseconds"
+    )
+    max_message_bytes: int = Field(
+        default=1 << 20, gt=0, description="longer messages are dead-lettered unread (too_large)"
+    )
+    max_depth: int = Field(
+        default=32,
+        ge=2,
+        le=256,
+        description="deeper nesting of arrays and objects is dead-lettered unparsed (too_deep)",
+    )
+    max_asset_chars: int = Field(
+        default=200,
+        gt=0,
+        le=240,
+        description="longer asset ids are refused: they become file names",
+    )
+    max_clock_skew_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="a reading further ahead of the daemon's clock is dead-lettered "
+        "(bad_timestamp) and never moves a window; inf accepts any future time (replays of "
+        "synthetic data)",
+    )
+    oldest_timestamp: AwareDatetime = Field(
+        default=datetime(2000, 1, 1, tzinfo=UTC),
+        description="a reading before this is dead-lettered (bad_timestamp)",
     )
 
 
@@ -155,6 +204,20 @@ class BaselineSettings(_Section):
         description="per_asset: each new asset calibrates its own baseline; model: use the default",
     )
     warmup_windows: int = Field(default=64, ge=2, description="windows collected to calibrate")
+    rebaseline_windows: int = Field(
+        default=24,
+        ge=0,
+        description="consecutive `shifted` windows (an operating-point change that keeps the "
+        "plant's physics) after which the asset re-baselines at its new operating point and "
+        "returns to `ok` (0: only on POST /recalibrate)",
+    )
+    prior_windows: float = Field(
+        default=50.0,
+        ge=0,
+        description="how many independent (non-overlapping) windows of its own an asset needs "
+        "before its error statistics and threshold weigh as much as the profile's; its own "
+        "baseline is a blend n / (n + prior_windows) of both (0: its own statistics alone)",
+    )
     refit_scaler: bool = Field(
         default=False,
         description="refit the asset's scaler too (default: keep the training scaler and refit "
@@ -183,7 +246,19 @@ class AlertSettings(_Section):
     enter_level: float = Field(default=1.0, gt=0, description="score/threshold that opens")
     exit_level: float = Field(default=0.8, gt=0, description="score/threshold that closes")
     min_duration_s: float = Field(default=0.0, ge=0, description="time above enter before open")
-    cooldown_s: float = Field(default=0.0, ge=0, description="after a close, no new open for this")
+    clear_duration_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="time below exit before an open alert closes, the counterpart of "
+        "min_duration_s: a window back at or above exit restarts it, so a fault that dips "
+        "briefly stays one alert; 0 closes on the first window below exit",
+    )
+    cooldown_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="after a close, a fault back above enter (for min_duration_s) within this "
+        "time re-opens the same alert (reopened=true) instead of opening a new one",
+    )
     critical_level: float = Field(
         default=2.0, gt=0, description="ratio from which severity is critical"
     )
@@ -234,9 +309,25 @@ class InfluxSettings(_Section):
 
 
 class HealthSettings(_Section):
-    host: str = "127.0.0.1"
+    host: str = Field(
+        default="127.0.0.1",
+        description="/healthz, /readyz and /metrics answer anyone who reaches host:port",
+    )
     port: int = Field(default=9108, ge=0, le=65535, description="0 picks a free port")
     enabled: bool = True
+    control_token: SecretStr | None = Field(
+        default=None,
+        description="bearer token for control endpoints (POST /recalibrate); without one "
+        "they are off. Prefer control_token_file",
+    )
+    control_token_file: Path | None = Field(
+        default=None, description="file holding the control token (a mounted secret)"
+    )
+
+    @model_validator(mode="after")
+    def _secrets(self) -> HealthSettings:
+        _resolve_secret(self, "control_token", "control_token_file")
+        return self
 
 
 class DaemonSettings(BaseSettings):
@@ -279,17 +370,51 @@ class DaemonSettings(BaseSettings):
         return json.loads(self.model_dump_json())  # type: ignore[no-any-return]
 
 
-def _describe(error: ValidationError) -> str:
+def _env_variable(loc: tuple[Any, ...], environ: dict[str, str]) -> str | None:
+    """The SEQAE_ variable that set the field at `loc` (the most specific one), if any.
+    Environment variables win over the file, and their names are case-insensitive."""
+    names = {key.upper(): key for key in environ if key.upper().startswith("SEQAE_")}
+    parts = [str(p).upper() for p in loc]
+    for n in range(len(parts), 0, -1):
+        found = names.get("SEQAE_" + "__".join(parts[:n]))
+        if found is not None:
+            return found
+    return None
+
+
+def _describe(error: ValidationError, where: str, overrides: dict[str, Any]) -> str:
+    """Each error as "<origin>: <field>: <reason>", the origin being the environment variable
+    that set the field or else the file (`where`). Values are never shown: they may be secrets."""
+    environ = dict(os.environ)
     lines = []
     for item in error.errors():
-        field = ".".join(str(p) for p in item["loc"]) or "(root)"
+        loc = tuple(item["loc"])
+        field = ".".join(str(p) for p in loc) or "(root)"
         reason = item["msg"].removeprefix("Value error, ")
-        lines.append(f"{field}: {reason}")
+        variable = None if loc[:1] and loc[0] in overrides else _env_variable(loc, environ)
+        origin = f"environment variable {variable}" if variable else where
+        lines.append(f"{origin}: {field}: {reason}")
     return "; ".join(lines)
 
 
+def _describe_unparsed(error: SettingsError) -> str:
+    """pydantic-settings could not parse a variable (a list or object must be JSON)."""
+    match = re.search(r'field "(\w+)" from source "EnvSettingsSource"', str(error))
+    if match is None:
+        return f"config: {error}"
+    section = match.group(1)
+    prefix = f"SEQAE_{section.upper()}"
+    variables = sorted(k for k in os.environ if k.upper().split("__")[0] == prefix)
+    cause = f": {error.__cause__}" if error.__cause__ is not None else ""
+    return (
+        f"environment variable {' or '.join(variables) or prefix + '__*'}: {section}: cannot be "
+        f"parsed (a list or object must be JSON, e.g. SEQAE_KAFKA__TOPICS='[\"a\"]'){cause}"
+    )
+
+
 def load_settings(path: Path | None = None, **overrides: Any) -> DaemonSettings:
-    """Read `path` (TOML) and `SEQAE_*` variables; raise ConfigError naming the field and reason."""
+    """Read `path` (TOML) and `SEQAE_*` variables; raise ConfigError naming the field and reason
+    (and the environment variable, when one set it)."""
     if path is not None:
         if not path.is_file():
             raise ConfigError(f"config file {path}: not found")
@@ -304,6 +429,8 @@ def load_settings(path: Path | None = None, **overrides: Any) -> DaemonSettings:
         return DaemonSettings(**overrides)
     except ValidationError as exc:
         where = f"config {path}" if path is not None else "config"
-        raise ConfigError(f"{where}: {_describe(exc)}") from exc
+        raise ConfigError(_describe(exc, where, overrides)) from exc
+    except SettingsError as exc:
+        raise ConfigError(_describe_unparsed(exc)) from exc
     finally:
         _TOML_FILE.reset(token)

@@ -7,18 +7,27 @@ therefore async: each runs the daemon's `PartitionListener` on a short-lived wor
 and awaits it, so the listener may flush, commit and seek as usual while heartbeats go on.
 The caller's thread is blocked inside `poll()` meanwhile, so from its point of view the
 listener is "called inside poll()".
+
+A broker outage is a state, not an exit: every call the run loop makes (poll, lag, commit,
+the committed offsets on assignment) is bounded by `kafka.call_timeout_s` and guarded; a
+failure returns an empty or failed result and is recorded in `Reachability`, which the app
+shows on /readyz ("Kafka unreachable since ...") until a call succeeds again. Start-up retries
+an unreachable broker with backoff for `kafka.connect_timeout_s` (for ever by default) instead
+of raising at once.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple, Protocol
+from datetime import UTC, datetime
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
 
 import daemon.health as health
@@ -27,6 +36,146 @@ from daemon.settings import KafkaSettings
 log = logging.getLogger(__name__)
 
 TopicPartitionId = tuple[str, int]
+Client = TypeVar("Client")
+_CONNECT_ATTEMPT_S = 10.0  # one bootstrap attempt; start-up retries for connect_timeout_s
+_CONNECT_BACKOFF_MAX_S = 30.0
+
+
+class KafkaUnavailable(RuntimeError):
+    """Kafka could not be reached within `kafka.connect_timeout_s` (the message says where)."""
+
+
+class Reachability:
+    """Whether the broker answers: `since` is when it stopped (None while it answers).
+
+    A failed call logs one line when an outage starts and then at most one a minute, with the
+    count of failed calls; the first call that succeeds again logs how long it lasted.
+    """
+
+    def __init__(
+        self, what: str = "Kafka", clock: Callable[[], float] = time.time, log_every_s: float = 60
+    ) -> None:
+        self._what = what
+        self._clock = clock
+        self._log_every_s = log_every_s
+        self._lock = threading.Lock()  # the publisher's send callbacks come from its IO thread
+        self.since: float | None = None  # epoch seconds
+        self._failures = 0
+        self._logged_at = 0.0
+
+    @property
+    def reason(self) -> str | None:
+        """The /readyz line, "Kafka unreachable since <RFC 3339>", during an outage; else None."""
+        since = self.since
+        if since is None:
+            return None
+        stamp = datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds")
+        return f"{self._what} unreachable since {stamp.replace('+00:00', 'Z')}"
+
+    def failed(self, call: str, exc: BaseException, *, report: bool = True) -> None:
+        """Record a failed call; `report=False` when the caller logs its own line."""
+        with self._lock:
+            now = self._clock()
+            self._failures += 1
+            if self.since is None:
+                self.since, self._logged_at, self._failures = now, now, 1
+                if report:
+                    log.warning("%s unreachable (%s: %r); retrying", self._what, call, exc)
+            elif report and now - self._logged_at >= self._log_every_s:
+                log.warning(
+                    "%s (%d failed calls; last %s: %r)", self.reason, self._failures, call, exc
+                )
+                self._logged_at = now
+
+    def succeeded(self) -> None:
+        if self.since is None:  # the common case, without the lock
+            return
+        with self._lock:
+            if self.since is not None:
+                log.info("%s reachable again after %.0f s", self._what, self._clock() - self.since)
+                self.since = None
+
+
+def connect(
+    make: Callable[..., Client],
+    options: dict[str, Any],
+    *,
+    timeout_s: float,
+    what: str,
+    reachability: Reachability,
+    should_stop: Callable[[], bool] = lambda: False,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Client:
+    """`make(**options)` (a kafka-python client), retried with backoff while the broker is
+    unreachable, for at most `timeout_s` (inf: for ever); then KafkaUnavailable, in one line."""
+    deadline = time.monotonic() + timeout_s
+    backoff = 1.0
+    attempt = 0
+    servers = ",".join(options.get("bootstrap_servers", []))
+    while True:
+        if attempt and should_stop():
+            raise KafkaUnavailable(f"stopped while waiting for Kafka at {servers} ({what})")
+        attempt += 1
+        left = deadline - time.monotonic()
+        attempt_s = min(_CONNECT_ATTEMPT_S, max(left, 0.5))
+        attempt_options = dict(options)
+        if "bootstrap_timeout_ms" in getattr(make, "DEFAULT_CONFIG", {}):  # kafka-python 3
+            attempt_options.setdefault("bootstrap_timeout_ms", int(attempt_s * 1000))
+        try:
+            client = _make_closing_on_failure(make, attempt_options)
+        except KafkaError as exc:
+            if not getattr(exc, "retriable", False):  # configuration, authentication, ...
+                raise KafkaUnavailable(f"Kafka at {servers} ({what}): {exc!r}") from None
+            reachability.failed(f"connect {what}", exc, report=False)
+            left = deadline - time.monotonic()
+            if should_stop():
+                raise KafkaUnavailable(
+                    f"stopped while waiting for Kafka at {servers} ({what})"
+                ) from None
+            if left <= 0:
+                raise KafkaUnavailable(
+                    f"Kafka at {servers} unreachable for {timeout_s:g} s ({what}): {exc}"
+                ) from None
+            wait = min(backoff, left)
+            log.warning(
+                "Kafka at %s not reachable (%s, try %d: %s); retrying in %.0f s",
+                servers,
+                what,
+                attempt,
+                type(exc).__name__,
+                wait,
+            )
+            until = time.monotonic() + wait
+            while not should_stop() and (rest := until - time.monotonic()) > 0:
+                sleep(min(rest, 0.5))
+            backoff = min(backoff * 2, _CONNECT_BACKOFF_MAX_S)
+            continue
+        reachability.succeeded()
+        return client
+
+
+def _make_closing_on_failure(make: Callable[..., Client], options: dict[str, Any]) -> Client:
+    """A kafka-python client whose network thread is closed if its construction fails
+    (kafka-python leaves it running: retries would pile them up)."""
+    defaults = getattr(make, "DEFAULT_CONFIG", {})
+    base = options.get("kafka_client", defaults.get("kafka_client"))
+    if base is None:
+        return make(**options)
+    made: list[Any] = []
+
+    def recording(**config: Any) -> Any:
+        made.append(client := base(**config))
+        return client
+
+    try:
+        return make(**(options | {"kafka_client": recording}))
+    except BaseException:
+        for client in made:
+            try:
+                client.close()
+            except Exception:
+                log.debug("closing a failed client", exc_info=True)
+        raise
 
 
 class Record(NamedTuple):  # a NamedTuple: one is made per message, a frozen dataclass costs 3x
@@ -117,13 +266,25 @@ class _RebalanceBridge(AsyncConsumerRebalanceListener):
 
 
 class KafkaSource:
-    """A consumer-group member that reads raw records and commits explicit offsets."""
+    """A consumer-group member that reads raw records and commits explicit offsets.
+
+    Construction retries an unreachable broker (see `connect`); `should_stop` ends the wait
+    early (a SIGTERM during start-up), raising KafkaUnavailable.
+    """
 
     def __init__(
-        self, settings: KafkaSettings, listener: PartitionListener, **consumer_options: Any
+        self,
+        settings: KafkaSettings,
+        listener: PartitionListener,
+        *,
+        reachability: Reachability | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+        **consumer_options: Any,
     ) -> None:
         self._settings = settings
         self._paused = False
+        self._timeout_ms = int(settings.call_timeout_s * 1000)
+        self.reachability = reachability or Reachability()
         options = kafka_client_options(settings) | {
             "group_id": settings.group_id,
             "enable_auto_commit": False,
@@ -131,13 +292,30 @@ class KafkaSource:
             "max_poll_records": settings.max_poll_records,
         }
         options.update(consumer_options)
-        self._consumer = KafkaConsumer(**options)
+        self._consumer = connect(
+            KafkaConsumer,
+            options,
+            timeout_s=settings.connect_timeout_s,
+            what="consumer",
+            reachability=self.reachability,
+            should_stop=should_stop,
+        )
         self._consumer.subscribe(topics=settings.topics, listener=_RebalanceBridge(self, listener))
 
+    @property
+    def unreachable_since(self) -> float | None:
+        """Epoch seconds since when the broker has not answered; None while it answers."""
+        return self.reachability.since
+
     def poll(self, timeout_s: float, max_records: int | None = None) -> list[Record]:
-        batches = self._consumer.poll(
-            timeout_ms=max(0, int(timeout_s * 1000)), max_records=max_records
-        )
+        """Records fetched, [] on a timeout or while the broker is away (never raises for it)."""
+        try:
+            batches = self._consumer.poll(
+                timeout_ms=max(0, int(timeout_s * 1000)), max_records=max_records
+            )
+        except KafkaError as exc:
+            self.reachability.failed("poll", exc)
+            return []
         records = [
             Record(
                 topic=r.topic,
@@ -152,6 +330,7 @@ class KafkaSource:
         ]
         if records:
             health.messages_in.inc(len(records))
+            self.reachability.succeeded()  # a fetch answered
         return records
 
     def assignment(self) -> set[TopicPartitionId]:
@@ -174,8 +353,9 @@ class KafkaSource:
         """Commit `offsets` (the next offset to read) synchronously.
 
         Partitions no longer assigned are left out. A failed commit (rebalance in progress,
-        membership lost, broker unreachable) is logged and returns False: the partition's
-        next owner resumes from the last committed offset, which is at-least-once.
+        membership lost, broker unreachable, no answer within `call_timeout_s`) is logged and
+        returns False: the partition's next owner resumes from the last committed offset,
+        which is at-least-once, and the next commit tries again.
         """
         assigned = self._consumer.assignment()
         request = {}
@@ -188,16 +368,43 @@ class KafkaSource:
         if not request:
             return True
         try:
-            self._consumer.commit(request)
+            self._consumer.commit(request, timeout_ms=self._timeout_ms)
+        except KafkaTimeoutError as exc:
+            self.reachability.failed("commit", exc)
+            return False
         except KafkaError as exc:
             log.warning("offset commit failed, offsets stay at the last commit: %r", exc)
             return False
+        self.reachability.succeeded()
         return True
 
     def committed(self, tp: TopicPartitionId) -> int | None:
-        """The group's committed offset for `tp`, or None if nothing was committed."""
-        offset = self._consumer.committed(TopicPartition(*tp))
+        """The group's committed offset for `tp`, or None if nothing was committed.
+
+        Raises KafkaError when the broker does not answer within `call_timeout_s`: "unknown"
+        is not "nothing committed". The run loop uses `rewind_to_committed`, which never raises.
+        """
+        offset = self._consumer.committed(TopicPartition(*tp), timeout_ms=self._timeout_ms)
         return int(offset) if offset is not None else None
+
+    def rewind_to_committed(
+        self, partitions: set[TopicPartitionId], fallback_ms: int | None = None
+    ) -> None:
+        """Seek each partition to its committed offset; one never committed goes to the first
+        record at or after `fallback_ms` (if given). A partition whose committed offset cannot
+        be read keeps the consumer's own position (its committed offset or the reset policy):
+        a guess here could skip records."""
+        for tp in sorted(partitions):
+            try:
+                committed = self.committed(tp)
+                if committed is not None:
+                    self.seek(tp, committed)
+                elif fallback_ms is not None:
+                    self.seek_to_time(tp, fallback_ms)
+            except KafkaError as exc:
+                self.reachability.failed(f"committed offset of {tp[0]}[{tp[1]}]", exc)
+                continue
+            self.reachability.succeeded()
 
     def position(self, tp: TopicPartitionId) -> int:
         """The offset of the next record poll() returns for `tp`."""
@@ -209,7 +416,9 @@ class KafkaSource:
     def seek_to_time(self, tp: TopicPartitionId, timestamp_ms: int) -> None:
         """Seek to the first record at or after `timestamp_ms` (the end if there is none)."""
         partition = TopicPartition(*tp)
-        found = self._consumer.offsets_for_times({partition: timestamp_ms})
+        found = self._consumer.offsets_for_times(
+            {partition: timestamp_ms}, timeout_ms=self._timeout_ms
+        )
         hit = found.get(partition)
         if hit is not None:
             self._consumer.seek(partition, hit.offset)
@@ -217,15 +426,21 @@ class KafkaSource:
             self._consumer.seek_to_end(partition)
 
     def lag(self) -> dict[TopicPartitionId, int]:
-        """Records between the consumer's position and the end of each assigned partition."""
+        """Records between the consumer's position and the end of each assigned partition;
+        {} when the broker does not answer within `call_timeout_s` (never raises for it)."""
         assigned = list(self._consumer.assignment())
         if not assigned:
             return {}
-        ends = self._consumer.end_offsets(assigned)
+        try:
+            ends = self._consumer.end_offsets(assigned, timeout_ms=self._timeout_ms)
+        except KafkaError as exc:
+            self.reachability.failed("lag", exc)
+            return {}
+        self.reachability.succeeded()
         lag = {}
         for tp in assigned:
             try:
-                position = self._consumer.position(tp, timeout_ms=1000)
+                position = self._consumer.position(tp, timeout_ms=min(1000, self._timeout_ms))
             except KafkaError:
                 continue
             if position is not None and tp in ends:

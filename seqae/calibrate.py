@@ -9,22 +9,23 @@ error statistics, its threshold and the input range it has seen.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from scipy import stats
-from sklearn.covariance import LedoitWolf
 
 from seqae.data import RobustScaler
 
 if TYPE_CHECKING:
+    from seqae.alerting import AlertRule
     from seqae.score import Scorer
 
 ScoreKind = Literal["mse", "mahalanobis"]
 ThresholdMethod = Literal["quantile", "pot"]
 SHIFT_MARGIN = 3.0  # robust spreads beyond the seen input range before a sample counts as new
 SHIFT_FRACTION = 0.5  # share of a window's samples outside the range that makes it "shifted"
+OPERATING_DIMS = 1  # directions of the operating envelope: the plant's main knob (load, speed)
 MIN_CALIBRATION_WINDOWS = 20
 
 
@@ -52,7 +53,31 @@ class Baseline:
     score_kind: ScoreKind = "mahalanobis"
     range_low: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # [C]
     range_high: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # [C]
+    # Operating envelope: mean [C] and principal directions [K, C] of normal windows' channel
+    # means in scaled units; moving a window along them is a change of operating point.
+    env_mean: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    env_basis: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     info: dict[str, Any] = field(default_factory=dict)
+
+    def displacement(self, windows: np.ndarray) -> np.ndarray:
+        """[N, C] raw-unit move of each window's channel means along the operating envelope,
+        away from the envelope's mean (zeros without an envelope)."""
+        n, c = windows.shape[0], windows.shape[2]
+        if self.env_basis.size == 0 or self.env_basis.shape[1] != c:
+            return np.zeros((n, c), np.float32)
+        means = channel_means(windows)
+        z = np.nan_to_num((means - self.center) / self.scale - self.env_mean)
+        along = (z @ self.env_basis.T) @ self.env_basis
+        return np.asarray(along * self.scale, np.float32)
+
+    def moved(self, displacement: np.ndarray) -> Baseline:
+        """This baseline with its scaler centre moved by `displacement` [C] (raw units): the
+        same asset at another operating point."""
+        return replace(
+            self,
+            center=np.asarray(self.center + displacement, np.float32),
+            info={**self.info, "moved_by": np.asarray(displacement).tolist()},
+        )
 
     @property
     def scaler(self) -> RobustScaler:
@@ -90,6 +115,8 @@ class Baseline:
             "score_kind": self.score_kind,
             "range_low": self.range_low.tolist(),
             "range_high": self.range_high.tolist(),
+            "env_mean": self.env_mean.tolist(),
+            "env_basis": self.env_basis.tolist(),
             "info": self.info,
         }
 
@@ -106,6 +133,12 @@ class Baseline:
                 score_kind=d.get("score_kind", "mahalanobis"),
                 range_low=np.asarray(d.get("range_low", []), np.float32),
                 range_high=np.asarray(d.get("range_high", []), np.float32),
+                env_mean=np.asarray(d.get("env_mean", []), np.float32),
+                env_basis=np.asarray(d.get("env_basis", []), np.float32).reshape(
+                    -1, len(d.get("env_mean", []))
+                )
+                if d.get("env_mean")
+                else np.zeros((0, 0), np.float32),
                 info=dict(d.get("info", {})),
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -118,6 +151,39 @@ class Baseline:
         return b
 
 
+def channel_means(windows: np.ndarray) -> np.ndarray:
+    """[N, C] mean of each window's observed samples per channel (NaN where none is)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a channel never observed: NaN
+        return np.asarray(np.nanmean(windows, axis=1))
+
+
+def fit_envelope(
+    windows: np.ndarray | Sequence[np.ndarray],
+    center: np.ndarray,
+    scale: np.ndarray,
+    dims: int = OPERATING_DIMS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mean [C], basis [K, C]): the principal directions along which normal windows' channel
+    means move, in scaled units. Along them the channels move together as the plant does when
+    its operating point changes; a move across them breaks the relations between channels.
+
+    Given one array of windows per asset, the directions come from each asset's moves about its
+    own mean (the plant's knob), not from the differences between assets."""
+    groups = [windows] if isinstance(windows, np.ndarray) else list(windows)
+    zs = [(channel_means(g) - center) / scale for g in groups if len(g)]
+    zs = [z[np.isfinite(z).all(axis=1)] for z in zs]
+    zs = [z for z in zs if len(z)]
+    if sum(len(z) for z in zs) < 2 or dims < 1:
+        return np.zeros(0, np.float32), np.zeros((0, 0), np.float32)
+    mean = np.concatenate(zs).mean(axis=0)
+    moves = np.concatenate([z - z.mean(axis=0) for z in zs])
+    _, _, vt = np.linalg.svd(moves, full_matrices=False)
+    return mean.astype(np.float32), vt[: min(dims, len(vt))].astype(np.float32)
+
+
 def input_range(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel 0.5 and 99.5 percentiles of normal rows [..., C]: the range a baseline knows."""
     flat = rows.reshape(-1, rows.shape[-1])
@@ -128,6 +194,8 @@ def input_range(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def pot_threshold(scores: np.ndarray, risk: float, initial_quantile: float = 0.95) -> float:
     """Peaks over threshold: fit a generalised Pareto tail above an initial quantile and return
     the level exceeded with probability `risk` (SPOT, Siffer et al. 2017)."""
+    from scipy import stats
+
     t0 = float(np.quantile(scores, initial_quantile))
     peaks = scores[scores > t0] - t0
     if len(peaks) < 10:
@@ -156,6 +224,8 @@ def fit_error_stats(
     errors: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mean, mean of squares, Ledoit-Wolf precision) of error features [N, F]."""
+    from sklearn.covariance import LedoitWolf
+
     mean = errors.mean(axis=0)
     sq_mean = (errors**2).mean(axis=0)
     cov = LedoitWolf().fit(errors).covariance_
@@ -186,13 +256,17 @@ def fit_baseline(
     period_s: float | None = None,
     split: int | None = None,
     known_range: tuple[np.ndarray, np.ndarray] | None = None,
+    rule: AlertRule | None = None,
+    envelope: Sequence[np.ndarray] | None = None,
 ) -> Baseline:
     """Fit an asset's baseline from its own normal windows [N, W, C] in raw units, in time order.
 
     The scaler is refitted on these windows unless one is given (the training scaler, for the
     model's default baseline); the network is untouched. `split` is where the statistics
     part ends and the threshold part begins, when the caller has already separated them;
-    `known_range` the normal input range when it was seen on more data than these windows.
+    `known_range` the normal input range when it was seen on more data than these windows;
+    `envelope` the normal windows of each asset to fit the operating envelope on (default:
+    these windows).
     """
     policy = policy or ThresholdPolicy()
     if windows.ndim != 3 or len(windows) == 0:
@@ -220,6 +294,9 @@ def fit_baseline(
         range_low=known_range[0] if known_range else input_range(flat)[0],
         range_high=known_range[1] if known_range else input_range(flat)[1],
     )
+    baseline.env_mean, baseline.env_basis = fit_envelope(
+        windows if envelope is None else envelope, scaler.center, scaler.scale
+    )
     held_out, _ = baseline.scores(errors[thr_part])
     baseline.threshold = set_threshold(held_out, policy)
     exceed = float((held_out > baseline.threshold).mean())
@@ -233,12 +310,45 @@ def fit_baseline(
         "held_out_exceedance": exceed,
     }
     if period_s:
-        windows_per_day = 86400.0 / (period_s * hop)
-        expected = max(
-            exceed, 1.0 - policy.quantile if policy.method == "quantile" else policy.pot_risk
-        )
-        baseline.info["expected_alarm_windows_per_day"] = expected * windows_per_day
+        baseline.info.update(expected_false_alerts(held_out, policy, period_s * hop, rule))
     return baseline
+
+
+def expected_false_alerts(
+    held_out: np.ndarray, policy: ThresholdPolicy, step_s: float, rule: AlertRule | None = None
+) -> dict[str, float]:
+    """False alerts per day to expect, measured on normal windows that did not set the
+    threshold: a threshold set on each half of `held_out` (scores in time order, `step_s`
+    apart) is run through the alert rule on the other half; episodes over both halves' days.
+    With fewer than 2 x MIN_CALIBRATION_WINDOWS windows there is nothing to say."""
+    from seqae.alerting import Rule, alert_episodes
+
+    chosen: AlertRule = rule or Rule()
+    half = len(held_out) // 2
+    if half < MIN_CALIBRATION_WINDOWS:
+        return {"false_alert_windows": float(len(held_out))}
+    first, second = held_out[:half], held_out[half:]
+    episodes = 0
+    for fit_on, run_on in ((first, second), (second, first)):
+        level = set_threshold(fit_on, policy)
+        episodes += alert_episodes(run_on, np.full(len(run_on), level), step_s, chosen)
+    days = len(held_out) * step_s / 86400.0
+    return {
+        "expected_false_alerts_per_day": episodes / days,
+        "false_alert_episodes": float(episodes),
+        "false_alert_windows": float(len(held_out)),
+        "false_alert_days": days,
+    }
+
+
+PRIOR_WINDOWS = 50.0  # independent windows that weigh as much as the profile's statistics
+
+
+def shrinkage_weight(n_windows: int, window: int, hop: int, prior_windows: float) -> float:
+    """Weight of an asset's own error statistics against the profile's: its independent
+    (non-overlapping) windows against `prior_windows`, n / (n + prior)."""
+    independent = n_windows * min(hop, window) / window
+    return independent / (independent + prior_windows) if prior_windows > 0 else 1.0
 
 
 def fit_asset_baseline(
@@ -249,16 +359,25 @@ def fit_asset_baseline(
     refit_scaler: bool = False,
     policy: ThresholdPolicy | None = None,
     period_s: float | None = None,
+    prior_windows: float = PRIOR_WINDOWS,
+    rule: AlertRule | None = None,
 ) -> Baseline:
-    """An asset's own baseline from its normal windows, beside the model's default one.
+    """An asset's own baseline from its normal windows [N, W, C], shrunk towards the profile's.
 
     By default the training scaler is kept and only the error statistics, the threshold and the
     known input range are refitted: on SKAB's tuning files (valve2) this lifted VUS-PR from 0.68
     (scaler refitted on the asset's span) to 0.85, since a short span under-states the spread.
+
+    A warm-up of a few minutes holds few independent windows and one operating point, so its
+    own statistics are used only as far as it supports them: error mean, covariance and
+    threshold are blends `w * own + (1 - w) * profile`, `w = shrinkage_weight(...)`. The
+    threshold is never below the highest score of the asset's own held-out windows (normal by
+    assumption: a threshold they exceed is contradicted by the asset itself), nor, where the
+    profile's statistics are kept, lower than the profile's would be on the same windows.
     """
     default = scorer.default_baseline
     keep = default is not None and not refit_scaler
-    return fit_baseline(
+    own = fit_baseline(
         scorer,
         windows,
         hop=hop,
@@ -266,4 +385,50 @@ def fit_asset_baseline(
         policy=policy,
         scaler=default.scaler if keep and default is not None else None,
         period_s=period_s,
+        rule=rule,
     )
+    if default is None or len(default.err_mean) != len(own.err_mean):
+        return own
+    weight = shrinkage_weight(int(own.info["stats_windows"]), windows.shape[1], hop, prior_windows)
+    cov = weight * np.linalg.inv(own.precision) + (1 - weight) * np.linalg.inv(default.precision)
+    cov = (cov + cov.T) / 2
+    blended = Baseline(
+        center=own.center,
+        scale=own.scale,
+        err_mean=weight * own.err_mean + (1 - weight) * default.err_mean,
+        err_sq_mean=weight * own.err_sq_mean + (1 - weight) * default.err_sq_mean,
+        precision=np.linalg.inv(cov),
+        threshold=0.0,
+        score_kind=own.score_kind,
+        range_low=np.minimum(own.range_low, default.range_low)
+        if default.range_low.size == own.range_low.size
+        else own.range_low,
+        range_high=np.maximum(own.range_high, default.range_high)
+        if default.range_high.size == own.range_high.size
+        else own.range_high,
+        # a warm-up sees one operating point: the envelope stays the profile's
+        env_mean=default.env_mean if keep and default.env_basis.size else own.env_mean,
+        env_basis=default.env_basis if keep and default.env_basis.size else own.env_basis,
+    )
+    center, scale = blended.center, blended.scale
+    gap = -(-windows.shape[1] // hop) - 1
+    _, thr_part = split_for_calibration(len(windows), gap=gap)
+    held_out, _ = blended.scores(scorer.features(windows[thr_part], center, scale))
+    own_level = set_threshold(held_out, policy or ThresholdPolicy())
+    level = weight * own_level + (1 - weight) * default.threshold
+    floor = float(held_out.max())
+    blended.threshold = max(level, floor)
+    blended.info = {
+        **own.info,
+        "shrinkage_weight": weight,
+        "prior_windows": prior_windows,
+        "own_threshold": own_level,
+        "profile_threshold": float(default.threshold),
+        "held_out_max": floor,
+        "held_out_exceedance": float((held_out > blended.threshold).mean()),
+    }
+    if period_s:
+        blended.info.update(
+            expected_false_alerts(held_out, policy or ThresholdPolicy(), period_s * hop, rule)
+        )
+    return blended

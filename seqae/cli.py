@@ -1,22 +1,18 @@
-"""`seqae` offline commands: synth, train, calibrate, score, evaluate (and, from their own
-modules, impute, embed, generate, models).
+"""`seqae` offline commands: synth, train, calibrate, score (and, from their own modules,
+evaluate, impute, embed, generate, models).
 
-The console entry point (daemon/cli.py) adds the service commands to this group.
+The console entry point (daemon/cli.py) adds the service commands to this group. Importing
+this module costs click only: each command imports what it computes with when it runs.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
-import pandas as pd
 
-from seqae import artifacts
-from seqae.artifacts import ArtifactError, load_profile
-from seqae.calibrate import Baseline, CalibrationError, fit_asset_baseline
+from seqae import __version__
 from seqae.cli_common import (
     MODELS_OPTION,
     baseline_for,
@@ -26,15 +22,20 @@ from seqae.cli_common import (
     threshold_policy,
     write_table,
 )
+from seqae.cli_evaluate import evaluate
 from seqae.cli_extras import embed, generate, impute
 from seqae.cli_models import models
-from seqae.data import DataError, Series, make_windows, read_series, regularize
-from seqae.model import VARIANTS
-from seqae.score import Scorer, score_series
+
+# seqae.model.VARIANTS, spelled out so that `--help` need not import torch (a test keeps them equal).
+VARIANT_CHOICES = ("plain", "deep", "denoising", "sparse", "contractive", "variational")
+PERIOD_HELP = (
+    "Sampling period (s) [default: the timestamps' median step; a given value must agree with "
+    "it within 5%]."
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="seqae")
+@click.version_option(version=__version__, prog_name="seqae")
 def cli() -> None:
     """Sequence-autoencoder anomaly detection for industrial sensor streams."""
 
@@ -63,6 +64,8 @@ def synth(
     """Write a synthetic pump plant (one CSV per asset, plant.csv, faults.json).
 
     The pumps are the same for every --seed; the seed picks the hours they run through."""
+    import pandas as pd
+
     from seqae.synth import generate_plant, write_plant
 
     plant = generate_plant(
@@ -88,7 +91,14 @@ def synth(
 @click.option("--kind", type=click.Choice(["lstm", "pca"]), default="lstm", show_default=True)
 @click.option("--window", default=30, show_default=True, help="Samples per window.")
 @click.option("--hop", default=5, show_default=True, help="Score a window every N samples.")
-@click.option("--period", "period_s", default=1.0, show_default=True, help="Sampling period (s).")
+@click.option("--period", "period_s", type=float, default=None, help=PERIOD_HELP)
+@click.option(
+    "--calibration-fraction",
+    type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+    default=0.2,
+    show_default=True,
+    help="Last share of each file held out to calibrate the score and threshold.",
+)
 @click.option("--channels", default=None, help="Comma-separated channels (default: all).")
 @click.option("--sep", default=None, help="CSV separator (default: sniffed).")
 @click.option("--epochs", default=40, show_default=True)
@@ -103,7 +113,7 @@ def synth(
 )
 @click.option(
     "--variant",
-    type=click.Choice(list(VARIANTS)),
+    type=click.Choice(VARIANT_CHOICES),
     default="plain",
     show_default=True,
     help="Autoencoder variant (lstm only).",
@@ -151,7 +161,8 @@ def train(
     kind: str,
     window: int,
     hop: int,
-    period_s: float,
+    period_s: float | None,
+    calibration_fraction: float,
     channels: str | None,
     sep: str | None,
     epochs: int,
@@ -179,6 +190,9 @@ def train(
     no_promote: bool,
 ) -> None:
     """Train a profile on files of normal operation, calibrate it on held-out data, save it."""
+    from seqae.artifacts import ArtifactError, load_profile
+    from seqae.calibrate import CalibrationError
+    from seqae.data import DataError, read_series, resolve_period
     from seqae.train import train_profile
 
     wanted = channels.split(",") if channels else None
@@ -186,6 +200,7 @@ def train(
         series = [read_series(p, channels=wanted, sep=sep) for p in data]
         first = series[0].channels
         series = [s.select(first) for s in series]
+        period_s = resolve_period(series, period_s, names=[str(p) for p in data])
         model_cfg: dict[str, Any] = {}
         if kind == "lstm":
             variant_knobs = {
@@ -225,21 +240,36 @@ def train(
             policy=threshold_policy(threshold, quantile, risk),
             device=device,
             promote_now=not no_promote,
+            calibration_fraction=calibration_fraction,
         )
     except (DataError, CalibrationError, ArtifactError, ValueError) as exc:
         raise fail(exc) from exc
     lp = load_profile(models_root, profile, version)
     info = lp.meta.validation.get("calibration", {})
     click.echo(
-        f"saved {profile}/{version} ({lp.meta.kind}, channels {', '.join(lp.meta.channels)})"
+        f"saved {profile}/{version} ({lp.meta.kind}, channels {', '.join(lp.meta.channels)}, "
+        f"period {lp.meta.period_s:g} s)"
     )
     click.echo(
         f"threshold {lp.baseline.threshold:.4g} ({lp.baseline.score_kind}, {info.get('threshold_method')})"
     )
-    if "expected_alarm_windows_per_day" in info:
-        click.echo(
-            f"expected alarmed windows per day on normal data: {info['expected_alarm_windows_per_day']:.2f}"
+    click.echo(false_alert_line(info))
+
+
+def false_alert_line(info: dict[str, Any]) -> str:
+    """What a baseline's calibration says about false alerts, or why it cannot say."""
+    windows = int(info.get("false_alert_windows", 0))
+    if "expected_false_alerts_per_day" not in info:
+        return (
+            f"expected false alerts per day: not measured ({windows} held-out normal windows; "
+            "it needs 40, one threshold set on each half and counted on the other)"
         )
+    return (
+        f"expected false alerts per day: {info['expected_false_alerts_per_day']:.2f} "
+        f"({int(info['false_alert_episodes'])} alert episodes under the shipped [alerts] rule in "
+        f"{windows} held-out normal windows, {info['false_alert_days']:.2f} days, each half "
+        "scored with a threshold set on the other)"
+    )
 
 
 @cli.command()
@@ -247,7 +277,16 @@ def train(
 @click.option("--profile", required=True)
 @click.option("--asset", required=True, help="Asset whose baseline is re-fitted.")
 @MODELS_OPTION
-@click.option("--rows", default=0, help="Use the first N rows only (0: all).")
+@click.option(
+    "--skip",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Leave out the first N rows.",
+)
+@click.option(
+    "--rows", default=0, type=click.IntRange(0), help="Use N rows after --skip (0: all the rest)."
+)
 @click.option("--sep", default=None)
 @click.option(
     "--threshold", type=click.Choice(["quantile", "pot"]), default="quantile", show_default=True
@@ -263,6 +302,7 @@ def calibrate(
     profile: str,
     asset: str,
     models_root: Path,
+    skip: int,
     rows: int,
     sep: str | None,
     threshold: str,
@@ -273,12 +313,25 @@ def calibrate(
 ) -> None:
     """Re-fit one asset's baseline (scaler, error statistics, threshold) from its normal data,
     without retraining the network."""
+    from seqae import artifacts
+    from seqae.calibrate import CalibrationError, fit_asset_baseline
+    from seqae.cli_evaluate import calibration_rows_needed
+    from seqae.data import DataError, make_windows, regularize
+    from seqae.score import Scorer
+
     lp = served_profile(models_root, profile, None)
     try:
         series = read_profile_series(data, lp, sep)
-        if rows:
-            series = series.slice(0, rows)
+        if skip >= len(series):
+            raise DataError(f"{data}: --skip {skip} leaves nothing of its {len(series)} rows")
+        series = series.slice(skip, skip + rows if rows else None)
         grid = regularize(series, lp.meta.period_s, 3)
+        need = calibration_rows_needed(lp.meta.window, lp.meta.hop)
+        if len(grid) < need:
+            raise DataError(
+                f"{data}: {len(grid)} rows (after --skip {skip}, --rows {rows}) are too few to "
+                f"calibrate on: window {lp.meta.window} and hop {lp.meta.hop} need {need}"
+            )
         windows, _ = make_windows(grid.values, lp.meta.window, lp.meta.hop)
         baseline = fit_asset_baseline(
             Scorer(lp, device),
@@ -294,6 +347,7 @@ def calibrate(
     click.echo(
         f"baseline for {asset} on {profile}/{lp.version}: threshold {baseline.threshold:.4g}; saved {path}"
     )
+    click.echo(false_alert_line(baseline.info))
 
 
 @cli.command()
@@ -301,7 +355,13 @@ def calibrate(
 @click.option("--profile", required=True)
 @MODELS_OPTION
 @click.option("--version", default=None, help="Default: CURRENT.")
-@click.option("--asset", default=None, help="Use this asset's stored baseline if there is one.")
+@click.option("--asset", default=None, help="Use this asset's stored baseline (it must exist).")
+@click.option(
+    "--hop",
+    type=click.IntRange(1),
+    default=None,
+    help="Score a window every N samples [default: the model's hop].",
+)
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="CSV or Parquet."
 )
@@ -313,143 +373,52 @@ def score(
     models_root: Path,
     version: str | None,
     asset: str | None,
+    hop: int | None,
     out: Path,
     sep: str | None,
     device: str,
 ) -> None:
     """Score a file: one row per window with score, threshold, anomalous and per-channel errors."""
+    import pandas as pd
+
+    from seqae.data import DataError
+    from seqae.score import Scorer, score_series
+
     lp = served_profile(models_root, profile, version)
+    baseline = baseline_for(lp, models_root, asset)
     try:
         series = read_profile_series(data, lp, sep)
         result = score_series(
             Scorer(lp, device),
             series,
-            baseline_for(lp, models_root, asset),
+            baseline,
             window=lp.meta.window,
-            hop=lp.meta.hop,
+            hop=hop or lp.meta.hop,
             period_s=lp.meta.period_s,
         )
     except (DataError, ValueError) as exc:
         raise fail(exc) from exc
     b = result.batch
-    frame = pd.DataFrame(
-        {
-            "window_end": pd.to_datetime(result.grid.timestamps[result.ends], utc=True),
-            "score": b.score,
-            "threshold": b.threshold,
-            "anomalous": b.anomalous,
-            "shifted": b.shifted,
-        }
+    columns: dict[str, Any] = {
+        "window_end": pd.to_datetime(result.grid.timestamps[result.ends], utc=True),
+        "score": b.score,
+        "threshold": b.threshold,
+        "anomalous": b.anomalous,
+        "shifted": b.shifted,
+    }
+    # All columns at once: inserting 2 x 52 channel columns one by one fragments the frame.
+    columns.update({f"err_{ch}": b.errors[:, i] for i, ch in enumerate(lp.meta.channels)})
+    columns.update(
+        {f"contrib_{ch}": b.contributions[:, i] for i, ch in enumerate(lp.meta.channels)}
     )
-    for i, ch in enumerate(lp.meta.channels):
-        frame[f"err_{ch}"] = b.errors[:, i]
-    for i, ch in enumerate(lp.meta.channels):
-        frame[f"contrib_{ch}"] = b.contributions[:, i]
+    frame = pd.DataFrame(columns)
     write_table(frame, out)
     click.echo(f"{len(frame)} windows, {int(b.anomalous.sum())} anomalous; wrote {out}")
 
 
-@cli.command()
-@click.argument("data", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--profile", required=True)
-@MODELS_OPTION
-@click.option("--version", default=None)
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("out/evaluate"),
-    show_default=True,
-)
-@click.option(
-    "--baseline-rows",
-    default=0,
-    help="Re-fit a per-file baseline on its first N rows (scored after them).",
-)
-@click.option("--sep", default=None)
-@click.option("--device", default="auto", show_default=True)
-def evaluate(
-    data: tuple[Path, ...],
-    profile: str,
-    models_root: Path,
-    version: str | None,
-    out_dir: Path,
-    baseline_rows: int,
-    sep: str | None,
-    device: str,
-) -> None:
-    """Evaluate a profile on labelled files: VUS-PR, AUC-PR, F1/FAR/MAR, events, delays, plots."""
-    from tqdm.auto import tqdm
-
-    from seqae.evaluate import evaluate_scores, plot_series
-
-    lp = served_profile(models_root, profile, version)
-    scorer = Scorer(lp, device)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    labels_all, scores_all, alarms_all = [], [], []
-    per_file: dict[str, Any] = {}
-    for path in tqdm(data, desc="evaluate", unit="file"):
-        try:
-            series = read_profile_series(path, lp, sep)
-            if series.labels is None:
-                raise DataError(f"{path}: no label column to evaluate against")
-            baseline = lp.baseline
-            if baseline_rows:
-                baseline = refit_on_head(scorer, lp, series, baseline_rows)
-                series = series.slice(baseline_rows)
-            result = score_series(
-                scorer, series, baseline, window=lp.meta.window, hop=1, period_s=lp.meta.period_s
-            )
-        except (DataError, CalibrationError, ValueError) as exc:
-            raise fail(exc) from exc
-        point_score, point_thr = result.pointwise()
-        labels = (
-            result.grid.labels if result.grid.labels is not None else np.zeros(len(point_score))
-        )
-        report = evaluate_scores(labels, point_score / point_thr, 1.0, lp.meta.period_s)
-        per_file[str(path)] = report.to_dict()
-        labels_all.append(labels)
-        scores_all.append(point_score / point_thr)
-        alarms_all.append(point_score > point_thr)
-        plot_series(
-            out_dir / f"{path.parent.name}_{path.stem}.png",
-            result.grid.timestamps,
-            result.grid.values,
-            lp.meta.channels,
-            point_score,
-            float(np.median(point_thr)),
-            labels,
-            title=f"{path.name}  VUS-PR {report.vus_pr:.3f}  F1 {report.f1:.3f}",
-        )
-    total = evaluate_scores(
-        np.concatenate(labels_all), np.concatenate(scores_all), 1.0, lp.meta.period_s
-    )
-    summary = {
-        "profile": profile,
-        "version": lp.version,
-        "overall": total.to_dict(),
-        "files": per_file,
-    }
-    (out_dir / "report.json").write_text(json.dumps(summary, indent=2))
-    t = total
-    click.echo(
-        f"VUS-PR {t.vus_pr:.3f}  AUC-PR {t.auc_pr:.3f}  F1 {t.f1:.3f}  FAR {100 * t.far:.1f}%  "
-        f"MAR {100 * t.mar:.1f}%  event recall {t.event_recall:.2f}  "
-        f"median delay {t.median_detection_delay_s:.0f}s  false alarms/h {t.false_alarms_per_hour:.2f}"
-    )
-    click.echo(f"report and plots in {out_dir}")
-
-
-def refit_on_head(scorer: Scorer, lp: Any, series: Series, rows: int) -> Baseline:
-    """A per-asset baseline fitted on the first `rows` rows of a series (its normal head)."""
-    head = regularize(series.slice(0, rows), lp.meta.period_s, 3)
-    windows, _ = make_windows(head.values, lp.meta.window, 1)
-    return fit_asset_baseline(scorer, windows, hop=1, period_s=lp.meta.period_s)
+for command in (evaluate, impute, embed, generate, models):
+    cli.add_command(command)
 
 
 def main() -> None:
     cli()
-
-
-for command in (impute, embed, generate, models):
-    cli.add_command(command)

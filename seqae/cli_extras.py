@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import numpy as np
-import pandas as pd
 
 from seqae.cli_common import (
     MODELS_OPTION,
@@ -16,7 +14,6 @@ from seqae.cli_common import (
     served_profile,
     write_table,
 )
-from seqae.data import DataError, make_windows, regularize
 
 
 @click.command()
@@ -25,7 +22,7 @@ from seqae.data import DataError, make_windows, regularize
 @MODELS_OPTION
 @click.option("--version", default=None, help="Default: CURRENT.")
 @click.option(
-    "--asset", default=None, help="Use this asset's stored baseline (scaler) if there is one."
+    "--asset", default=None, help="Use this asset's stored baseline (scaler); it must exist."
 )
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="CSV or Parquet."
@@ -50,16 +47,20 @@ def impute(
     device: str,
 ) -> None:
     """Fill missing samples (empty cells and missing grid slots) by masked reconstruction."""
+    import pandas as pd
+
+    from seqae.data import DataError, regularize
     from seqae.extras import impute_series
 
     lp = served_profile(models_root, profile, version)
+    scaler = baseline_for(lp, models_root, asset).scaler
     try:
         series = read_profile_series(data, lp, sep)
         grid = regularize(series, lp.meta.period_s, 0)
         result = impute_series(
             lp.detector,
             grid,
-            baseline_for(lp, models_root, asset).scaler,
+            scaler,
             lp.meta.window,
             min_observed=min_observed,
             device=device,
@@ -80,7 +81,7 @@ def impute(
 @MODELS_OPTION
 @click.option("--version", default=None, help="Default: CURRENT.")
 @click.option(
-    "--asset", default=None, help="Use this asset's stored baseline (scaler) if there is one."
+    "--asset", default=None, help="Use this asset's stored baseline (scaler); it must exist."
 )
 @click.option("--hop", type=int, default=None, help="Default: the model's hop.")
 @click.option(
@@ -100,16 +101,18 @@ def embed(
     device: str,
 ) -> None:
     """Export the latent code of each window (window_end, z0..zK) for projection or clustering."""
+    import pandas as pd
+
+    from seqae.data import DataError, make_windows, regularize
     from seqae.extras import embed_windows
 
     lp = served_profile(models_root, profile, version)
+    scaler = baseline_for(lp, models_root, asset).scaler
     try:
         series = read_profile_series(data, lp, sep)
         grid = regularize(series, lp.meta.period_s, 3)
         windows, ends = make_windows(grid.values, lp.meta.window, hop or lp.meta.hop)
-        codes = embed_windows(
-            lp.detector, windows, baseline_for(lp, models_root, asset).scaler, device=device
-        )
+        codes = embed_windows(lp.detector, windows, scaler, device=device)
     except (DataError, ValueError) as exc:
         raise fail(exc) from exc
     frame = pd.DataFrame(codes, columns=[f"z{i}" for i in range(codes.shape[1])])
@@ -140,6 +143,9 @@ def generate(
     device: str,
 ) -> None:
     """Draw synthetic normal windows from a variational profile (one row per window and step)."""
+    import numpy as np
+    import pandas as pd
+
     from seqae.extras import generate_windows
 
     lp = served_profile(models_root, profile, version)

@@ -17,6 +17,7 @@ import pandas as pd
 TIMESTAMP_CANDIDATES = ("timestamp", "datetime", "time", "ts", "date")
 LABEL_CANDIDATES = ("label", "anomaly")
 NON_CHANNEL_COLUMNS = {"changepoint", "fault", "asset"}
+PERIOD_TOLERANCE = 0.05  # a given period may differ from the timestamps' median step this much
 
 
 class DataError(ValueError):
@@ -168,6 +169,72 @@ def read_series(
         asset=path.stem,
         allow_extra=allow_extra,
     )
+
+
+def median_step_s(series: Series, where: str = "data") -> float:
+    """The median step between consecutive timestamps, in seconds: the series' sampling period,
+    robust to gaps and to a few irregular samples."""
+    if len(series) < 2:
+        raise DataError(f"{where}: {len(series)} row, a sampling period needs two timestamps")
+    return float(np.median(np.diff(series.timestamps))) / 1e9
+
+
+def check_period(
+    series: Series,
+    period_s: float,
+    what: str,
+    *,
+    where: str = "data",
+    tolerance: float = PERIOD_TOLERANCE,
+) -> float:
+    """Raise DataError naming both values when `period_s` (described by `what`, e.g. "--period
+    1 s") differs from the series' median step by more than `tolerance`; returns the step."""
+    step = median_step_s(series, where)
+    if abs(period_s - step) > tolerance * step:
+        raise DataError(
+            f"{where}: {what} is {period_s:g} s but the timestamps' median step is {step:g} s "
+            f"(more than {tolerance:.0%} apart)"
+        )
+    return step
+
+
+def resolve_period(
+    series: Sequence[Series],
+    period_s: float | None,
+    *,
+    names: Sequence[str] | None = None,
+    tolerance: float = PERIOD_TOLERANCE,
+) -> float:
+    """The sampling period for `series`: their common median step when `period_s` is None,
+    otherwise `period_s` once checked against every series' step. Series whose steps disagree
+    with each other by more than `tolerance` are a DataError naming both."""
+    if not series:
+        raise DataError("no series given")
+    labels = (
+        list(names)
+        if names is not None
+        else [s.asset or f"series {i}" for i, s in enumerate(series)]
+    )
+    if period_s is not None:
+        if not (period_s > 0 and np.isfinite(period_s)):
+            raise DataError(f"--period must be a positive number of seconds, got {period_s}")
+        for s, name in zip(series, labels, strict=True):
+            check_period(s, period_s, "--period", where=name, tolerance=tolerance)
+        return float(period_s)
+    steps = [median_step_s(s, name) for s, name in zip(series, labels, strict=True)]
+    first = steps[0]
+    for step, name in zip(steps[1:], labels[1:], strict=True):
+        if abs(step - first) > tolerance * first:
+            raise DataError(
+                f"{name}: the timestamps' median step is {step:g} s but {labels[0]}'s is "
+                f"{first:g} s; give files of one sampling period, or --period"
+            )
+    return first
+
+
+def missing_share(values: np.ndarray) -> float:
+    """Share of samples that are missing (NaN) in an array of grid values."""
+    return float(np.isnan(values).mean()) if values.size else 1.0
 
 
 def regularize(series: Series, period_s: float, max_fill: int = 0) -> Series:

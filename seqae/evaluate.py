@@ -5,8 +5,9 @@ and ``alarms`` (bool), of one length. Alarms at a threshold are ``score > thresh
 
 Rules for undefined values: `vus_pr`, `auc_pr` and `event_recall` raise `EvaluationError` when
 the labels hold no anomaly (and the first two when they hold nothing else); ratios inside
-`point_metrics` and the rates in `EvalReport` are NaN when their denominator is zero, and
-`EvalReport.to_dict` writes NaN as ``None`` (JSON ``null``).
+`point_metrics` and the rates in `EvalReport` are NaN when their denominator is zero,
+`EvalReport.to_dict` writes NaN as ``None`` (JSON ``null``), and `EvalReport.summary_lines`
+says why a metric is undefined instead of printing ``nan``.
 
 VUS-PR and AUC-PR come from the TSB-AD package (``TSB_AD.evaluation.basic_metrics``, which
 needs only numpy and scikit-learn).
@@ -198,6 +199,19 @@ def _check_period(period_s: float) -> None:
 # --- report ---------------------------------------------------------------------------------
 
 
+# The metrics `seqae evaluate` prints: field name -> (label, format of a defined value).
+SUMMARY_METRICS: dict[str, tuple[str, str]] = {
+    "vus_pr": ("VUS-PR", "{:.3f}"),
+    "auc_pr": ("AUC-PR", "{:.3f}"),
+    "f1": ("F1", "{:.3f}"),
+    "far": ("FAR", "{:.1%}"),
+    "mar": ("MAR", "{:.1%}"),
+    "event_recall": ("event recall", "{:.2f}"),
+    "median_detection_delay_s": ("median delay", "{:.0f}s"),
+    "false_alarms_per_hour": ("false alarms/h", "{:.2f}"),
+}
+
+
 @dataclass
 class EvalReport:
     """Every metric of one score against one label vector, at one threshold."""
@@ -239,6 +253,54 @@ class EvalReport:
             return v
 
         return {k: clean(v) for k, v in asdict(self).items()}
+
+    def why_undefined(self, metric: str) -> str | None:
+        """Why `metric` (a field name) has no value here, or None when it has one."""
+        value = getattr(self, metric)
+        if not (isinstance(value, float) and math.isnan(value)):
+            return None
+        no_anomaly, no_normal = self.n_anomalous == 0, self.n_anomalous == self.n_samples
+        if metric == "median_detection_delay_s" and not no_anomaly:
+            return "no labelled anomaly was detected"
+        if metric == "f1" and no_anomaly:
+            return "no labelled anomaly and no alarm"
+        if metric == "precision":
+            return "no alarm"
+        if no_anomaly and metric in (
+            "vus_pr",
+            "auc_pr",
+            "recall",
+            "mar",
+            "event_recall",
+            "median_detection_delay_s",
+        ):
+            return "no labelled anomaly"
+        if no_normal and metric in ("vus_pr", "auc_pr", "far", "false_alarms_per_hour"):
+            return "no normal (unlabelled) sample"
+        return "its denominator is zero"
+
+    def describe(self, metric: str) -> str:
+        """ "VUS-PR 0.812", or "VUS-PR undefined (no labelled anomaly)": never a bare nan."""
+        label, fmt = SUMMARY_METRICS[metric]
+        reason = self.why_undefined(metric)
+        if reason is not None:
+            return f"{label} undefined ({reason})"
+        return f"{label} {fmt.format(getattr(self, metric))}"
+
+    def summary_lines(self) -> list[str]:
+        """The headline metrics on one line; each group of undefined ones on a line saying why."""
+        defined: list[str] = []
+        undefined: dict[str, list[str]] = {}
+        for metric, (label, fmt) in SUMMARY_METRICS.items():
+            reason = self.why_undefined(metric)
+            if reason is None:
+                defined.append(f"{label} {fmt.format(getattr(self, metric))}")
+            else:
+                undefined.setdefault(reason, []).append(label)
+        lines = ["  ".join(defined)] if defined else []
+        for reason, labels in undefined.items():
+            lines.append(f"{', '.join(labels)} undefined: {reason}")
+        return lines
 
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2)

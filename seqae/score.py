@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from seqae.calibrate import SHIFT_FRACTION, SHIFT_MARGIN, Baseline
+from seqae.calibrate import Baseline
 from seqae.data import Series, make_windows, regularize
 from seqae.model import channel_errors
 
@@ -60,7 +60,7 @@ _STACK_FROM = 8
 
 
 def _stackable(baselines: Iterable[Baseline]) -> bool:
-    kinds = {(b.score_kind, b.range_low.size > 0, len(b.err_mean)) for b in baselines}
+    kinds = {(b.score_kind, len(b.err_mean)) for b in baselines}
     return len(kinds) == 1
 
 
@@ -96,17 +96,6 @@ def _finish_stacked(
     contrib[:] = c
     score[:] = c.sum(axis=1)
     threshold[:] = np.array([b.threshold for b in bs], np.float32)[which]
-    if first.range_low.size == 0:
-        shifted[:] = False
-        return
-    scale = np.stack([b.scale for b in bs])
-    slack = SHIFT_MARGIN * scale
-    low = (np.stack([b.range_low for b in bs]) - slack)[which][:, None, :]
-    high = (np.stack([b.range_high for b in bs]) + slack)[which][:, None, :]
-    with np.errstate(invalid="ignore"):
-        outside = (windows < low) | (windows > high)
-    observed = np.maximum((~np.isnan(windows)).sum(axis=1), 1)
-    shifted[:] = ((outside.sum(axis=1) / observed) > SHIFT_FRACTION).any(axis=1)
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -243,26 +232,68 @@ class Scorer:
         score = np.empty(n, np.float32)
         threshold = np.empty(n, np.float32)
         contrib = np.empty((n, feats.shape[1]), np.float32)
-        shifted = np.empty(n, bool)
+        shifted = np.zeros(n, bool)
         if len(groups) >= _STACK_FROM and _stackable(unique.values()):
             _finish_stacked(feats, windows, groups, unique, score, threshold, contrib, shifted)
-            groups = {}
-        for key, idx in groups.items():
-            b = unique[key]
-            # A slice (the one-baseline case) selects without copying; a list gathers.
-            score[idx], contrib[idx] = b.scores(feats[idx])
-            threshold[idx] = b.threshold
-            shifted[idx] = b.shifted(windows[idx])
+        else:
+            for key, idx in groups.items():
+                b = unique[key]
+                # A slice (the one-baseline case) selects without copying; a list gathers.
+                score[idx], contrib[idx] = b.scores(feats[idx])
+                threshold[idx] = b.threshold
+        feats = self._operating_shifts(
+            feats, windows, groups, unique, score, threshold, contrib, shifted
+        )
         latent = contrib[:, c] if feats.shape[1] > c else np.zeros(n, np.float32)
         return ScoreBatch(
             score=score,
             threshold=threshold,
-            anomalous=score > threshold,
+            anomalous=(score > threshold) & ~shifted,
             contributions=contrib[:, :c],
             errors=feats[:, :c].astype(np.float32),
             shifted=shifted,
             latent=latent,
         )
+
+
+    def _operating_shifts(
+        self,
+        feats: np.ndarray,
+        windows: np.ndarray,
+        groups: dict[int, Any],
+        unique: dict[int, Baseline],
+        score: np.ndarray,
+        threshold: np.ndarray,
+        contrib: np.ndarray,
+        shifted: np.ndarray,
+    ) -> np.ndarray:
+        """Shift versus fault, for the windows above their threshold: each is moved back along
+        its baseline's operating envelope (its channel means less their displacement along the
+        envelope's directions) and scored again. Scored normal there, it is an operating-point
+        change that keeps the plant's physics: `shifted`, scored as moved. Still above, the
+        relations between channels are broken: a fault, whatever range its values are in.
+        Returns the features, with the moved windows' features in place of theirs."""
+        above = score > threshold
+        if not above.any():
+            return feats
+        feats = feats.copy()
+        for key, members in groups.items():
+            b = unique[key]
+            if b.env_basis.size == 0:
+                continue
+            idx = np.arange(len(score))[members]
+            idx = idx[above[idx]]
+            if not len(idx):
+                continue
+            moved = windows[idx] - b.displacement(windows[idx])[:, None, :]
+            again = self.features(moved, b.center, b.scale)
+            s2, c2 = b.scores(again)
+            keep = s2 <= b.threshold
+            if keep.any():
+                hit = idx[keep]
+                shifted[hit] = True
+                score[hit], contrib[hit], feats[hit] = s2[keep], c2[keep], again[keep]
+        return feats
 
 
 @dataclass

@@ -227,8 +227,12 @@ def generate_asset(
     faults: Sequence[tuple[str, int, int]] = (),
     start_ns: int = DEFAULT_START_NS,
     plant_seed: int = 0,
+    setpoint_steps: Sequence[tuple[int, float]] = (),
 ) -> tuple[Series, list[FaultEvent]]:
-    """One pump's readings, labelled where `faults` ((kind, start, end) sample ranges) are active."""
+    """One pump's readings, labelled where `faults` ((kind, start, end) sample ranges) are active.
+
+    `setpoint_steps` ((sample, factor) pairs) multiply the speed setpoint from that sample on: an
+    operating-point change that keeps the plant's physics (not a fault, never labelled)."""
     if n_samples < 2:
         raise SynthError(f"n_samples must be at least 2, got {n_samples}")
     if not (period_s > 0 and np.isfinite(period_s)):
@@ -245,6 +249,10 @@ def generate_asset(
     n = n_samples
 
     speed = _speed_schedule(rng, n, period_s, t_s)
+    for at, factor in setpoint_steps:
+        if not (0 <= at < n and factor > 0):
+            raise SynthError(f"setpoint_steps: need 0 <= sample < {n} and factor > 0, got {at}, {factor}")
+        speed[at:] *= factor
     alpha = min(1.0, period_s / 1800.0)
     valve_wander = 1.0 + _smooth_walk(rng, n, 0.003 * np.sqrt(alpha), alpha)
     ambient = pump.ambient + 1.5 * np.sin(2.0 * np.pi * ((t_s / 3600.0) % 24.0 - 9.0) / 24.0)

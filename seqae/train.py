@@ -20,13 +20,29 @@ import torch
 from tqdm.auto import tqdm
 
 from seqae.artifacts import ModelMeta, save_model
-from seqae.calibrate import Baseline, ScoreKind, ThresholdPolicy, fit_baseline, input_range
-from seqae.data import DataError, RobustScaler, Series, make_windows, nan_to_mask, regularize
+from seqae.calibrate import (
+    MIN_CALIBRATION_WINDOWS,
+    Baseline,
+    ScoreKind,
+    ThresholdPolicy,
+    fit_baseline,
+    input_range,
+)
+from seqae.data import (
+    DataError,
+    RobustScaler,
+    Series,
+    make_windows,
+    missing_share,
+    nan_to_mask,
+    regularize,
+)
 from seqae.model import ModelConfig, SequenceAutoencoder
 from seqae.pca import PCAConfig, PCADetector
 from seqae.score import Scorer, pick_device
 
 DetectorKind = Literal["lstm", "pca"]
+MAX_MISSING_SHARE = 0.5  # training refuses a series with more of its grid samples missing
 
 
 @dataclass
@@ -68,23 +84,33 @@ def prepare(
     if not series:
         raise DataError("no training series given")
     channels = series[0].channels
-    train_raw, val_raw, calib_stats, calib_thr, fit_rows, all_rows = [], [], [], [], [], []
+    grids = []
     for s in series:
         if s.channels != channels:
             raise DataError(f"series {s.asset!r} has channels {s.channels}, expected {channels}")
         if s.labels is not None and s.labels.any():
             raise DataError(f"series {s.asset!r} has anomalous labels: train on normal data only")
         grid = regularize(s, period_s, cfg.max_fill).values
-        n_fit = int(len(grid) * (1.0 - cfg.calib_fraction))
-        n_train = int(n_fit * (1.0 - cfg.val_fraction))
+        share = missing_share(grid)
+        if share > MAX_MISSING_SHARE:
+            raise DataError(
+                f"series {s.asset!r}: {share:.0%} of its samples on the {period_s:g} s grid are "
+                f"missing, so its windows would be mostly masked (at most "
+                f"{MAX_MISSING_SHARE:.0%} may be): is the sampling period right?"
+            )
+        grids.append(grid)
+    check_enough_rows(grids, series, window=window, hop=hop, period_s=period_s, cfg=cfg)
+    train_raw, val_raw, calib_stats, calib_thr, fit_rows, all_rows = [], [], [], [], [], []
+    for grid in grids:
+        n_train, n_fit = split_rows(len(grid), cfg)
         fit_rows.append(grid[:n_train])
         all_rows.append(grid)
         train_raw.append(make_windows(grid[:n_train], window, hop)[0])
         val_raw.append(make_windows(grid[n_train:n_fit], window, hop)[0])
         calib = make_windows(grid[n_fit:], window, hop)[0]
         # The threshold part starts a window after the statistics part ends: no shared sample.
-        gap = -(-window // hop) - 1
-        half = (len(calib) - gap) // 2
+        gap = calibration_gap(window, hop)
+        half = max((len(calib) - gap) // 2, 0)
         calib_stats.append(calib[:half])
         calib_thr.append(calib[half + gap :])
     scaler = RobustScaler.fit(np.concatenate(fit_rows))
@@ -110,6 +136,83 @@ def prepare(
         scaler=scaler,
         summary=summary,
     )
+
+
+def split_rows(n: int, cfg: TrainConfig) -> tuple[int, int]:
+    """(end of the training rows, end of the early-stopping rows) of a series of `n` grid rows;
+    the rows after the second are held out for calibration."""
+    n_fit = int(n * (1.0 - cfg.calib_fraction))
+    return int(n_fit * (1.0 - cfg.val_fraction)), n_fit
+
+
+def calibration_gap(window: int, hop: int) -> int:
+    """Windows skipped between the statistics and the threshold parts so they share no sample."""
+    return -(-window // hop) - 1
+
+
+def _windows(rows: int, window: int, hop: int) -> int:
+    return (rows - window) // hop + 1 if rows >= window else 0
+
+
+def calibration_windows(n: int, window: int, hop: int, cfg: TrainConfig) -> tuple[int, int]:
+    """(statistics windows, threshold windows) that a series of `n` grid rows holds out."""
+    _, n_fit = split_rows(n, cfg)
+    held_out = _windows(n - n_fit, window, hop)
+    gap = calibration_gap(window, hop)
+    half = max((held_out - gap) // 2, 0)
+    return half, max(held_out - half - gap, 0)
+
+
+def rows_needed(window: int, hop: int, cfg: TrainConfig) -> int:
+    """The fewest grid rows one series needs to train, stop early and calibrate on its own."""
+
+    def enough(n: int) -> bool:
+        n_train, n_fit = split_rows(n, cfg)
+        stats, thr = calibration_windows(n, window, hop, cfg)
+        least = MIN_CALIBRATION_WINDOWS // 2
+        return n_train >= window and n_fit - n_train >= window and min(stats, thr) >= least
+
+    calib_rows = (MIN_CALIBRATION_WINDOWS + calibration_gap(window, hop) - 1) * hop + window
+    # A series of n rows holds out fewer than n * fraction + 1 of them: start below the answer.
+    n = max(window, int((calib_rows - 1) / max(cfg.calib_fraction, 1e-9)))
+    while not enough(n):
+        n += 1
+    return n
+
+
+def check_enough_rows(
+    grids: Sequence[np.ndarray],
+    series: Sequence[Series],
+    *,
+    window: int,
+    hop: int,
+    period_s: float,
+    cfg: TrainConfig,
+) -> None:
+    """Refuse, before any training, series too short to train and calibrate on, naming the
+    rows they have and the rows needed."""
+    need = rows_needed(window, hop, cfg)
+    setting = (
+        f"window {window}, hop {hop}, calibration fraction {cfg.calib_fraction:g} and "
+        f"validation fraction {cfg.val_fraction:g}"
+    )
+    for grid, s in zip(grids, series, strict=True):
+        n_train, n_fit = split_rows(len(grid), cfg)
+        if min(n_train, n_fit - n_train, len(grid) - n_fit) < window:
+            raise DataError(
+                f"series {s.asset!r}: {len(grid)} samples on the {period_s:g} s grid are too few "
+                f"to train and calibrate on; with {setting} a series needs at least {need}"
+            )
+    counts = [calibration_windows(len(g), window, hop, cfg) for g in grids]
+    stats, thr = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    least = MIN_CALIBRATION_WINDOWS // 2
+    if min(stats, thr) < least:
+        rows = ", ".join(str(len(g)) for g in grids)
+        raise DataError(
+            f"the held-out calibration data gives {stats} + {thr} windows, {least} are needed on "
+            f"each side of the split: with {setting} a series needs at least {need} samples on "
+            f"the {period_s:g} s grid (given: {rows})"
+        )
 
 
 def train_network(
@@ -238,6 +341,8 @@ def fit_profile(
         period_s=period_s,
         split=data.calib_split,
         known_range=data.known_range,
+        # non-overlapping windows: the envelope needs their means only
+        envelope=[make_windows(s.values, window, window)[0] for s in series if len(s) >= window],
     )
     meta = ModelMeta(
         profile=profile,
@@ -276,9 +381,17 @@ def train_profile(
     device: str = "auto",
     progress: bool = True,
     promote_now: bool = True,
+    calibration_fraction: float | None = None,
 ) -> str:
-    """Fit, calibrate and save a profile; returns the new version."""
+    """Fit, calibrate and save a profile; returns the new version. `calibration_fraction` is
+    the last share of each series held out for calibration (default: TrainConfig's)."""
     cfg = TrainConfig(epochs=epochs, seed=seed, device=device)
+    if calibration_fraction is not None:
+        if not 0.0 < calibration_fraction < 1.0:
+            raise ValueError(
+                f"calibration fraction must be between 0 and 1, got {calibration_fraction}"
+            )
+        cfg.calib_fraction = calibration_fraction
     fitted = fit_profile(
         series,
         profile=profile,

@@ -1,7 +1,9 @@
-# syntax=docker/dockerfile:1
 # seqae daemon, CUDA image. Needs the NVIDIA Container Toolkit on the host
 # (docker run --gpus all ...). Build from the repository root:
 #   docker build -f deploy/container/cuda.Dockerfile -t seqae:cuda .
+# No `# syntax=` line: the builder's own Dockerfile frontend is used, nothing is pulled for it.
+# TORCH_INDEX defaults to PyTorch's CUDA 12.4 wheel index; PyPI's torch is a CUDA build too
+# (--build-arg TORCH_INDEX=https://pypi.org/simple where only PyPI is reachable).
 # torch's wheels bring their own CUDA libraries, so the base only needs the
 # driver hooks of the nvidia/cuda "base" flavour, not the full toolkit.
 ARG CUDA_IMAGE=nvidia/cuda:12.6.3-base-ubuntu24.04
@@ -13,12 +15,19 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 DEBIAN_FRONTEND=nonintera
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv \
     && rm -rf /var/lib/apt/lists/*
+# Layers from the slowest-changing down: torch, then the dependencies named in pyproject.toml,
+# then the source. A source change rebuilds only the last layer.
 RUN python3 -m venv /opt/seqae/venv \
     && /opt/seqae/venv/bin/pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"
-COPY pyproject.toml README.md /src/
+COPY pyproject.toml /src/
+RUN /opt/seqae/venv/bin/python -c "import tomllib; \
+deps = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']['dependencies']; \
+open('/src/requirements.txt', 'w').write('\n'.join(deps) + '\n')" \
+    && /opt/seqae/venv/bin/pip install -r /src/requirements.txt
+COPY README.md /src/
 COPY seqae /src/seqae
 COPY daemon /src/daemon
-RUN /opt/seqae/venv/bin/pip install /src
+RUN /opt/seqae/venv/bin/pip install --no-deps /src
 
 FROM ${CUDA_IMAGE} AS runtime
 ENV DEBIAN_FRONTEND=noninteractive

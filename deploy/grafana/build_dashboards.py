@@ -33,6 +33,7 @@ _FROM = 'from(bucket: "${bucket}")\n  |> range(start: v.timeRangeStart, stop: v.
 _SCORE = _FROM + '  |> filter(fn: (r) => r._measurement == "seqae_score")\n'
 _ALERT = _FROM + '  |> filter(fn: (r) => r._measurement == "seqae_alert")\n'
 _ASSET = "  |> filter(fn: (r) => r.asset =~ /^${asset:regex}$/)\n"
+_SHIFT = _FROM + '  |> filter(fn: (r) => r._measurement == "seqae_event" and r.kind == "shift")\n'
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,16 @@ STATE_MAPPINGS = [
             "open": {"text": "open", "color": "red", "index": 3},
             "update": {"text": "open", "color": "red", "index": 4},
             "closed": {"text": "closed", "color": "green", "index": 5},
+        },
+    }
+]
+
+SHIFT_MAPPINGS = [
+    {
+        "type": "value",
+        "options": {
+            "entered": {"text": "shifted", "color": "orange", "index": 0},
+            "left": {"text": "back in range", "color": "green", "index": 1},
         },
     }
 ]
@@ -205,6 +216,47 @@ ASSET = Dashboard(
             ),
             options={"legend": {"displayMode": "list", "placement": "bottom"}},
             defaults={"custom": {"drawStyle": "bars", "fillOpacity": 60}},
+        ),
+        Panel(
+            title="Operating-point shifts",
+            kind="state-timeline",
+            description="Shift events (seqae_event, kind=shift): orange from the moment an "
+            "asset's inputs left the range its baseline knows (entered) until they came back "
+            "or it re-baselined (left). A shift opens no fault alert.",
+            queries=(
+                Query(
+                    ref="A",
+                    influxql='SELECT last("state") AS "state" FROM "seqae_event" '
+                    'WHERE "kind" = \'shift\' AND "asset" =~ /^$asset$/ AND $timeFilter '
+                    'GROUP BY time($__interval), "asset" fill(previous)',
+                    legend="$tag_asset",
+                    flux=_SHIFT + _ASSET + '  |> filter(fn: (r) => r._field == "state")\n'
+                    "  |> aggregateWindow(every: v.windowPeriod, fn: last, createEmpty: false)\n"
+                    '  |> keep(columns: ["_time", "_value", "asset"])',
+                ),
+            ),
+            defaults={"mappings": SHIFT_MAPPINGS},
+        ),
+        Panel(
+            title="Shift events",
+            kind="table",
+            description="Each shift event, newest first: the asset, its profile and whether "
+            "it entered or left the shifted state.",
+            queries=(
+                Query(
+                    ref="A",
+                    fmt="table",
+                    influxql='SELECT "asset", "profile", "state" FROM "seqae_event" '
+                    'WHERE "kind" = \'shift\' AND "asset" =~ /^$asset$/ AND $timeFilter '
+                    "ORDER BY time DESC LIMIT 200",
+                    flux=_SHIFT + _ASSET + '  |> filter(fn: (r) => r._field == "state")\n'
+                    "  |> group()\n"
+                    '  |> keep(columns: ["_time", "asset", "profile", "_value"])\n'
+                    '  |> rename(columns: {_value: "state"})\n'
+                    '  |> sort(columns: ["_time"], desc: true)\n'
+                    "  |> limit(n: 200)",
+                ),
+            ),
         ),
         Panel(
             title="Models serving",
@@ -321,20 +373,22 @@ ALERTS = Dashboard(
             w=24,
             h=10,
             description="Alert events, newest first: state, peak score, duration and the "
-            "channels that contributed most (top_channels).",
+            "channels that contributed most (top_channels). Events of one alert share its "
+            "alert_id; a second open of the same alert_id is the alert re-opened by a fault "
+            "that came back during its cooldown.",
             queries=(
                 Query(
                     ref="A",
                     fmt="table",
-                    influxql='SELECT "asset", "severity", "state", "score", "peak_score", '
-                    '"duration_s", "top_channels" FROM "seqae_alert" '
+                    influxql='SELECT "alert_id", "asset", "severity", "state", "score", '
+                    '"peak_score", "duration_s", "top_channels" FROM "seqae_alert" '
                     'WHERE "asset" =~ /^$asset$/ AND $timeFilter ORDER BY time DESC LIMIT 200',
                     flux=_ALERT
                     + _ASSET
                     + '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")\n'
                     "  |> group()\n"
-                    '  |> keep(columns: ["_time", "asset", "severity", "state", "score", '
-                    '"peak_score", "duration_s", "top_channels"])\n'
+                    '  |> keep(columns: ["_time", "alert_id", "asset", "severity", "state", '
+                    '"score", "peak_score", "duration_s", "top_channels"])\n'
                     '  |> sort(columns: ["_time"], desc: true)\n'
                     "  |> limit(n: 200)",
                 ),
@@ -436,25 +490,28 @@ FLEET = Dashboard(
             title="Open alerts",
             kind="table",
             w=12,
-            description="Latest event of each asset's alert, for the assets still in alert.",
+            description="Latest event of each asset's alert, for the assets still in alert, "
+            "with the alert_id that joins it to its events.",
             queries=(
                 Query(
                     ref="A",
                     fmt="table",
-                    influxql='SELECT "state", "peak_score", "top_channels" FROM '
-                    '(SELECT last("state") AS "state", last("peak_score") AS "peak_score", '
+                    influxql='SELECT "alert_id", "state", "peak_score", "top_channels" FROM '
+                    '(SELECT last("alert_id") AS "alert_id", last("state") AS "state", '
+                    'last("peak_score") AS "peak_score", '
                     'last("top_channels") AS "top_channels" FROM "seqae_alert" '
                     'WHERE $timeFilter GROUP BY "asset", "severity") '
                     'WHERE "state" <> \'closed\' GROUP BY "asset", "severity"',
                     flux=_ALERT
-                    + '  |> filter(fn: (r) => r._field == "state" or r._field == "peak_score" '
-                    'or r._field == "top_channels")\n'
+                    + '  |> filter(fn: (r) => r._field == "alert_id" or r._field == "state" '
+                    'or r._field == "peak_score" or r._field == "top_channels")\n'
                     '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")\n'
                     '  |> group(columns: ["asset", "severity"])\n'
                     '  |> last(column: "state")\n'
                     '  |> filter(fn: (r) => r.state != "closed")\n'
                     "  |> group()\n"
-                    '  |> keep(columns: ["asset", "severity", "state", "peak_score", "top_channels"])',
+                    '  |> keep(columns: ["alert_id", "asset", "severity", "state", "peak_score", '
+                    '"top_channels"])',
                 ),
             ),
         ),
@@ -564,10 +621,14 @@ HEALTH = Dashboard(
             title="Latency",
             kind="timeseries",
             unit="s",
-            description="End to end (reading timestamp to durable write) and model scoring per batch.",
+            description="Write latency: from the timestamp of the message that completed a "
+            "batch's oldest window to InfluxDB's acknowledgement of its points; and model "
+            "scoring time per round of batches.",
             queries=(
-                Query(ref="A", promql=_p("0.5", "seqae_e2e_latency_seconds"), legend="e2e p50"),
-                Query(ref="B", promql=_p("0.99", "seqae_e2e_latency_seconds"), legend="e2e p99"),
+                Query(ref="A", promql=_p("0.5", "seqae_write_latency_seconds"), legend="write p50"),
+                Query(
+                    ref="B", promql=_p("0.99", "seqae_write_latency_seconds"), legend="write p99"
+                ),
                 Query(ref="C", promql=_p("0.99", "seqae_scoring_seconds"), legend="scoring p99"),
             ),
         ),
@@ -599,6 +660,27 @@ HEALTH = Dashboard(
                     ref="B",
                     promql=f"sum(rate(seqae_sink_errors_total{{{_JOB}}}[$__rate_interval]))",
                     legend="sink errors",
+                ),
+            ),
+        ),
+        Panel(
+            title="Alert and shift events",
+            kind="timeseries",
+            unit="short",
+            description="Fault alert events (open, update, closed) and operating-point shift "
+            "events (entered, left) written, per state, in each interval.",
+            queries=(
+                Query(
+                    ref="A",
+                    promql=f"sum by (state) (increase(seqae_alert_events_total{{{_JOB}}}"
+                    "[$__rate_interval]))",
+                    legend="alert {{state}}",
+                ),
+                Query(
+                    ref="B",
+                    promql=f"sum by (state) (increase(seqae_shift_events_total{{{_JOB}}}"
+                    "[$__rate_interval]))",
+                    legend="shift {{state}}",
                 ),
             ),
         ),

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Start and stop real Apache Kafka, InfluxDB 1.6, InfluxDB 1.8 and VictoriaMetrics on loopback.
+"""Start and stop real Apache Kafka, InfluxDB 1.6, 1.8 and 2.7 and VictoriaMetrics on loopback.
 
     python deploy/local/devstack.py up [--export]   start (or reuse) the servers, print env lines
     python deploy/local/devstack.py status          show what runs
@@ -7,10 +7,12 @@
     python deploy/local/devstack.py down [--purge]  stop what `up` started, remove its data
 
 Kafka comes from Maven Central (org.apache.kafka:kafka_2.13, resolved with Maven into
-$SEQAE_CACHE); InfluxDB 1.6 (v1 API) and VictoriaMetrics (accepts the InfluxDB v2 write API)
-from Debian's `influxdb` and `victoria-metrics` packages; InfluxDB 1.8 (a real InfluxDB serving
-the v2 write and Flux query API) is built with `go install` from the Go module proxy into
-$SEQAE_CACHE. Every server runs in its own process session with its own config, data
+$SEQAE_CACHE); InfluxDB 1.6 (v1 API) and VictoriaMetrics (the PromQL engine for the dashboard
+tests) from Debian's `influxdb` and `victoria-metrics` packages; InfluxDB 1.8 (v1 API plus the
+v2 compatibility endpoints) is built with `go install` from the Go module proxy; InfluxDB 2.7
+(the v2 server: token auth, org, bucket, Flux) is built from the Go module proxy with its Flux
+engine from crates.io (Rust's installed stable toolchain; nothing else is downloaded) and set
+up with an operator token. Both builds are cached under $SEQAE_CACHE/influxdb. Every server runs in its own process session with its own config, data
 directory and log file under $SEQAE_DEV_HOME, on 127.0.0.1 ports set by SEQAE_DEV_*_PORT.
 Only pids recorded in state.json (and still matching their recorded start time) are signalled.
 """
@@ -24,6 +26,7 @@ import fcntl
 import functools
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -53,6 +56,10 @@ DEBIAN_PACKAGES = {
 READY_TOPIC = "seqae-devstack-ready"
 INFLUX_DATABASE = "seqae"
 INFLUXDB18_VERSION = os.environ.get("SEQAE_INFLUXDB18_VERSION", "1.8.10")
+INFLUXDB2_VERSION = os.environ.get("SEQAE_INFLUXDB2_VERSION", "2.7.12")
+INFLUXDB2_ORG = "seqae"
+INFLUXDB2_BUCKET = "seqae"
+INFLUXDB2_USER = "seqae-devstack"
 VM_BUCKET = "seqae"
 VM_ORG = "seqae"
 VM_TOKEN = "devstack"  # VictoriaMetrics runs without auth; influxdb-client wants some token.
@@ -94,6 +101,7 @@ class Ports:
     influx_rpc: int
     influx18_http: int
     influx18_rpc: int
+    influx2_http: int
     victoria: int
 
 
@@ -116,6 +124,7 @@ def load_ports() -> Ports:
         influx_rpc=env_port("SEQAE_DEV_INFLUX_RPC_PORT", 18088),
         influx18_http=env_port("SEQAE_DEV_INFLUX18_PORT", 18087),
         influx18_rpc=env_port("SEQAE_DEV_INFLUX18_RPC_PORT", 18089),
+        influx2_http=env_port("SEQAE_DEV_INFLUX2_PORT", 18096),
         victoria=env_port("SEQAE_DEV_VM_PORT", 18428),
     )
     values = list(vars(ports).values())
@@ -532,18 +541,37 @@ def ensure_debian_packages(paths: Paths, binaries: dict[str, str]) -> None:
 # --- InfluxDB 1.x: Debian's 1.6 (v1 API) and 1.8 built from the Go module proxy (v2 API) ------
 
 
+def go_binary(purpose: str) -> str:
+    go = shutil.which("go") or (
+        "/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None
+    )
+    if go is None:
+        raise DevstackError(f"the Go toolchain (go) is needed to build {purpose}; install Go first")
+    return go
+
+
+def run_logged(cmd: list[str], log: Path, cwd: Path, env: dict[str, str], what: str) -> str:
+    """Run cmd, appending its stderr (and stdout) to log; returns stdout; raises on failure."""
+    with log.open("ab") as out:
+        out.write(f"\n=== {time.strftime('%F %T')} {what}: {' '.join(cmd)}\n".encode())
+        out.flush()
+        proc = subprocess.run(
+            cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=out
+        )
+        out.write(proc.stdout)
+    if proc.returncode != 0:
+        raise DevstackError(
+            f"{what} failed (exit {proc.returncode}); tail of {log}:\n{log_tail(log)}"
+        )
+    return proc.stdout.decode()
+
+
 def ensure_influxdb18(paths: Paths) -> Path:
     """Build influxd 1.8 (pure Go, no libflux) with `go install` into the cache."""
     binary = paths.cache / "influxdb" / INFLUXDB18_VERSION / "bin" / "influxd"
     if binary.exists():
         return binary
-    go = shutil.which("go") or (
-        "/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None
-    )
-    if go is None:
-        raise DevstackError(
-            "the Go toolchain (go) is needed to build InfluxDB 1.8; install Go first"
-        )
+    go = go_binary("InfluxDB 1.8")
     log = paths.log_file("go-build")
     log.parent.mkdir(parents=True, exist_ok=True)
     module = f"github.com/influxdata/influxdb/cmd/influxd@v{INFLUXDB18_VERSION}"
@@ -696,6 +724,194 @@ def influx_v2_round_trip(record: dict[str, Any]) -> bool:
     return influxql_has(url, ts, token)
 
 
+# --- InfluxDB 2.7: Go from the Go module proxy, its Flux engine (libflux) from crates.io -------
+
+# cargo runs "$RUSTC_WRAPPER rustc ARGS...". flux-core says #![deny(warnings)] and newer rustc
+# releases add lints, so lints are capped at warn: the published sources build unchanged.
+# (RUSTFLAGS would not reach the build scripts' host dependencies.)
+RUSTC_CAP_LINTS = """#!/bin/sh
+exec "$@" --cap-lints=warn
+"""
+
+
+def influxdb2_build_env(paths: Paths, work: Path, wrapper: Path) -> dict[str, str]:
+    env = dict(
+        os.environ,
+        # Modules, build cache and libflux's cargo target (inside the flux module) stay in the
+        # build folder, removed once influxd is built: about 2 GB that only a rebuild needs.
+        GOMODCACHE=str(work / "go-mod"),
+        GOCACHE=str(work / "go-build"),
+        GOFLAGS="-modcacherw -buildvcs=false",
+        GOTOOLCHAIN="local",
+        CGO_ENABLED="1",
+        CARGO_HOME=str(paths.cache / "cargo"),  # crates.io index and sources
+        RUSTUP_TOOLCHAIN="stable",  # libflux pins an older Rust; use the installed stable one
+        RUSTUP_AUTO_INSTALL="0",  # never download a toolchain
+        RUSTC_WRAPPER=str(wrapper),
+    )
+    env.pop("CARGO_TARGET_DIR", None)  # the pkg-config wrapper looks for libflux in its own
+    return env
+
+
+def ensure_influxdb2(paths: Paths) -> Path:
+    """Build influxd 2.7 (no UI assets) into the cache: Go modules and crates from registries."""
+    root = paths.cache / "influxdb" / INFLUXDB2_VERSION
+    binary = root / "bin" / "influxd"
+    if binary.exists():
+        return binary
+    go = go_binary(f"InfluxDB {INFLUXDB2_VERSION}")
+    if shutil.which("cargo") is None:
+        raise DevstackError(
+            f"cargo (Rust's stable toolchain) is needed to build InfluxDB {INFLUXDB2_VERSION}'s "
+            "Flux engine from crates.io; install it (rustup's `stable`) and rerun"
+        )
+    work = root / "build"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    wrapper = work / "rustc-cap-lints"
+    wrapper.write_text(RUSTC_CAP_LINTS)
+    wrapper.chmod(0o755)
+    env = influxdb2_build_env(paths, work, wrapper)
+    log = paths.log_file("influxdb2-build")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    module = f"github.com/influxdata/influxdb/v2@v{INFLUXDB2_VERSION}"
+    say(f"influxdb2: building {module} (Go + Rust, log {log}); about 7 min on a cold cache")
+    t0 = time.monotonic()
+    info = json.loads(
+        run_logged([go, "mod", "download", "-json", module], log, work, env, "go mod download")
+    )
+    src = work / "src"
+    shutil.copytree(info["Dir"], src)  # a writable copy: the module cache is read-only
+    for path in [src, *src.rglob("*")]:
+        path.chmod(path.stat().st_mode | 0o200)
+    pkg_config = work / "bin" / "pkg-config"
+    # InfluxData's pkg-config wrapper answers for flux.pc by building libflux with cargo.
+    run_logged(
+        [go, "build", "-o", str(pkg_config), "github.com/influxdata/pkg-config"],
+        log, src, env, "go build pkg-config",
+    )  # fmt: skip
+    tmp = binary.with_suffix(".tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    ldflags = f"-s -w -X main.version={INFLUXDB2_VERSION} -X main.commit=go-module-proxy"
+    run_logged(
+        [go, "build", "-tags", "sqlite_foreign_keys,sqlite_json", "-ldflags", ldflags,
+         "-o", str(tmp), "./cmd/influxd"],
+        log, src, env | {"PKG_CONFIG": str(pkg_config)}, "go build influxd",
+    )  # fmt: skip
+    tmp.replace(binary)
+    shutil.rmtree(work, ignore_errors=True)
+    say(f"influxdb2: built {binary} in {time.monotonic() - t0:.0f}s")
+    return binary
+
+
+def start_influxdb2(paths: Paths, ports: Ports) -> dict[str, Any]:
+    binary = ensure_influxdb2(paths)
+    claim_port("influxdb2", ports.influx2_http, "SEQAE_DEV_INFLUX2_PORT")
+    d = paths.service_dir("influxdb2")
+    d.mkdir(parents=True, exist_ok=True)
+    # One operator token per data directory: a restart on old data keeps the token it set up.
+    token_file = d / "operator-token"
+    if not token_file.exists():
+        token_file.write_text(secrets.token_urlsafe(32))
+        token_file.chmod(0o600)
+    log = paths.log_file("influxdb2")
+    cmd = [
+        str(binary),
+        "run",
+        f"--bolt-path={d / 'influxd.bolt'}",
+        f"--engine-path={d / 'engine'}",
+        f"--sqlite-path={d / 'influxd.sqlite'}",
+        f"--http-bind-address=127.0.0.1:{ports.influx2_http}",
+        "--reporting-disabled",
+        "--ui-disabled",
+        "--log-level=warn",
+    ]
+    # influxd reads config.{toml,yaml,json} from its working directory: d holds none.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFLUXD_")}
+    pid = spawn(cmd, log, cwd=d, env=env)
+    return {
+        "pid": pid,
+        "start_time": proc_start_time(pid),
+        "port": ports.influx2_http,
+        "version": INFLUXDB2_VERSION,
+        "endpoint": f"http://127.0.0.1:{ports.influx2_http}",
+        "org": INFLUXDB2_ORG,
+        "bucket": INFLUXDB2_BUCKET,
+        "token": token_file.read_text().strip(),
+        "data_dir": str(d),
+        "log": str(log),
+    }
+
+
+def influxdb2_set_up(record: dict[str, Any]) -> None:
+    """POST /api/v2/setup once per data directory: user, org, bucket and the operator token."""
+    url = record["endpoint"]
+    status, body = http("GET", f"{url}/api/v2/setup")
+    if status != 200:
+        raise DevstackError(f"GET /api/v2/setup answered {status}: {body[:200]!r}")
+    if not json.loads(body)["allowed"]:
+        return  # set up before, on this data directory, with the token in its token file
+    setup = {
+        "username": INFLUXDB2_USER,
+        "password": secrets.token_urlsafe(24),  # never used: the token is what clients send
+        "org": record["org"],
+        "bucket": record["bucket"],
+        "token": record["token"],
+        "retentionPeriodSeconds": 0,
+    }
+    status, body = http(
+        "POST", f"{url}/api/v2/setup", json.dumps(setup).encode(),
+        {"Content-Type": "application/json"},
+    )  # fmt: skip
+    if status != 201:
+        raise DevstackError(f"POST /api/v2/setup answered {status}: {body[:200]!r}")
+
+
+def flux_csv(record: dict[str, Any], flux: str) -> str:
+    """Run a Flux query with the operator token; returns the annotated CSV."""
+    q = urllib.parse.urlencode({"org": record["org"]})
+    status, body = http(
+        "POST",
+        f"{record['endpoint']}/api/v2/query?{q}",
+        flux.encode(),
+        {"Authorization": f"Token {record['token']}", "Content-Type": "application/vnd.flux",
+         "Accept": "application/csv"},
+    )  # fmt: skip
+    if status != 200:
+        raise DevstackError(f"/api/v2/query answered {status}: {body[:300]!r}")
+    return body.decode()
+
+
+def influxdb2_round_trip(record: dict[str, Any]) -> bool:
+    """Set up, write one point with the token through /api/v2/write, read it back with Flux."""
+    url = record["endpoint"]
+    status, _ = http("GET", f"{url}/health")
+    if status != 200:
+        return False
+    influxdb2_set_up(record)
+    ts, token = time.time_ns(), uuid.uuid4().hex
+    line = f'devstack_ready,check=up token="{token}" {ts}'.encode()
+    q = urllib.parse.urlencode(
+        {"org": record["org"], "bucket": record["bucket"], "precision": "ns"}
+    )
+    auth = {"Authorization": f"Token {record['token']}"}
+    status, body = http("POST", f"{url}/api/v2/write?{q}", line, auth)
+    if status == 401:
+        raise DevstackError(
+            f"{record['data_dir']} was set up with another token than its operator-token file; "
+            "`devstack.py down` removes the data"
+        )
+    if status != 204:
+        raise DevstackError(f"/api/v2/write answered {status}: {body[:200]!r}")
+    csv = flux_csv(
+        record,
+        f'from(bucket: "{record["bucket"]}") |> range(start: -1h)'
+        ' |> filter(fn: (r) => r._measurement == "devstack_ready")'
+        f' |> filter(fn: (r) => r._value == "{token}")',
+    )
+    return token in csv
+
+
 # --- VictoriaMetrics (InfluxDB v2 write API) -----------------------------------------------
 
 
@@ -774,6 +990,7 @@ SERVICES = [
     Service("kafka", start_kafka, lambda r: kafka_round_trip(r["endpoint"]), 120),
     Service("influxdb", start_influxdb, lambda r: influx_round_trip(r["endpoint"]), 60),
     Service("influxdb18", start_influxdb18, influx_v2_round_trip, 60),
+    Service("influxdb2", start_influxdb2, influxdb2_round_trip, 60),
     Service("victoria-metrics", start_victoria, lambda r: victoria_round_trip(r["endpoint"]), 60),
 ]
 
@@ -786,10 +1003,13 @@ def env_lines(state: dict[str, Any], export: bool) -> list[str]:
         "SEQAE_TEST_INFLUX_V1_DB": s["influxdb"]["database"],
         "SEQAE_TEST_INFLUXDB18": s["influxdb18"]["endpoint"],
         "SEQAE_TEST_INFLUXDB18_BUCKET": s["influxdb18"]["bucket"],
-        "SEQAE_TEST_INFLUX_V2": s["victoria-metrics"]["endpoint"],
-        "SEQAE_TEST_INFLUX_V2_ORG": s["victoria-metrics"]["org"],
-        "SEQAE_TEST_INFLUX_V2_BUCKET": s["victoria-metrics"]["bucket"],
-        "SEQAE_TEST_INFLUX_V2_TOKEN": s["victoria-metrics"]["token"],
+        "SEQAE_TEST_INFLUX_V2": s["influxdb2"]["endpoint"],
+        "SEQAE_TEST_INFLUX_V2_ORG": s["influxdb2"]["org"],
+        "SEQAE_TEST_INFLUX_V2_BUCKET": s["influxdb2"]["bucket"],
+        "SEQAE_TEST_INFLUX_V2_TOKEN": s["influxdb2"]["token"],
+        "SEQAE_TEST_INFLUX_V2_VERSION": s["influxdb2"]["version"],
+        # VictoriaMetrics stays as the PromQL engine that runs the daemon-health dashboard.
+        "SEQAE_TEST_PROMQL": s["victoria-metrics"]["endpoint"],
     }
     prefix = "export " if export else ""
     return [f"{prefix}{k}={v}" for k, v in pairs.items()]

@@ -1,13 +1,15 @@
 """Session fixtures for the real servers started by deploy/local/devstack.py.
 
-`devstack.py up` starts Apache Kafka, InfluxDB 1.6 (Debian), InfluxDB 1.8 (built from the Go
-module proxy) and VictoriaMetrics on loopback, or reuses the ones already running (for
+`devstack.py up` starts Apache Kafka, InfluxDB 1.6 (Debian), InfluxDB 1.8 and 2.7 (built from
+the Go module proxy; 2.7's Flux engine from crates.io) and VictoriaMetrics (the PromQL engine)
+on loopback, or reuses the ones already running (for
 instance those `.ci/run` started). A server that cannot start is a test error carrying the
 tail of its log, never a skip.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -42,7 +44,7 @@ class InfluxV1:
 
 @dataclass(frozen=True)
 class InfluxV2:
-    """A server accepting the InfluxDB v2 write API (VictoriaMetrics here)."""
+    """A server with the InfluxDB v2 API: InfluxDB 2.7 (token auth), or 1.8's compatibility API."""
 
     url: str
     token: str
@@ -50,8 +52,10 @@ class InfluxV2:
     bucket: str
 
 
-def http_request(method: str, url: str, body: bytes | None = None) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=body, method=method)
+def http_request(
+    method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, resp.read()
@@ -97,12 +101,60 @@ def influx_v1(devstack_env: dict[str, str]) -> InfluxV1:
 
 @pytest.fixture(scope="session")
 def influx_v2(devstack_env: dict[str, str]) -> InfluxV2:
+    """InfluxDB 2.7 with its operator token, org and default bucket."""
     return InfluxV2(
         url=devstack_env["SEQAE_TEST_INFLUX_V2"],
         token=devstack_env["SEQAE_TEST_INFLUX_V2_TOKEN"],
         org=devstack_env["SEQAE_TEST_INFLUX_V2_ORG"],
         bucket=devstack_env["SEQAE_TEST_INFLUX_V2_BUCKET"],
     )
+
+
+@pytest.fixture(scope="session")
+def promql_url(devstack_env: dict[str, str]) -> str:
+    """VictoriaMetrics: imports Prometheus text and answers PromQL (/api/v1/query)."""
+    return devstack_env["SEQAE_TEST_PROMQL"]
+
+
+def influx2_api(
+    server: InfluxV2, method: str, path: str, doc: dict[str, Any] | None = None
+) -> tuple[int, Any]:
+    """Call InfluxDB 2's JSON API with the operator token; returns (status, decoded body)."""
+    req = urllib.request.Request(
+        f"{server.url}{path}",
+        data=json.dumps(doc).encode() if doc is not None else None,
+        method=method,
+        headers={"Authorization": f"Token {server.token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            body = resp.read()
+            status = resp.status
+    except urllib.error.HTTPError as exc:
+        body, status = exc.read(), exc.code
+    return status, json.loads(body) if body else None
+
+
+@pytest.fixture
+def influx2_bucket(influx_v2: InfluxV2) -> Iterator[InfluxV2]:
+    """A fresh bucket on InfluxDB 2.7 for one test (same token and org), deleted after it."""
+    with influx2_bucket_made(influx_v2, f"it_{uuid.uuid4().hex[:12]}") as server:
+        yield server
+
+
+@contextlib.contextmanager
+def influx2_bucket_made(server: InfluxV2, name: str) -> Iterator[InfluxV2]:
+    status, orgs = influx2_api(server, "GET", f"/api/v2/orgs?org={server.org}")
+    assert status == 200, orgs
+    org_id = orgs["orgs"][0]["id"]
+    status, bucket = influx2_api(
+        server, "POST", "/api/v2/buckets", {"orgID": org_id, "name": name, "retentionRules": []}
+    )
+    assert status == 201, bucket
+    try:
+        yield InfluxV2(url=server.url, token=server.token, org=server.org, bucket=name)
+    finally:
+        influx2_api(server, "DELETE", f"/api/v2/buckets/{bucket['id']}")
 
 
 def influxql_runner(url: str, database: str) -> Callable[[str], list[dict[str, Any]]]:
@@ -143,28 +195,13 @@ def influxdb18_query(influxdb18_v2: InfluxV2) -> Callable[[str], list[dict[str, 
     return influxql_runner(influxdb18_v2.url, influxdb18_v2.bucket.split("/")[0])
 
 
-@pytest.fixture(scope="session")
-def victoria_export(influx_v2: InfluxV2) -> Callable[..., list[dict[str, Any]]]:
-    """Read series back through /api/v1/export.
+def flux_records(server: InfluxV2, flux: str) -> list[dict[str, Any]]:
+    """Run a Flux query through influxdb-client; returns every record's values."""
+    from influxdb_client import InfluxDBClient
 
-    Ingestion is buffered, so this flushes and polls until `min_series` series match
-    (or `wait_s` passes, then returns what there is).
-    """
-
-    def export(match: str, *, min_series: int = 1, wait_s: float = 15.0) -> list[dict[str, Any]]:
-        params = urllib.parse.urlencode({"match[]": match})
-        deadline = time.monotonic() + wait_s
-        while True:
-            http_request("GET", f"{influx_v2.url}/internal/force_flush")
-            status, body = http_request("GET", f"{influx_v2.url}/api/v1/export?{params}")
-            if status != 200:
-                raise AssertionError(f"export {match!r} answered {status}: {body[:300]!r}")
-            rows = [json.loads(line) for line in body.decode().splitlines() if line]
-            if len(rows) >= min_series or time.monotonic() > deadline:
-                return rows
-            time.sleep(0.2)
-
-    return export
+    with InfluxDBClient(url=server.url, token=server.token, org=server.org) as client:
+        tables = client.query_api().query(flux)
+    return [dict(r.values) for t in tables for r in t.records]
 
 
 @pytest.fixture

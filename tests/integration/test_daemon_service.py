@@ -671,16 +671,32 @@ def test_recalibrate_endpoint_puts_an_asset_back_into_warm_up(
     kafka_bootstrap: str,
     unique_topic: str,
     query: Query,
+    tmp_path: Path,
 ) -> None:
     make_topic(kafka_bootstrap, unique_topic, 1)
     healthy = stream(HEALTHY)
     produce(kafka_bootstrap, unique_topic, [(HEALTHY, m) for m in healthy[:500]])
-    env = {"SEQAE_BASELINES__MODE": "per_asset", "SEQAE_BASELINES__WARMUP_WINDOWS": "30"}
+    token = "t0ken-for-the-test"
+    token_file = tmp_path / "control-token"
+    token_file.write_text(token + "\n")
+    env = {
+        "SEQAE_BASELINES__MODE": "per_asset",
+        "SEQAE_BASELINES__WARMUP_WINDOWS": "30",
+        "SEQAE_HEALTH__CONTROL_TOKEN_FILE": str(token_file),
+    }
     daemon, port = setup(env=env)
     first = expected_ends(HEALTHY, 500)
     wait_for(lambda: len(score_times(query, HEALTHY)) >= len(first), 60, "first scores", daemon)
-    status, body = http_request("POST", f"http://127.0.0.1:{port}/recalibrate?asset={HEALTHY}")
-    assert status == 202, body
+
+    def post(asset: str, bearer: str | None) -> int:
+        headers = {} if bearer is None else {"Authorization": f"Bearer {bearer}"}
+        url = f"http://127.0.0.1:{port}/recalibrate?asset={asset}"
+        return http_request("POST", url, b"", headers)[0]
+
+    assert post(HEALTHY, None) == 401 and post(HEALTHY, "guess") == 401
+    assert post("no-such-asset", token) == 404
+    assert "recalibrating" not in daemon.log_path.read_text()
+    assert post(HEALTHY, token) == 202
     wait_for(lambda: "recalibrating" in daemon.log_path.read_text(), 30, "the reset", daemon)
     produce(kafka_bootstrap, unique_topic, [(HEALTHY, m) for m in healthy[500:]])
     want = expected_ends(HEALTHY)
@@ -693,6 +709,9 @@ def test_recalibrate_endpoint_puts_an_asset_back_into_warm_up(
     assert states[:30] == ["calibrating"] * 30 and "calibrating" not in states[30:n]
     # after the reset: a fresh warm-up of 30 windows, then its new baseline
     assert states[n : n + 30] == ["calibrating"] * 30 and "calibrating" not in states[n + 30 :]
+    assert token not in daemon.log_path.read_text()
+    events = query("SELECT action, source FROM seqae_event WHERE kind = 'control'")
+    assert [(r[1], r[2]) for r in events[0]["values"]] == [("recalibrate", "127.0.0.1")]
 
 
 def test_narrow_messages_one_channel_each_are_scored_like_wide_ones(
@@ -761,3 +780,51 @@ def test_replay_command_sends_plant_rows_keyed_by_asset(
     assert {k for k, _ in messages} == {b"pump-1", b"pump-2", b"pump-9"}
     assert all(k.decode() == v["asset"] for k, v in messages)
     assert "label" not in messages[-1][1]["values"]
+
+
+def test_backtest_gives_the_daemons_scores_and_alerts(
+    setup: Callable[..., tuple[DaemonProcess, int]],
+    kafka_bootstrap: str,
+    unique_topic: str,
+    query: Query,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One replay, two drivers of the same streaming core: the daemon over Kafka and InfluxDB,
+    and `seqae backtest`'s offline loop. Per-asset warm-up on, so baselines move mid-stream."""
+    from daemon.backtest import backtest
+    from daemon.settings import load_settings
+
+    env = {"SEQAE_BASELINES__MODE": "per_asset", "SEQAE_BASELINES__WARMUP_WINDOWS": "40"}
+    make_topic(kafka_bootstrap, unique_topic, 2)
+    produce(
+        kafka_bootstrap,
+        unique_topic,
+        interleave(stream(FAULTY), stream(HEALTHY), assets=(FAULTY, HEALTHY)),
+    )
+    daemon, _ = setup(env=env)
+    wait_for_all_scores(query, daemon, "all scores")
+    assert daemon.signal(signal.SIGTERM) == 0, daemon.log()
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings(tmp_path / "d1.toml")
+    faults = {FAULTY: [("cavitation", *FAULT)], HEALTHY: []}
+    series = [
+        generate_asset(a, SAMPLES, seed=0, faults=faults[a], plant_seed=0)[0]
+        for a in (FAULTY, HEALTHY)
+    ]
+    offline = backtest(settings, series).traces
+    for asset in (FAULTY, HEALTHY):
+        rows = query(f"SELECT score, threshold, state FROM seqae_score WHERE asset = '{asset}'")
+        values = rows[0]["values"]
+        trace = offline[asset]
+        assert [r[0] for r in values] == trace.end_ns
+        assert [r[3] for r in values] == trace.state
+        assert "calibrating" in trace.state and "ok" in trace.state
+        np.testing.assert_allclose([r[1] for r in values], trace.score, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose([r[2] for r in values], trace.threshold, rtol=1e-6)
+        alerts = query(f"SELECT alert_id, state FROM seqae_alert WHERE asset = '{asset}'")
+        online = [(r[0], r[1], r[2]) for r in alerts[0]["values"]] if alerts else []
+        assert online == [(e.time_ns, e.alert_id, e.state) for e in trace.events]
+    assert any(e.state == "open" for e in offline[FAULTY].events)

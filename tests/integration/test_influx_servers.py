@@ -1,10 +1,11 @@
-"""Points written through the InfluxDB v2 API (influxdb-client -> InfluxDB 1.8 and
-VictoriaMetrics) and the v1 HTTP API (-> InfluxDB 1.6), read back with their tags, fields and
-timestamps."""
+"""Points written through the InfluxDB v2 API (influxdb-client -> InfluxDB 2.7 with a token, and
+InfluxDB 1.8's compatibility API) and the v1 HTTP API (-> InfluxDB 1.6), read back with their
+tags, fields and timestamps."""
 
 from __future__ import annotations
 
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from conftest import flux_records
 from influxdb_client import InfluxDBClient, Point, WritePrecision
 from influxdb_client.client.write_api import SYNCHRONOUS
 
@@ -20,23 +22,28 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.integration
 
-# Millisecond-aligned: VictoriaMetrics stores milliseconds.
 T0_NS = 1_795_723_200_125_000_000  # 2026-11-26T20:00:00.125Z
 T1_NS = T0_NS + 2_000_000_000
 
 
-def post(url: str, body: bytes) -> tuple[int, bytes]:
+def request(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body, headers=headers or {})
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=10) as r:
+        with urllib.request.urlopen(req, timeout=10) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
 
 
-def test_v2_write_through_influxdb_client_reads_back(
-    influx_v2: InfluxV2, victoria_export: Callable[..., list[dict[str, Any]]]
+def post(url: str, body: bytes) -> tuple[int, bytes]:
+    return request(url, body)
+
+
+def test_v2_write_through_influxdb_client_reads_back_from_influxdb2(
+    influx2_bucket: InfluxV2,
 ) -> None:
     measurement = f"it_score_{uuid.uuid4().hex[:8]}"
+    t0 = T0_NS + 7  # InfluxDB 2.7 keeps nanoseconds
     points = [
         Point(measurement)
         .tag("asset", asset)
@@ -45,36 +52,68 @@ def test_v2_write_through_influxdb_client_reads_back(
         .field("score", score)
         .field("threshold", 1.5)
         .field("anomalous", score > 1.5)
+        .field("state", "ok")
         .time(ts, WritePrecision.NS)
         for asset, score, ts in [
-            ("pump-7", 0.42, T0_NS),
+            ("pump-7", 0.42, t0),
             ("pump-7", 2.5, T1_NS),
-            ("pump-9", 1.0, T0_NS),
+            ("pump-9", 1.0, t0),
         ]
     ]
-    with InfluxDBClient(url=influx_v2.url, token=influx_v2.token, org=influx_v2.org) as client:
-        client.write_api(write_options=SYNCHRONOUS).write(bucket=influx_v2.bucket, record=points)
-
-    # VictoriaMetrics names each field's series <measurement>_<field>; tags become labels.
-    rows = victoria_export(f'{{__name__=~"{measurement}_.*"}}', min_series=6)
-    got = {
-        (r["metric"]["__name__"], r["metric"]["asset"]): list(
-            zip(r["timestamps"], r["values"], strict=True)
-        )
-        for r in rows
-    }
-    t0_ms, t1_ms = T0_NS // 1_000_000, T1_NS // 1_000_000
+    server = influx2_bucket
+    with InfluxDBClient(url=server.url, token=server.token, org=server.org) as client:
+        client.write_api(write_options=SYNCHRONOUS).write(bucket=server.bucket, record=points)
+    records = flux_records(
+        server,
+        f'from(bucket: "{server.bucket}") |> range(start: 2026-01-01T00:00:00Z)'
+        f' |> filter(fn: (r) => r._measurement == "{measurement}")'
+        " |> map(fn: (r) => ({r with ns: int(v: r._time)}))",
+    )
+    got = {(r["asset"], r["_field"], r["ns"]): r["_value"] for r in records}
     assert got == {
-        (f"{measurement}_score", "pump-7"): [(t0_ms, 0.42), (t1_ms, 2.5)],
-        (f"{measurement}_threshold", "pump-7"): [(t0_ms, 1.5), (t1_ms, 1.5)],
-        (f"{measurement}_anomalous", "pump-7"): [(t0_ms, 0), (t1_ms, 1)],
-        (f"{measurement}_score", "pump-9"): [(t0_ms, 1.0)],
-        (f"{measurement}_threshold", "pump-9"): [(t0_ms, 1.5)],
-        (f"{measurement}_anomalous", "pump-9"): [(t0_ms, 0)],
+        ("pump-7", "score", t0): 0.42,
+        ("pump-7", "score", T1_NS): 2.5,
+        ("pump-7", "threshold", t0): 1.5,
+        ("pump-7", "threshold", T1_NS): 1.5,
+        ("pump-7", "anomalous", t0): False,
+        ("pump-7", "anomalous", T1_NS): True,
+        ("pump-7", "state", t0): "ok",  # strings stay strings (VictoriaMetrics made them 0)
+        ("pump-7", "state", T1_NS): "ok",
+        ("pump-9", "score", t0): 1.0,
+        ("pump-9", "threshold", t0): 1.5,
+        ("pump-9", "anomalous", t0): False,
+        ("pump-9", "state", t0): "ok",
     }
-    for r in rows:
-        assert r["metric"]["profile"] == "pump"
-        assert r["metric"]["model_version"] == "v3"
+    assert {(r["profile"], r["model_version"]) for r in records} == {("pump", "v3")}
+
+
+@pytest.mark.parametrize(
+    "header", [None, "Token not-the-token", "Token "], ids=["none", "wrong", "empty"]
+)
+def test_influxdb2_refuses_writes_and_queries_without_the_token(
+    influx2_bucket: InfluxV2, header: str | None
+) -> None:
+    server = influx2_bucket
+    headers = {"Authorization": header} if header is not None else {}
+    q = urllib.parse.urlencode({"org": server.org, "bucket": server.bucket, "precision": "ns"})
+    status, body = request(
+        f"{server.url}/api/v2/write?{q}", b"it_refused,asset=a score=1 1", headers
+    )
+    assert status == 401, body
+    status, body = request(
+        f"{server.url}/api/v2/query?{urllib.parse.urlencode({'org': server.org})}",
+        f'from(bucket: "{server.bucket}") |> range(start: 0)'.encode(),
+        headers | {"Content-Type": "application/vnd.flux"},
+    )
+    assert status == 401, body
+    assert (
+        flux_records(
+            server,
+            f'from(bucket: "{server.bucket}") |> range(start: 0)'
+            ' |> filter(fn: (r) => r._measurement == "it_refused")',
+        )
+        == []
+    )
 
 
 def test_v2_write_and_flux_query_through_influxdb_client_on_influxdb18(

@@ -104,3 +104,12 @@ def test_bad_input_is_refused_with_a_named_error(
     with pytest.raises(ReplayError, match=message):
         # Nothing listens on this port: the input is checked before connecting.
         replay_file(path, "unused", "127.0.0.1:1", **options)
+
+
+def test_unreachable_broker_is_a_one_line_error(tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text("timestamp,asset,x\n1,a,1\n")
+    with pytest.raises(ReplayError) as info:
+        replay_file(path, "t", "127.0.0.1:1", rate=None, progress=False, connect_timeout_s=1.0)
+    assert "\n" not in str(info.value)
+    assert "Kafka at 127.0.0.1:1 unreachable for 1 s (replay)" in str(info.value)

@@ -1,4 +1,5 @@
-"""InfluxSink against real servers: InfluxDB 1.x (v1 API) and VictoriaMetrics (v2 write API)."""
+"""InfluxSink against real servers: InfluxDB 1.x (v1 API), InfluxDB 2.7 (v2 API with a token)
+and, for the outage test, a VictoriaMetrics started late (v2 write API)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import flux_records
 
 from daemon import health
 from daemon.lineprotocol import Point
@@ -129,36 +131,66 @@ def test_v1_rewrite_is_idempotent_and_type_conflict_is_quarantined(
     assert series[0]["values"][0][1] == 10
 
 
-def test_v2_points_read_back_from_victoriametrics(
-    influx_v2: Any,
-    victoria_export: Callable[..., list[dict[str, Any]]],
-    measurement: str,
+def test_v2_points_read_back_from_influxdb2_with_nanoseconds_and_types(
+    influx2_bucket: Any, measurement: str
 ) -> None:
-    t0 = now_ns()
+    """The sink writes with the token; InfluxDB 2.7 keeps tags, typed fields and exact ns."""
+    t0 = now_ns() + 7  # a real InfluxDB keeps nanoseconds
     pts = [
         Point(
             measurement,
-            {"asset": "pump-9", "profile": "p"},
-            {"score": i / 4, "n": i},
-            t0 + i * 1_000_000,
+            {"asset": "pump 9,a=b", "profile": "p"},
+            {"score": i / 4, "n": i, "anomalous": i % 2 == 1, "state": 'say "hi"'},
+            t0 + i,
         )
         for i in range(4)
     ]
-    sink = InfluxSink(v2_settings(influx_v2))
+    sink = InfluxSink(v2_settings(influx2_bucket))
     try:
         sink.submit(pts, ticket=5)
         assert sink.flush(30)
         assert sink.take_acknowledged() == [5]
     finally:
         sink.close()
-    rows = victoria_export(f'{{__name__=~"{measurement}_.*"}}', min_series=2)
-    by_name = {r["metric"]["__name__"]: r for r in rows}
-    assert set(by_name) == {f"{measurement}_score", f"{measurement}_n"}
-    score = by_name[f"{measurement}_score"]
-    assert score["metric"]["asset"] == "pump-9" and score["metric"]["profile"] == "p"
-    assert score["values"] == [0.0, 0.25, 0.5, 0.75]
-    assert score["timestamps"] == [t0 // 1_000_000 + i for i in range(4)]
-    assert by_name[f"{measurement}_n"]["values"] == [0, 1, 2, 3]
+    records = flux_records(
+        influx2_bucket,
+        f'from(bucket: "{influx2_bucket.bucket}") |> range(start: 0)'
+        f' |> filter(fn: (r) => r._measurement == "{measurement}")'
+        ' |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")'
+        ' |> group() |> sort(columns: ["_time"])'
+        " |> map(fn: (r) => ({r with ns: int(v: r._time)}))",
+    )
+    assert [r["ns"] for r in records] == [t0 + i for i in range(4)]
+    assert [r["score"] for r in records] == [0.0, 0.25, 0.5, 0.75]
+    assert [r["n"] for r in records] == [0, 1, 2, 3]
+    assert [r["anomalous"] for r in records] == [False, True, False, True]
+    assert {r["state"] for r in records} == {'say "hi"'}
+    assert {(r["asset"], r["profile"]) for r in records} == {("pump 9,a=b", "p")}
+
+
+@pytest.mark.parametrize("token", ["", "not-the-token"], ids=["missing", "wrong"])
+def test_v2_write_without_the_right_token_is_never_acknowledged(
+    influx2_bucket: Any, measurement: str, token: str
+) -> None:
+    """InfluxDB 2.7 answers 401; the sink keeps the points (no loss) and reports unhealthy."""
+    retryable = health.sink_errors.labels(kind="retryable")
+    before = retryable._value.get()
+    settings = v2_settings(influx2_bucket, token=token or None)
+    sink = InfluxSink(settings)
+    try:
+        sink.submit([Point(measurement, {"asset": "a"}, {"score": 1.0}, now_ns())], ticket=1)
+        assert not sink.flush(1.0)
+        assert sink.take_acknowledged() == []
+        assert not sink.healthy and sink.buffered_points == 1
+    finally:
+        sink.close()
+    assert retryable._value.get() > before  # counted as a failed write, retried, not dropped
+    written = flux_records(
+        influx2_bucket,
+        f'from(bucket: "{influx2_bucket.bucket}") |> range(start: 0)'
+        f' |> filter(fn: (r) => r._measurement == "{measurement}")',
+    )
+    assert written == []
 
 
 def free_port() -> int:

@@ -6,6 +6,7 @@ import base64
 import json
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
@@ -283,7 +284,15 @@ def test_publisher_dead_letters_and_alert_events(kafka_bootstrap: str, unique_to
                 break
     finally:
         consumer.close()
-    dead = [json.loads(m.value) for m in seen if m.topic == dlt]
+    dead_messages = [m for m in seen if m.topic == dlt]
+    assert [m.key for m in dead_messages] == [b"sensors:2:41", b"sensors:0:7"]
+    assert dict(dead_messages[0].headers) == {
+        "seqae.source.topic": b"sensors",
+        "seqae.source.partition": b"2",
+        "seqae.source.offset": b"41",
+        "seqae.reason": b"not_json",
+    }
+    dead = [json.loads(m.value) for m in dead_messages]
     assert dead[0] == {
         "reason": "not_json",
         "topic": "sensors",
@@ -297,3 +306,53 @@ def test_publisher_dead_letters_and_alert_events(kafka_bootstrap: str, unique_to
     [event] = [m for m in seen if m.topic == alerts]
     assert event.key == b"pump-1"
     assert json.loads(event.value) == {"asset": "pump-1", "state": "open", "score": 3.5}
+
+
+def read_all(bootstrap: str, topic: str, n: int) -> list[Any]:
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=10000
+    )
+    try:
+        seen = []
+        for message in consumer:
+            seen.append(message)
+            if len(seen) == n:
+                break
+        return seen
+    finally:
+        consumer.close()
+
+
+def test_publisher_sends_what_waited_out_an_outage(kafka_bootstrap: str, unique_topic: str) -> None:
+    dlt = f"{unique_topic}-dlt"
+    create_topic(kafka_bootstrap, dlt, 1)
+    publisher = KafkaPublisher(
+        KafkaSettings(bootstrap_servers=[kafka_bootstrap], dead_letter_topic=dlt)
+    )
+    try:
+        publisher.reachability.failed("test", TimeoutError("broker away"))  # as after a timeout
+        for offset in range(5):
+            publisher.dead_letter(Record("sensors", 0, offset, None, b"x", 0), "not_json")
+        assert publisher.backlog == 5  # not handed to the producer while Kafka is away
+        publisher.flush(30)  # the broker answers again: sent, delivered, the outage is over
+        assert publisher.backlog == 0 and publisher.unreachable_since is None
+    finally:
+        publisher.close()
+    keys = [m.key for m in read_all(kafka_bootstrap, dlt, 5)]
+    assert keys == [f"sensors:0:{i}".encode() for i in range(5)]
+
+
+def test_guarded_calls_against_the_live_broker(
+    kafka_bootstrap: str, unique_topic: str, make_source: MakeSource
+) -> None:
+    create_topic(kafka_bootstrap, unique_topic, 2)
+    produce(kafka_bootstrap, unique_topic, 10, partitions=2)
+    source, listener = make_source(unique_topic)
+    poll_until([(source, listener)], lambda got: len(got) >= 10)
+    both = {(unique_topic, 0), (unique_topic, 1)}
+    assert source.commit({(unique_topic, 0): 3})
+    source.rewind_to_committed(both, fallback_ms=None)
+    assert source.position((unique_topic, 0)) == 3  # back to the committed offset
+    assert source.position((unique_topic, 1)) == 5  # never committed, no fallback: stays
+    assert source.lag() == {(unique_topic, 0): 2, (unique_topic, 1): 0}
+    assert source.unreachable_since is None and source.reachability.reason is None

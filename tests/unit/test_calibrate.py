@@ -189,3 +189,35 @@ def test_same_windows_set_a_lower_threshold_than_disjoint_halves(
     disjoint = set_threshold(b.scores(errors[thr_part])[0], policy)
     print(f"threshold on the same windows {same:.3f}, on disjoint windows {disjoint:.3f}")
     assert disjoint > 1.5 * same
+
+
+def test_expected_false_alerts_come_from_windows_that_did_not_set_the_threshold() -> None:
+    from seqae.calibrate import expected_false_alerts
+
+    rng = np.random.default_rng(0)
+    quiet = rng.normal(1.0, 0.1, 2000)
+    info = expected_false_alerts(quiet, ThresholdPolicy(quantile=0.999), step_s=5.0)
+    assert info["false_alert_windows"] == 2000 and info["false_alert_days"] == 2000 * 5 / 86400
+    assert info["expected_false_alerts_per_day"] == info["false_alert_episodes"] / (
+        2000 * 5 / 86400
+    )
+    # the second half drifts up: a threshold set on the first half alarms there for long
+    drifting = np.concatenate([quiet[:1000], quiet[1000:] + 1.0])
+    drift = expected_false_alerts(drifting, ThresholdPolicy(quantile=0.999), step_s=5.0)
+    assert info["false_alert_episodes"] <= 1 <= drift["false_alert_episodes"]
+    assert "expected_false_alerts_per_day" not in expected_false_alerts(
+        quiet[:30], ThresholdPolicy(), 5.0
+    )
+
+
+def test_library_alert_rule_is_the_shipped_config() -> None:
+    from pathlib import Path
+
+    from daemon.settings import load_settings
+    from seqae.alerting import Rule
+
+    example = Path(__file__).resolve().parents[2] / "configs" / "daemon.example.toml"
+    shipped = load_settings(example).alerts
+    for rule in (Rule(), Rule.from_toml(example)):
+        for name in Rule.__dataclass_fields__:
+            assert getattr(rule, name) == getattr(shipped, name), name

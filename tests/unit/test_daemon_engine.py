@@ -185,6 +185,7 @@ def test_warmup_progress_survives_a_restart(
 def test_shift_is_an_event_not_a_fault(
     models_root: Path, known: np.ndarray, tmp_path: Path
 ) -> None:
+    """Values scaled far off the plant's relations are a fault, not a shift."""
     registry = ProfileRegistry(models_root, ["pumps"], "cpu")
     engine = ScoringEngine(
         EngineSettings(), registry, AssetBaselines(BaselineSettings(mode="model"), tmp_path)
@@ -192,17 +193,29 @@ def test_shift_is_an_event_not_a_fault(
     far = known[:4] * 50.0 + 1000.0
     engine.add("pumps", ready("p1", np.concatenate([known[:2], far, known[2:4]])))
     out = engine.run(force=True)
-    assert [w.state for w in out.scored] == [
-        "ok",
-        "ok",
-        "shifted",
-        "shifted",
-        "shifted",
-        "shifted",
-        "ok",
-        "ok",
-    ]
-    assert [(e.state, e.time_ns // S) for e in out.shifts] == [("entered", 8), ("left", 24)]
+    assert [w.state for w in out.scored] == ["ok"] * 8
+    assert [w.anomalous for w in out.scored] == [False] * 2 + [True] * 4 + [False] * 2
+    assert out.shifts == []
+
+
+def test_operating_point_step_is_shifted_then_rebaselined(
+    models_root: Path, tmp_path: Path
+) -> None:
+    """A speed setpoint step beyond the trained range keeps the pump's physics: `shifted`, no
+    anomaly, then re-baselined at the new point: `left` and `ok` again."""
+    series, _ = generate_asset("pump-1", 900, seed=0, plant_seed=0, setpoint_steps=[(300, 0.75)])
+    x, _ = make_windows(series.values, 12, 4)
+    registry = ProfileRegistry(models_root, ["pumps"], "cpu")
+    settings = BaselineSettings(mode="model", rebaseline_windows=6)
+    engine = ScoringEngine(EngineSettings(), registry, AssetBaselines(settings, tmp_path))
+    engine.add("pumps", ready("p1", x[100:]))
+    out = engine.run(force=True)
+    states = [w.state for w in out.scored]
+    assert "shifted" in states
+    assert not any(w.anomalous for w in out.scored if w.state == "shifted")
+    assert [e.state for e in out.shifts][:2] == ["entered", "left"]
+    assert states[-20:] == ["ok"] * 20
+    assert list((tmp_path / "moved").rglob("p1.json"))
 
 
 def test_recalibrate_puts_the_asset_back_into_warmup(

@@ -87,3 +87,55 @@ def test_secret_file_problems_name_the_field(
 def test_example_config_is_valid() -> None:
     s = load_settings(Path(__file__).resolve().parents[2] / "configs" / "daemon.example.toml")
     assert s.profiles.profile_for("pump-1") == "pumps"
+
+
+def test_an_invalid_environment_variable_is_named_not_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, "[influx]\nbatch_points = 100\n")
+    monkeypatch.setenv("SEQAE_INFLUX__BATCH_POINTS", "abc")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    message = str(info.value)
+    assert message.startswith(
+        "environment variable SEQAE_INFLUX__BATCH_POINTS: influx.batch_points"
+    )
+    assert str(path) not in message
+    monkeypatch.delenv("SEQAE_INFLUX__BATCH_POINTS")
+    monkeypatch.setenv("seqae_engine__max_batch", "-1")  # names are case-insensitive
+    with pytest.raises(ConfigError, match="environment variable seqae_engine__max_batch: engine"):
+        load_settings(path)
+
+
+def test_an_error_in_the_file_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[influx]\nbatch_points = 0\n")
+    with pytest.raises(ConfigError, match=f"config {path}: influx.batch_points"):
+        load_settings(path)
+
+
+def test_an_unparseable_list_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEQAE_KAFKA__TOPICS", "plant,line-2")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "environment variable SEQAE_KAFKA__TOPICS: kafka: cannot be parsed" in str(info.value)
+
+
+def test_secret_values_never_appear_in_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEQAE_HEALTH__PORT", "hunter2-port")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "SEQAE_HEALTH__PORT" in str(info.value) and "hunter2" not in str(info.value)
+
+
+def test_input_limits_and_time_horizon(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = load_settings()
+    assert s.input.max_message_bytes == 1 << 20 and s.input.max_depth == 32
+    assert s.input.max_clock_skew_s == 300 and s.input.oldest_timestamp.year == 2000
+    monkeypatch.setenv("SEQAE_INPUT__MAX_CLOCK_SKEW_S", "inf")
+    monkeypatch.setenv("SEQAE_KAFKA__CONNECT_TIMEOUT_S", "inf")
+    shown = load_settings().masked()
+    assert shown["input"]["max_clock_skew_s"] == "Infinity"  # not null
+    assert shown["kafka"]["connect_timeout_s"] == "Infinity"
+    monkeypatch.setenv("SEQAE_INPUT__OLDEST_TIMESTAMP", "2000-01-01T00:00:00")
+    with pytest.raises(ConfigError, match=r"input\.oldest_timestamp"):
+        load_settings()  # a time without an offset is refused

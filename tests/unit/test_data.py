@@ -12,10 +12,14 @@ from seqae.data import (
     DataError,
     RobustScaler,
     Series,
+    check_period,
     make_windows,
+    median_step_s,
+    missing_share,
     nan_to_mask,
     read_series,
     regularize,
+    resolve_period,
 )
 
 T0 = pd.Timestamp("2026-01-01T00:00:00Z")
@@ -247,3 +251,41 @@ def test_robust_scaler_refuses_channel_without_values() -> None:
     values = np.array([[1.0, np.nan], [2.0, np.nan]], np.float32)
     with pytest.raises(DataError, match="no finite value"):
         RobustScaler.fit(values)
+
+
+def test_median_step_ignores_gaps_and_jitter() -> None:
+    seconds = [0, 180, 360, 545, 720, 900, 5000, 5180]
+    assert median_step_s(_series(seconds, [0.0] * 8)) == pytest.approx(180.0)
+    with pytest.raises(DataError, match=r"f\.csv: 1 row, a sampling period needs two"):
+        median_step_s(_series([0], [1.0]), "f.csv")
+
+
+def test_check_period_names_both_values_beyond_the_tolerance() -> None:
+    s = _series([0, 180, 360, 540], [0.0] * 4)
+    assert check_period(s, 185.0, "--period") == 180.0  # 2.8 % off: accepted
+    with pytest.raises(
+        DataError, match=r"f.csv: --period is 1 s but the timestamps' median step is 180 s"
+    ):
+        check_period(s, 1.0, "--period", where="f.csv")
+    with pytest.raises(DataError, match="more than 5%"):
+        check_period(s, 190.0, "--period")  # 5.6 % off
+
+
+def test_resolve_period_infers_checks_and_compares_files() -> None:
+    one = _series([0, 1, 2, 3], [0.0] * 4)
+    two = _series([0, 2, 4, 6], [0.0] * 4)
+    assert resolve_period([one, one], None) == 1.0
+    assert resolve_period([two], 2.0) == 2.0
+    with pytest.raises(
+        DataError, match=r"b\.csv: the timestamps' median step is 2 s but a\.csv's is 1 s"
+    ):
+        resolve_period([one, two], None, names=["a.csv", "b.csv"])
+    with pytest.raises(DataError, match=r"b\.csv: --period is 1 s"):
+        resolve_period([one, two], 1.0, names=["a.csv", "b.csv"])
+    with pytest.raises(DataError, match="--period must be a positive number"):
+        resolve_period([one], -1.0)
+
+
+def test_missing_share_counts_nan_samples() -> None:
+    values = np.array([[1.0, np.nan], [np.nan, np.nan]], dtype=np.float32)
+    assert missing_share(values) == 0.75

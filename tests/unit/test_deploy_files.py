@@ -149,16 +149,18 @@ def test_flux_dashboards_mirror_the_influxql_ones() -> None:
 def test_dashboards_read_the_documented_schema() -> None:
     """Queries name only measurements, tags and fields of the design's InfluxDB schema."""
     score_fields = {"score", "threshold", "anomalous", "state", "gap"}
-    alert_fields = {"state", "score", "peak_score", "duration_s", "top_channels"}
-    tags = {"asset", "profile", "model_version", "severity"}
+    alert_fields = {"alert_id", "state", "score", "peak_score", "duration_s", "top_channels"}
+    event_fields = {"state"}  # seqae_event: shift events (docs/architecture.md)
+    tags = {"asset", "profile", "model_version", "severity", "kind"}
+    measurements = {"seqae_score", "seqae_alert", "seqae_event"}
     for path in sorted((DASHBOARDS / "influxql").glob("*.json")):
         for p in _load(path)["panels"]:
             for t in p["targets"]:
                 q = t["query"]
-                assert set(re.findall(r'FROM "(\w+)"', q)) <= {"seqae_score", "seqae_alert"}
-                names = set(re.findall(r'"(\w+)"', q)) - {"seqae_score", "seqae_alert"}
+                assert set(re.findall(r'FROM "(\w+)"', q)) <= measurements
+                names = set(re.findall(r'"(\w+)"', q)) - measurements
                 aliases = set(re.findall(r'AS "(\w+)"', q))
-                unknown = names - score_fields - alert_fields - tags - aliases
+                unknown = names - score_fields - alert_fields - event_fields - tags - aliases
                 assert not unknown, f"{path.name} / {p['title']}: {unknown}"
 
 
@@ -288,6 +290,28 @@ def test_dockerfile_is_multistage_nonroot_with_healthcheck(image: str) -> None:
         for item in src.split():
             assert (REPO / item).exists() or item == "README.md", f"{path.name}: COPY {item}"
 
+
+TORCH_INDEX_DEFAULT = {
+    "cpu": "https://download.pytorch.org/whl/cpu",
+    "cuda": "https://download.pytorch.org/whl/cu124",
+}
+
+
+@pytest.mark.parametrize("image", ["cpu", "cuda"])
+def test_dockerfile_builds_offline_and_keeps_torch_below_the_source(image: str) -> None:
+    """No frontend image to pull; torch from TORCH_INDEX; a source change keeps the torch layer."""
+    text = (DEPLOY / f"container/{image}.Dockerfile").read_text()
+    assert not re.search(r"^#\s*syntax\s*=", text, re.M | re.I), "a syntax line pulls an image"
+    assert re.search(rf"^ARG TORCH_INDEX={re.escape(TORCH_INDEX_DEFAULT[image])}$", text, re.M)
+    build = text.split("\nFROM ")[1]  # the build stage
+    lines = build.replace("\\\n", " ").splitlines()
+    torch = next(i for i, line in enumerate(lines) if '--index-url "${TORCH_INDEX}"' in line)
+    copies = [i for i, line in enumerate(lines) if line.startswith("COPY ")]
+    assert copies and torch < min(copies), "torch must be installed before anything is copied"
+    source = next(i for i, line in enumerate(lines) if re.match(r"COPY (seqae|daemon) ", line))
+    deps = next(i for i, line in enumerate(lines) if "requirements.txt" in line and "RUN" in line)
+    assert deps < source, "dependencies are installed before the source is copied"
+    assert "pip install --no-deps /src" in build
 
 class _Health(http.server.BaseHTTPRequestHandler):
     status = 200

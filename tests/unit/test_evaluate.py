@@ -220,3 +220,32 @@ def test_plot_summary_writes_a_png_and_checks_rows(tmp_path):
         plot_summary(tmp_path / "bad.png", [rows[0], {"detector": "x", "metric": "VUS-PR"}])
     with pytest.raises(EvaluationError, match="nothing to plot"):
         plot_summary(tmp_path / "bad.png", [])
+
+
+def test_summary_says_why_a_metric_is_undefined_instead_of_nan():
+    normal_only = evaluate_scores(np.zeros(50), np.linspace(0, 2, 50), 1.0, 1.0)
+    lines = normal_only.summary_lines()
+    text = "\n".join(lines)
+    assert "nan" not in text.lower()
+    assert lines[0].startswith("F1 0.000  FAR 50.0%")
+    assert "VUS-PR, AUC-PR, MAR, event recall, median delay undefined: no labelled anomaly" in lines
+    assert normal_only.describe("vus_pr") == "VUS-PR undefined (no labelled anomaly)"
+    assert normal_only.why_undefined("far") is None
+
+    quiet = evaluate_scores(np.zeros(50), np.zeros(50), 1.0, 1.0)
+    assert "F1 undefined: no labelled anomaly and no alarm" in quiet.summary_lines()
+
+    all_anomalous = evaluate_scores(np.ones(20), np.linspace(0, 2, 20), 1.0, 1.0)
+    assert "VUS-PR, AUC-PR, FAR, false alarms/h undefined: no normal (unlabelled) sample" in (
+        all_anomalous.summary_lines()
+    )
+
+    missed = evaluate_scores(LABELS, np.zeros(len(LABELS)), 1.0, 1.0)
+    assert missed.why_undefined("median_detection_delay_s") == "no labelled anomaly was detected"
+
+
+def test_summary_of_a_defined_report_prints_every_metric():
+    report = evaluate_scores(LABELS, ALARMS.astype(float) * 2, 1.0, 1.0)
+    (line,) = report.summary_lines()
+    assert line.startswith("VUS-PR ") and "median delay 1s" in line and "MAR " in line
+    assert report.describe("far") == f"FAR {report.far:.1%}"

@@ -1,0 +1,167 @@
+"""The per-asset streaming core: readings in, points and events out, no I/O of its own.
+
+    windows -> baseline -> score -> alert -> points
+
+One implementation, driven by the Kafka run loop (daemon/app.py), by the offline backtest
+(daemon/backtest.py) and by the tests alike. It owns every asset's window, baseline and alert
+state; the caller owns decoding, delivery, commits and the clock of the outside world. What the
+caller may commit is what `hold()` does not hold back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from daemon.alerts import AlertBook, AlertEvent, alert_point
+from daemon.baselines import AssetBaselines, ShiftEvent, WarmupSnapshot
+from daemon.codec import Reading
+from daemon.engine import EngineOutput, ProfileRegistry, ScoredWindow, ScoringEngine, shift_point
+from daemon.lineprotocol import Point
+from daemon.settings import DaemonSettings
+from daemon.windows import TopicPartitionId, WindowStore
+
+_NO_PARTITION: TopicPartitionId = ("", 0)
+
+
+@dataclass
+class CoreOutput:
+    """What one scored batch produced, in the order the points are to be written."""
+
+    points: list[Point] = field(default_factory=list)
+    scored: list[ScoredWindow] = field(default_factory=list)
+    events: list[AlertEvent] = field(default_factory=list)
+    shifts: list[ShiftEvent] = field(default_factory=list)
+    offsets: dict[TopicPartitionId, int] = field(default_factory=dict)  # smallest per partition
+    batch_sizes: list[int] = field(default_factory=list)
+    seconds: float = 0.0  # forward-pass time
+    oldest_completed_ms: int = 0
+
+
+class StreamCore:
+    """Every asset's windows, baselines and alert trackers, and the scoring engine between them."""
+
+    def __init__(
+        self,
+        settings: DaemonSettings,
+        profiles: ProfileRegistry,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.profiles = profiles
+        self.windows = WindowStore(settings.windows, clock)
+        self.baselines = AssetBaselines(settings.baselines, settings.state_dir)
+        self.engine = ScoringEngine(
+            settings.engine,
+            profiles,
+            self.baselines,
+            clock=clock,
+            write_clean=settings.influx.write_clean,
+        )
+        self.alerts = AlertBook(settings.alerts)
+
+    # -- readings in -------------------------------------------------------------------------
+
+    def profile_for(self, asset: str) -> str | None:
+        return self.settings.profiles.profile_for(asset)
+
+    def add(
+        self,
+        reading: Reading,
+        tp: TopicPartitionId = _NO_PARTITION,
+        offset: int = 0,
+        completed_ms: int = 0,
+    ) -> int:
+        """Place one reading; windows it completes are queued for scoring. Returns how many."""
+        profile = self.profile_for(reading.asset)
+        if profile is None:
+            return 0
+        served = self.profiles.get(profile)
+        ready = self.windows.add(reading, served.geometry, tp, offset)
+        for w in ready:
+            w.completed_ms = completed_ms
+        self.engine.add(profile, ready)
+        return len(ready)
+
+    # -- scores, alerts and points out -------------------------------------------------------
+
+    def due(self) -> bool:
+        return self.engine.due()
+
+    @property
+    def busy(self) -> bool:
+        return self.engine.busy
+
+    @property
+    def queued(self) -> int:
+        return self.engine.queued
+
+    def score(self, everything: bool = False, wait: bool = False) -> Iterator[CoreOutput]:
+        """Hand batches to the scoring thread (all queued windows with `everything`) and yield
+        each scored batch's output in order: those done so far, or all of them with `wait`."""
+        self.engine.hand_out(everything)
+        for part in self.engine.results(wait=wait):
+            yield self._finish(part)
+
+    def _finish(self, part: EngineOutput) -> CoreOutput:
+        out = CoreOutput(
+            scored=part.scored,
+            shifts=part.shifts,
+            offsets=part.offsets,
+            batch_sizes=part.batch_sizes,
+            seconds=part.seconds,
+            oldest_completed_ms=part.oldest_completed_ms,
+        )
+        for w in part.scored:
+            out.points.append(w.to_point())
+            out.points.extend(w.clean_points())
+            if w.state == "calibrating":
+                continue
+            out.events += self.alerts.observe(
+                w.asset, w.profile, w.end_ns, w.score, w.threshold, w.contributions, w.channels
+            )
+        out.points += [alert_point(event) for event in out.events]
+        out.points += [shift_point(shift) for shift in out.shifts]
+        return out
+
+    # -- what may be committed, and the state that goes with it ------------------------------
+
+    def hold(self) -> dict[TopicPartitionId, int]:
+        """Smallest offset per partition still needed: readings in unfinished windows or in
+        windows queued for scoring."""
+        hold = self.windows.hold()
+        for tp, off in self.engine.hold().items():
+            hold[tp] = min(hold.get(tp, off), off)
+        return hold
+
+    def state(self) -> dict[str, Any]:
+        """Window progress and alert state, JSON-safe, for a checkpoint."""
+        return {"last_ends": self.windows.last_ends(), "alerts": self.alerts.to_dict()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.windows.resume_after({a: int(t) for a, t in state["last_ends"].items()})
+        self.alerts.restore(state["alerts"])
+
+    def baseline_snapshot(self) -> WarmupSnapshot:
+        return self.baselines.snapshot()
+
+    def recalibrate(self, asset: str) -> int:
+        """Put a known asset back into warm-up; returns how many profiles were reset (0: the
+        asset is not known here)."""
+        return self.baselines.recalibrate(asset)
+
+    def drop_assets(self, assets: list[str]) -> None:
+        """Forget assets whose partitions left: windows, queued windows, alerts, baselines."""
+        self.engine.drop_assets(set(assets))
+        self.alerts.forget(assets)
+        self.baselines.forget(assets)
+
+    def evict_idle(self) -> list[str]:
+        idle = self.windows.evict_idle()
+        self.engine.release_assets(set(idle))
+        return idle
+
+    def close(self) -> None:
+        self.engine.close()

@@ -1,0 +1,154 @@
+"""The backtest: the daemon's streaming core over a history, under the shipped example config."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from daemon.backtest import backtest, fault_spans, with_profile
+from daemon.settings import DaemonSettings, load_settings
+from seqae.calibrate import shrinkage_weight
+from seqae.synth import generate_asset, generate_plant
+from seqae.train import train_profile
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "configs" / "daemon.example.toml"
+HOUR = 3600
+
+
+@pytest.fixture(scope="module")
+def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    history = generate_plant(3, 2 * HOUR, seed=0, with_faults=False)
+    train_profile(
+        [s for s, _ in history.values()],
+        models_root=root,
+        profile="pumps",
+        window=30,
+        hop=5,
+        kind="pca",
+        progress=False,
+        device="cpu",
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def lstm_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo's recipe: an LSTM-AE on 4 pumps x 6 h of normal history, 10 epochs."""
+    root = tmp_path_factory.mktemp("lstm")
+    history = generate_plant(4, 6 * HOUR, seed=0, with_faults=False)
+    train_profile(
+        [s for s, _ in history.values()],
+        models_root=root,
+        profile="pumps",
+        window=30,
+        hop=5,
+        epochs=10,
+        progress=False,
+        device="cpu",
+    )
+    return root
+
+
+def shipped(models_root: Path) -> DaemonSettings:
+    settings = load_settings(EXAMPLE)
+    assert settings.baselines.mode == "per_asset"
+    profiles = settings.profiles.model_copy(update={"models_root": models_root})
+    return settings.model_copy(update={"profiles": profiles})
+
+
+def test_per_asset_baselines_do_no_worse_than_the_profile_on_healthy_pumps(
+    models_root: Path,
+) -> None:
+    """Eight simulated hours of three healthy pumps under the shipped config: the per-asset
+    baselines raise no more alerts than the profile's baseline would (issue 9 asks for none at
+    all; not met yet, see benchmarks/RESULTS.md)."""
+    plant = [s for s, _ in generate_plant(3, 8 * HOUR, seed=2, with_faults=False).values()]
+    settings = shipped(models_root)
+    per_asset = backtest(settings, plant).report.total
+    model = settings.model_copy(
+        update={"baselines": settings.baselines.model_copy(update={"mode": "model"})}
+    )
+    profile = backtest(model, plant).report.total
+    assert per_asset.windows == profile.windows == 3 * len(range(30 - 1, 8 * HOUR - 1, 5))
+    assert per_asset.days == pytest.approx(3 * 8 / 24, rel=1e-3)
+    assert per_asset.episodes <= profile.episodes
+    assert per_asset.calibrating_s == 3 * 64 * 5  # the warm-up, then the asset's own baseline
+    assert profile.calibrating_s == 0
+
+
+def test_healthy_pumps_raise_no_alert_over_eight_hours(lstm_root: Path) -> None:
+    plant = generate_plant(4, 8 * HOUR, seed=2, with_faults=False)
+    result = backtest(shipped(lstm_root), [s for s, _ in plant.values()])
+    total = result.report.total
+    assert total.days == pytest.approx(4 * 8 / 24, rel=1e-3)
+    assert total.episodes == 0, result.report.table()
+
+
+def test_setpoint_step_is_shifted_rebaselined_and_raises_no_alert(lstm_root: Path) -> None:
+    """Speed x0.8 for two hours, then back: the pump's physics hold throughout."""
+    series, _ = generate_asset(
+        "pump-1", 6 * HOUR, seed=4, setpoint_steps=[(2 * HOUR, 0.8), (4 * HOUR, 1.25)]
+    )
+    result = backtest(shipped(lstm_root), [series])
+    trace = result.traces["pump-1"]
+    assert result.report.total.episodes == 0, result.report.table()
+    assert "shifted" in trace.state and trace.state[-1] == "ok"
+    kinds = [e.state for e in trace.shifts]
+    assert kinds[:2] == ["entered", "left"] and kinds[-1] == "left"
+    assert not any(a for a, st in zip(trace.anomalous, trace.state, strict=True) if st == "shifted")
+
+
+@pytest.mark.parametrize(
+    ("kind", "channels"),
+    [
+        ("bearing_wear", {"vibration"}),
+        ("cavitation", {"pressure", "flow", "vibration"}),
+        ("valve_blockage", {"pressure", "flow"}),
+    ],
+)
+def test_a_fault_opens_an_alert_naming_its_channels(
+    lstm_root: Path, kind: str, channels: set[str]
+) -> None:
+    """Process faults open an alert inside the fault whose top channels include one the fault
+    acts on. (This profile misses the sensor faults, spikes and a stuck sensor, on this pump:
+    a detector limit, benchmarks/RESULTS.md.)"""
+    series, events = generate_asset("pump-3", 2 * HOUR, seed=7, faults=[(kind, 3000, 4500)])
+    result = backtest(shipped(lstm_root), [series])
+    fig = result.report.assets[0]
+    assert fig.detected == fig.faults == 1, result.report.table()
+    assert fig.false_episodes == 0
+    opened = [e for e in result.traces["pump-3"].events if e.state == "open"]
+    assert opened and events[0].start_ns <= opened[0].time_ns <= events[0].end_ns
+    assert channels & set(opened[0].top_channels), opened[0]
+
+
+def test_backtest_counts_false_alerts_and_recall_from_labels(models_root: Path) -> None:
+    series, _ = generate_asset("pump-2", HOUR, seed=5, faults=[("cavitation", 1800, 2400)])
+    assert fault_spans(series) == [(int(series.timestamps[1800]), int(series.timestamps[2399]))]
+    result = backtest(with_profile(shipped(models_root), "pumps"), [series])
+    fig = result.report.assets[0]
+    assert fig.detected <= fig.faults == 1
+    assert fig.false_episodes <= fig.episodes
+    assert fig.normal_days < fig.days
+    assert 0.0 <= fig.alerted_normal_share <= 1.0
+
+
+def test_shrinkage_weight_grows_with_independent_windows() -> None:
+    weights = [shrinkage_weight(n, 30, 5, 50.0) for n in (30, 300, 3000)]
+    assert weights == sorted(weights) and 0 < weights[0] < 0.1 and weights[-1] > 0.8
+    assert shrinkage_weight(30, 30, 5, 0.0) == 1.0
+
+
+def test_asset_threshold_never_below_its_own_held_out_windows(models_root: Path) -> None:
+    from daemon.engine import ProfileRegistry
+    from seqae.calibrate import fit_asset_baseline
+    from seqae.data import make_windows
+
+    served = ProfileRegistry(models_root, ["pumps"], "cpu").get("pumps")
+    series, _ = generate_asset("pump-3", 600, seed=9)
+    windows, _ = make_windows(series.values, 30, 5)
+    b = fit_asset_baseline(served.scorer, windows, hop=5)
+    assert b.threshold >= b.info["held_out_max"]
+    assert 0 < b.info["shrinkage_weight"] < 0.5
+    assert np.isfinite(b.precision).all()
