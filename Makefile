@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PATH := $(VENV)/bin:$(PATH)
 export SEQAE_CACHE
 
-.PHONY: install demo test lint services-up services-down bench clean
+.PHONY: install demo test lint services-up services-down deploy-check bench clean
 
 # The virtual environment lives outside the clone so that torch is downloaded once per machine.
 $(VENV)/.installed: pyproject.toml
@@ -36,6 +36,11 @@ services-up: install
 
 services-down:
 	$(PY) deploy/local/devstack.py down
+
+# Build and run the CPU image and the systemd unit for real (root; needs `services-up`).
+deploy-check: install
+	$(PY) deploy/local/devstack.py up
+	$(PY) deploy/live_check.py all
 
 clean:
 	rm -rf out models .pytest_cache .mypy_cache .ruff_cache

@@ -26,7 +26,7 @@ from daemon.lineprotocol import Point
 from daemon.publish import KafkaPublisher, PublishError
 from daemon.settings import DaemonSettings
 from daemon.sink import InfluxSink
-from daemon.source import KafkaSource, KafkaUnavailable, Record
+from daemon.source import KafkaSource, KafkaUnavailable, Record, lag_figures
 from daemon.windows import TopicPartitionId
 from seqae.artifacts import ArtifactError, write_atomic
 
@@ -36,6 +36,16 @@ _STATE_FORMAT = "seqae-daemon-state/1"
 
 class StartupError(RuntimeError):
     """The daemon cannot start (a model, the state file or a port); the message says which."""
+
+
+class _NoModelYet(DecodeError):
+    """The message's asset routes to a profile with no model yet: it waits, it is no dead
+    letter (passes the decoder's boundary as a DecodeError; `reason` is no metric label)."""
+
+    def __init__(self, profile: str) -> None:
+        ValueError.__init__(self, f"profile {profile!r} has no model yet")
+        self.reason = "no_model"
+        self.profile = profile
 
 
 @dataclass
@@ -81,6 +91,7 @@ class Daemon:
                 s.profiles.profile_names,
                 s.engine.device,
                 s.engine.device_history,
+                allow_missing=True,  # its assets' messages wait: see _wait_for_model
             )
         except (ArtifactError, OSError, ValueError, RuntimeError) as exc:
             raise StartupError(f"cannot load a model profile: {exc}") from exc
@@ -98,6 +109,8 @@ class Daemon:
         self._checkpoint: _Checkpoint | None = None
         self._newest_ts_ms = 0
         self._unexpected = health.RateLimitedLog(log)
+        self._lag_export = health.LagExport()
+        self._waiting: dict[TopicPartitionId, str] = {}  # partition -> profile it waits for
         self.source: KafkaSource | None = None
         self.sink: InfluxSink | None = None
         self.publisher: KafkaPublisher | None = None
@@ -109,6 +122,8 @@ class Daemon:
         profile = self.settings.profiles.profile_for(asset)
         if profile is None:
             return None
+        if profile in self.profiles.missing:
+            raise _NoModelYet(profile)
         return self.profiles.get(profile).geometry.channels
 
     def _restore_state(self) -> None:
@@ -161,6 +176,9 @@ class Daemon:
         self.core.drop_assets(self.core.windows.drop_partitions(partitions))
         self.ledger.forget(partitions)
         self._checkpoint = None
+        for tp in partitions:
+            self._waiting.pop(tp, None)
+        health.partitions_waiting.set(len(self._waiting))
 
     def on_assigned(self, partitions: set[TopicPartitionId]) -> None:
         # Commits hold back to the first reading of the next window, so reading on from the
@@ -171,7 +189,9 @@ class Daemon:
         s = self.settings.kafka
         if self.source is None or not s.seek_back_on_assign:
             return
-        span_s = max(p.geometry.window * p.geometry.period_ns / 1e9 for p in self.profiles)
+        span_s = max(
+            (p.geometry.window * p.geometry.period_ns / 1e9 for p in self.profiles), default=0.0
+        )
         fallback_ms = int((time.time() - span_s) * 1000)
         self.source.rewind_to_committed(
             partitions, fallback_ms if s.auto_offset_reset == "latest" else None
@@ -229,6 +249,8 @@ class Daemon:
         while not self._stop:
             records = self.source.poll(self._poll_timeout(), s.kafka.max_poll_records)
             for record in records:
+                if self._waiting and (record.topic, record.partition) in self._waiting:
+                    continue  # fetched after a message that waits for its model: read again
                 # A full batch goes to the scoring thread at once, and a scored one is written
                 # at once, not after the rest of the poll.
                 self._handle(record)
@@ -255,14 +277,21 @@ class Daemon:
                 health.assets_tracked.set(len(self.core.windows))
                 next_evict = now + min(10.0, s.windows.idle_eviction_s / 2)
             if now >= next_lag:
-                for (topic, part), lag in self.source.lag().items():
-                    health.consumer_lag.labels(topic=topic, partition=str(part)).set(lag)
+                self._export_lag()
                 next_lag = now + 10.0
             self._ready_state()
             self.health_state.beat()
             notifier.watchdog()
         notifier.send("STOPPING=1")
         self.drain()
+
+    def _export_lag(self) -> None:
+        """Consumed lag, committed lag and held offsets per partition; while the broker does
+        not answer the gauges keep their last values."""
+        assert self.source is not None
+        offsets = self.source.partition_offsets()
+        if offsets is not None:
+            self._lag_export.update(lag_figures(offsets, self._safe_offsets()))
 
     def _poll_timeout(self) -> float:
         """Short only while windows wait (kafka-python 3.0 can fail to finish a group join when
@@ -307,16 +336,26 @@ class Daemon:
         self.profiles.refresh(force=self._reload)
         health.model_load_failures.inc(self.profiles.load_failures - failures)
         self._reload = False
+        for tp, profile in list(self._waiting.items()):
+            if profile not in self.profiles.missing:
+                del self._waiting[tp]
+                if self.source is not None:
+                    self.source.release(tp)
+                log.info("profile %s loaded: reading %s[%d] again", profile, *tp)
+        health.partitions_waiting.set(len(self._waiting))
 
     # -- stages ------------------------------------------------------------------------------
 
     def _handle(self, record: Record) -> None:
         """Decode, window and queue one record."""
         tp = (record.topic, record.partition)
-        self.ledger.consumed(tp, record.offset)
         try:
             reading = self.decoder.decode(record.value)
+        except _NoModelYet as exc:
+            self._wait_for_model(record, exc.profile)
+            return
         except DecodeError as exc:
+            self.ledger.consumed(tp, record.offset)
             health.bad_messages.labels(reason=exc.reason).inc()
             log.debug(
                 "bad message %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc
@@ -324,6 +363,7 @@ class Daemon:
             if self.publisher is not None:
                 self.publisher.dead_letter(record, exc.reason)
             return
+        self.ledger.consumed(tp, record.offset)
         counters = self.core.windows.counters
         before = counters.late_dropped, counters.gap_resets
         try:
@@ -347,6 +387,23 @@ class Daemon:
             health.late_readings.inc(counters.late_dropped - before[0])
             health.gap_resets.inc(counters.gap_resets - before[1])
         self._newest_ts_ms = max(self._newest_ts_ms, record.timestamp_ms)
+
+    def _wait_for_model(self, record: Record, profile: str) -> None:
+        """A message whose profile has no model yet is neither scored nor consumed: its
+        partition stops at it (the ledger never sees it, so no commit passes it) and is read
+        again from it once the profile loads. Other assets of the partition wait with it."""
+        assert self.source is not None
+        tp = (record.topic, record.partition)
+        self.source.wait_at(tp, record.offset)
+        self._waiting[tp] = profile
+        health.partitions_waiting.set(len(self._waiting))
+        log.warning(
+            "%s[%d]@%d: profile %s has no model yet; the partition waits for it",
+            record.topic,
+            record.partition,
+            record.offset,
+            profile,
+        )
 
     def _recalibrate_now(self, asset: str, source: str) -> None:
         """An accepted control request: logged, and written to `seqae_event` (kind=control)
@@ -479,7 +536,7 @@ class Daemon:
 
     def _ready_state(self) -> None:
         assert self.sink is not None and self.source is not None
-        reasons = [self.source.reachability.reason]
+        reasons = [self.source.reachability.reason, self.profiles.missing_reason()]
         if self.publisher is not None:
             reasons.append(self.publisher.reachability.reason)
         if not self.sink.healthy:

@@ -1,10 +1,12 @@
-"""Per-asset baselines: warm-up calibration on the asset's own windows, shift detection.
+"""Per-asset baselines: warm-up calibration on the asset's own windows, shifts of operating point.
 
 An asset without a baseline for the served model version is `calibrating`: its windows are scored
 with the model's default baseline and collected; after `warmup_windows` of them its own baseline
-is fitted (seqae.calibrate.fit_baseline) and stored under `<state_dir>/baselines/`. A scored window
-whose inputs leave the baseline's known range puts the asset in `shifted` (a shift event, not a
-fault alert) until its inputs return.
+is fitted (seqae.calibrate.fit_asset_baseline, shrunk towards the profile's) and stored under
+`<state_dir>/baselines/`. A window the scorer calls `shifted` (above its threshold, normal once
+moved along the operating envelope) is a shift event, not a fault alert; after
+`rebaseline_windows` of them in a row the asset's baseline moves to its new operating point
+(`<state_dir>/moved/`), and the next normal window ends the shift with a `left` event.
 """
 
 from __future__ import annotations

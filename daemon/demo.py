@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -24,6 +25,7 @@ from typing import Any
 import click
 import pandas as pd
 
+from daemon.settings import WindowSettings
 from seqae.synth import generate_plant, write_plant
 from seqae.train import train_profile
 
@@ -250,9 +252,10 @@ def main(
             out_dir / "live" / "plant.csv", topic, [ep.kafka], rate=rate or None, progress=True
         )
         n_live = int(live_minutes * 60)
-        # A window is scored once a reading of a later slot shows that its last slot is complete,
-        # so the stream's final window stays open.
-        expected = assets * len(range(30 - 1, n_live - 1, 5))
+        # A window is scored once a reading more than max_lateness_s (1 s slots) after its last
+        # slot arrives, so the stream's final windows stay open.
+        lateness = math.ceil(WindowSettings().max_lateness_s)
+        expected = assets * len(range(30 - 1, n_live - 1 - lateness, 5))
         seen: set[tuple[Any, ...]] = set()
         deadline = time.monotonic() + 600
         scored = 0

@@ -64,18 +64,46 @@ class ServedProfile:
 
 
 class ProfileRegistry:
-    """The profiles being served; swaps a profile when its CURRENT changes and the new one loads."""
+    """The profiles being served; swaps a profile when its CURRENT changes and the new one loads.
+
+    With `allow_missing`, a profile that has no CURRENT yet (no model trained or promoted) is
+    not an error: its name is in `missing` until a `refresh()` finds a CURRENT and loads it.
+    A model that is there but does not load (corrupt, altered, pickled) is refused all the same.
+    """
 
     def __init__(
-        self, models_root: Path, names: Sequence[str], device: str, device_history: str = "auto"
+        self,
+        models_root: Path,
+        names: Sequence[str],
+        device: str,
+        device_history: str = "auto",
+        *,
+        allow_missing: bool = False,
     ) -> None:
         self._root = Path(models_root)
         self._device = device
         self._device_history = device_history
         self._served: dict[str, ServedProfile] = {}
+        self.missing: set[str] = set()
+        self._failed_versions: dict[str, str] = {}  # missing profile -> version that failed
         self.load_failures = 0
         for name in names:
-            self._served[name] = self._load(name, None)  # a start without its model is refused
+            if allow_missing and self._current(name) is None:
+                self.missing.add(name)
+                log.warning(
+                    "profile %s: no model yet (%s); waiting for it", name, self._where(name)
+                )
+                continue
+            self._served[name] = self._load(name, None)
+
+    def _current(self, name: str) -> str | None:
+        try:
+            return current_version(self._root, name)
+        except OSError:
+            return None
+
+    def _where(self, name: str) -> str:
+        return f"{self._root / name / 'CURRENT'} does not exist"
 
     def _load(self, name: str, version: str | None) -> ServedProfile:
         loaded = load_profile(self._root, name, version)
@@ -91,6 +119,13 @@ class ProfileRegistry:
     def get(self, name: str) -> ServedProfile:
         return self._served[name]
 
+    def missing_reason(self) -> str | None:
+        """The /readyz line while some profile has no model yet, else None."""
+        if not self.missing:
+            return None
+        names = ", ".join(sorted(self.missing))
+        return f"no model yet for profile(s) {names} (waiting for CURRENT under {self._root})"
+
     def __iter__(self) -> Iterator[ServedProfile]:
         return iter(self._served.values())
 
@@ -104,13 +139,43 @@ class ProfileRegistry:
                 continue  # refresh() reports it
             if wanted is not None and wanted != served.version:
                 moved.append(name)
+        for name in sorted(self.missing):
+            wanted = self._current(name)
+            if wanted is not None and wanted != self._failed_versions.get(name):
+                moved.append(name)
         return moved
+
+    def _load_missing(self) -> list[str]:
+        """Load missing profiles whose CURRENT appeared; a version that fails is tried again
+        only when CURRENT moves (one ERROR line per version, not one per poll)."""
+        loaded = []
+        for name in sorted(self.missing):
+            wanted = self._current(name)
+            if wanted is None or wanted == self._failed_versions.get(name):
+                continue
+            try:
+                self._served[name] = self._load(name, wanted)
+            except (ArtifactError, OSError, ValueError, RuntimeError) as exc:
+                self.load_failures += 1
+                self._failed_versions[name] = wanted
+                log.error("profile %s %s failed to load, still waiting: %s", name, wanted, exc)
+                continue
+            self.missing.discard(name)
+            self._failed_versions.pop(name, None)
+            loaded.append(name)
+            log.info("profile %s: now serving %s (its first model)", name, wanted)
+        return loaded
 
     def refresh(self, force: bool = False) -> list[str]:
         """Reload profiles whose CURRENT moved (all of them when `force`); a profile that fails
-        to load keeps the served one. Returns the names swapped."""
-        swapped = []
+        to load keeps the served one; a missing profile is loaded once its CURRENT appears.
+        Returns the names swapped or loaded."""
+        if force:
+            self._failed_versions.clear()
+        swapped = self._load_missing()
         for name, served in list(self._served.items()):
+            if name in swapped:
+                continue
             try:
                 wanted = current_version(self._root, name)
             except (OSError, ArtifactError) as exc:
@@ -152,6 +217,7 @@ class ScoredWindow:
     contributions: np.ndarray  # [C]
     clean: np.ndarray | None = None  # [hop, C] reconstructed raw values of the newest slots
     period_ns: int = 0
+    late: int = 0  # the asset's readings dropped as too late since its previous window
 
     def clean_points(self) -> list[Point]:
         """`seqae_clean`: the model's reconstruction of the window's newest `hop` slots, so
@@ -180,6 +246,8 @@ class ScoredWindow:
             "state": self.state,
             "gap": bool(self.gap),
         }
+        if self.late:  # only when some were dropped: most windows have none
+            fields["late"] = int(self.late)
         for name, err in zip(self.channels, self.errors.tolist(), strict=True):
             if math.isfinite(err):  # a channel with no observed sample has no error
                 fields[f"err_{name}"] = err
@@ -390,6 +458,7 @@ class ScoringEngine:
                     anomalous=bool(result.anomalous[r]) and state != "calibrating",
                     state=state,
                     gap=w.gap,
+                    late=w.late,
                     errors=result.errors[r],
                     contributions=result.contributions[r],
                     clean=None if clean is None else clean[i],

@@ -9,11 +9,12 @@ address and handed to the callback with that address, so the daemon can record i
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
@@ -46,6 +47,21 @@ write_latency_seconds = Histogram(
 consumer_lag = Gauge(
     "seqae_consumer_lag", "Messages behind the partition end", ["topic", "partition"]
 )
+committed_lag = Gauge(
+    "seqae_committed_lag",
+    "Messages between the group's committed offset and the partition end: what a restart reads",
+    ["topic", "partition"],
+)
+held_offsets = Gauge(
+    "seqae_held_offsets",
+    "Messages read but not yet committable: their windows are incomplete or their points "
+    "unacknowledged",
+    ["topic", "partition"],
+)
+partitions_waiting = Gauge(
+    "seqae_partitions_waiting_for_model",
+    "Partitions paused at a message whose profile has no model yet",
+)
 sink_errors = Counter("seqae_sink_errors", "InfluxDB write errors", ["kind"])
 points_quarantined = Counter("seqae_points_quarantined", "Points InfluxDB refused, set aside")
 sink_buffered_points = Gauge("seqae_sink_buffered_points", "Points waiting for acknowledgement")
@@ -59,6 +75,28 @@ commits = Counter("seqae_commits", "Offset commits that Kafka accepted")
 control_requests = Counter(
     "seqae_control_requests", "Control requests (POST) by outcome", ["endpoint", "outcome"]
 )
+
+_LAG_GAUGES = (consumer_lag, committed_lag, held_offsets)
+
+
+class LagExport:
+    """Sets the per-partition lag gauges from `source.lag_figures`; a partition no longer
+    assigned loses its series (a stale value would show a lag nobody owns)."""
+
+    def __init__(self) -> None:
+        self._shown: set[tuple[str, int]] = set()
+
+    def update(self, figures: Mapping[tuple[str, int], tuple[int, int, int]]) -> None:
+        """`figures[(topic, partition)]` = (consumed, committed, held) lag."""
+        for topic, part in self._shown - figures.keys():
+            for gauge in _LAG_GAUGES:
+                with contextlib.suppress(KeyError):
+                    gauge.remove(topic, str(part))
+        for (topic, part), values in figures.items():
+            for gauge, value in zip(_LAG_GAUGES, values, strict=True):
+                gauge.labels(topic=topic, partition=str(part)).set(value)
+        self._shown = set(figures)
+
 
 # `on_recalibrate(asset, source_address)`: True if the asset is known (and queued), else False.
 RecalibrateCallback = Callable[[str, str], bool]

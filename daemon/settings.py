@@ -191,7 +191,12 @@ class ProfilesSettings(_Section):
 class WindowSettings(_Section):
     max_fill: int = Field(default=3, ge=0, description="slots forward-filled before a gap resets")
     max_lateness_s: float = Field(
-        default=0.0, ge=0, description="readings older than the newest slot by more are dropped"
+        default=2.0,
+        ge=0,
+        description="readings older than the asset's newest slot by at most this are placed in "
+        "their slot; older ones are dropped and counted (`late` on the asset's next score). 2 s "
+        "keeps the 1-2 s reordering of a real plant (several gateways or partitions, retries) "
+        "at the cost of holding each window back by as long",
     )
     idle_eviction_s: float = Field(
         default=600.0, gt=0, description="wall-clock seconds without a reading before eviction"

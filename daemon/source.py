@@ -223,6 +223,7 @@ class _RebalanceBridge(AsyncConsumerRebalanceListener):
         ids = {(tp.topic, tp.partition) for tp in revoked}
         if not ids:
             return
+        self._source._waiting -= ids
         log.info("partitions revoked: %s", sorted(ids))
         await self._run_off_loop(self._listener.on_revoked, ids)
 
@@ -231,6 +232,7 @@ class _RebalanceBridge(AsyncConsumerRebalanceListener):
         ids = {(tp.topic, tp.partition) for tp in lost}
         if not ids:
             return
+        self._source._waiting -= ids
         log.warning("partitions lost (group membership expired): %s", sorted(ids))
         await self._run_off_loop(self._listener.on_revoked, ids)
 
@@ -283,6 +285,7 @@ class KafkaSource:
     ) -> None:
         self._settings = settings
         self._paused = False
+        self._waiting: set[TopicPartitionId] = set()  # paused at a message that must wait
         self._timeout_ms = int(settings.call_timeout_s * 1000)
         self.reachability = reachability or Reachability()
         options = kafka_client_options(settings) | {
@@ -342,8 +345,34 @@ class KafkaSource:
         self._consumer.pause(*self._consumer.assignment())
 
     def resume(self) -> None:
+        """Fetch again from every assigned partition except those waiting (`wait_at`)."""
         self._paused = False
-        self._consumer.resume(*self._consumer.assignment())
+        waiting = {TopicPartition(*tp) for tp in self._waiting}
+        self._consumer.resume(*(self._consumer.assignment() - waiting))
+
+    def wait_at(self, tp: TopicPartitionId, offset: int) -> None:
+        """Stop reading `tp` at `offset` until `release(tp)`: the message there (and what was
+        fetched after it) is read again then. Backpressure's `resume()` leaves it paused; a
+        rebalance that takes the partition away ends the wait."""
+        partition = TopicPartition(*tp)
+        if partition not in self._consumer.assignment():
+            return  # revoked meanwhile: the next owner reads from the committed offset
+        self._consumer.seek(partition, offset)
+        self._consumer.pause(partition)
+        self._waiting.add(tp)
+
+    def release(self, tp: TopicPartitionId) -> None:
+        """Read `tp` again from where `wait_at` stopped it (unless paused for backpressure)."""
+        if tp not in self._waiting:
+            return
+        self._waiting.discard(tp)
+        partition = TopicPartition(*tp)
+        if not self._paused and partition in self._consumer.assignment():
+            self._consumer.resume(partition)
+
+    @property
+    def waiting(self) -> frozenset[TopicPartitionId]:
+        return frozenset(self._waiting)
 
     @property
     def paused(self) -> bool:
@@ -447,5 +476,61 @@ class KafkaSource:
                 lag[(tp.topic, tp.partition)] = max(0, ends[tp] - position)
         return lag
 
+    def partition_offsets(self) -> dict[TopicPartitionId, PartitionOffsets] | None:
+        """End, position and the group's committed offset of each assigned partition, read from
+        the broker; None when it does not answer within `call_timeout_s` (never raises for it),
+        so the caller keeps the last figures it has."""
+        assigned = sorted(self._consumer.assignment())
+        if not assigned:
+            return {}
+        call_ms = min(1000, self._timeout_ms)
+        try:
+            ends = self._consumer.end_offsets(assigned, timeout_ms=self._timeout_ms)
+            report = {}
+            for tp in assigned:
+                position = self._consumer.position(tp, timeout_ms=call_ms)
+                committed = self._consumer.committed(tp, timeout_ms=self._timeout_ms)
+                if position is not None and tp in ends:
+                    report[(tp.topic, tp.partition)] = PartitionOffsets(
+                        int(ends[tp]), int(position), None if committed is None else int(committed)
+                    )
+        except KafkaError as exc:
+            self.reachability.failed("partition offsets", exc)
+            return None
+        self.reachability.succeeded()
+        return report
+
     def close(self) -> None:
         self._consumer.close(autocommit=False)
+
+
+class PartitionOffsets(NamedTuple):
+    end: int  # the log-end offset (the next offset the broker will write)
+    position: int  # the next offset this consumer reads
+    committed: int | None  # the group's committed offset (None: never committed)
+
+
+class PartitionLag(NamedTuple):
+    consumed: int  # end - position: what is not read yet
+    committed: int  # end - committed: what a restart would read again or for the first time
+    held: int  # position - committable: read, but held back by windows or unacknowledged points
+
+
+def lag_figures(
+    offsets: Mapping[TopicPartitionId, PartitionOffsets],
+    committable: Mapping[TopicPartitionId, int],
+) -> dict[TopicPartitionId, PartitionLag]:
+    """Per partition, the three lags. `committable` is what the next commit may send (absent:
+    nothing beyond the committed offset). The committable offset is never below the committed
+    one (commits are monotone), so `committed == consumed + held` once a commit has caught up,
+    and a partition that was never committed counts its whole log as committed lag."""
+    figures = {}
+    for tp, o in offsets.items():
+        committed = o.committed if o.committed is not None else 0
+        releasable = min(o.position, max(committable.get(tp, committed), committed))
+        figures[tp] = PartitionLag(
+            consumed=max(0, o.end - o.position),
+            committed=max(0, o.end - committed),
+            held=max(0, o.position - releasable),
+        )
+    return figures

@@ -4,8 +4,10 @@ Slots are absolute: slot k covers [k*period, (k+1)*period) since the epoch, and 
 ends at slot e when (e + phase) % hop == hop - 1, its phase a fixed hash of the asset id. A replay
 of the same readings yields the same window ends, and a fleet whose readings arrive in step does
 not complete all its windows in the same slot (a burst of scoring and writing once per hop).
-A slot becomes final once a reading arrives more than `lateness` slots after it; final slots are
-forward-filled per channel for at most `max_fill` slots. A run of more than `max_fill` empty slots
+A slot becomes final once a reading arrives more than `lateness` slots after it: a reading out of
+order by up to `lateness` slots is placed; an older one is dropped, counted, and the asset's next
+window carries the count (`late`). Final slots are forward-filled per channel for at most
+`max_fill` slots. A run of more than `max_fill` empty slots
 resets the asset's window and flags `gap` on its next window.
 """
 
@@ -62,6 +64,7 @@ class ReadyWindow:
     gap: bool  # first window after a gap reset
     offsets: dict[TopicPartitionId, int]  # smallest offset per partition among its readings
     completed_ms: int = 0  # timestamp of the message that completed it (the run loop sets it)
+    late: int = 0  # the asset's readings dropped as too late since its previous window
 
 
 @dataclass(slots=True)
@@ -101,6 +104,7 @@ class AssetWindow:
         self._final = 0  # slots < _final are final
         self._gap_pending = False
         self._gap_hold: dict[TopicPartitionId, int] = {}
+        self._late = 0  # readings dropped as too late since the last window handed out
         # windows ending at or before this slot were written before a restart
         self._last_end = (
             resume_after_ns // geometry.period_ns if resume_after_ns is not None else -1
@@ -131,6 +135,7 @@ class AssetWindow:
                 ready = self._finalize_until(slot - self._lateness)
         elif slot < self._final or slot < self._run_start:
             counters.late_dropped += 1
+            self._late += 1
             return []
         row = slot % self._cap
         values = reading.values
@@ -263,11 +268,13 @@ class AssetWindow:
             low = int(per_slot[rows].min())
             if low != _NO_OFFSET:
                 offsets[tp] = low
-        gap = self._gap_pending
+        gap, late = self._gap_pending, self._late
         self._gap_pending = False
         self._gap_hold = {}
+        self._late = 0
         self._last_end = end
-        return ReadyWindow(self.asset, end * g.period_ns, self._filled[rows].copy(), gap, offsets)
+        values = self._filled[rows].copy()
+        return ReadyWindow(self.asset, end * g.period_ns, values, gap, offsets, late=late)
 
 
 @dataclass

@@ -63,6 +63,13 @@ BASE_IMAGE = f"local/debian:{DEBIAN_SUITE}"
 CI_BASE_IMAGE = f"local/seqae-ci-base:{DEBIAN_SUITE}"
 CPU_IMAGE = "seqae-ci:cpu"
 PYPI = "https://pypi.org/simple"
+TORCH_VERSION = "2.5.1"  # as deploy/container/*.Dockerfile pin it
+# TMPDIR: nspawn mounts a small tmpfs on /tmp, too small for the torch wheel.
+CONTAINER_ENV = (
+    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME=/root",
+    "TMPDIR=/var/tmp",
+)
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 DOCKER = "/usr/bin/docker"  # Debian's docker.io client, whatever else is on PATH
 EXPOSURE_LIMIT = 2.0
@@ -448,7 +455,7 @@ class Machine:
     def __enter__(self) -> Machine:
         out = self.log.open("ab")
         self.proc = subprocess.Popen(
-            ["systemd-nspawn", "--quiet", "--boot", "--register=no", "--console=pipe",
+            ["systemd-nspawn", "--quiet", "--boot", "--register=no", "--keep-unit", "--console=pipe",
              f"--machine=seqae-live-{uuid.uuid4().hex[:6]}", "-D", str(self.root),
              f"--bind={WORK / 'pip-cache'}:/root/.cache/pip"],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
@@ -470,8 +477,12 @@ class Machine:
         wait_for("systemd in the container to reach running", booted, 120, 0.5)
         return self
 
+    def command(self, *argv: str) -> list[str]:
+        """argv run inside the container, with a clean environment (not this host's)."""
+        return ["nsenter", "-t", str(self.leader), "-a", "env", "-i", *CONTAINER_ENV, *argv]
+
     def sh(self, script: str, *, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return run(["nsenter", "-t", str(self.leader), "-a", "/bin/sh", "-c", script], check=check)
+        return run(self.command("/bin/sh", "-c", script), check=check)
 
     def __exit__(self, *_: object) -> None:
         if self.proc is None:
@@ -504,13 +515,17 @@ def copy_source(dest: Path) -> None:
 def install(machine: Machine, stack: Stack, topic: str, bucket: str, port: int) -> None:
     root = machine.root
     shutil.copy(HOST_CA, root / "etc/ssl/certs/ca-certificates.crt")  # CI only, as above
-    (root / "etc/pip.conf").write_text("[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n")
+    # CI only: the torch the images pin (PyPI's latest pulls CUDA 13 wheels, 3 GB more).
+    (root / "etc/pip-constraints.txt").write_text(f"torch=={TORCH_VERSION}\n")
+    (root / "etc/pip.conf").write_text(
+        "[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n"
+        "constraint = /etc/pip-constraints.txt\n"
+    )
     copy_source(root / "opt/seqae-src")
     stream(
-        ["nsenter", "-t", str(machine.leader), "-a", "/bin/bash",
-         "/opt/seqae-src/deploy/systemd/install.sh"],
+        machine.command("/bin/bash", "/opt/seqae-src/deploy/systemd/install.sh"),
         WORK / "install-sh.log",
-    )  # fmt: skip
+    )
     (root / "etc/seqae/daemon.toml").write_text(
         daemon_toml(stack, topic=topic, bucket=bucket, port=port, host="127.0.0.1")
     )
@@ -628,7 +643,9 @@ def self_test(stack: Stack, timings: dict[str, float]) -> dict[str, str]:
         ensure_base_images(engine)
         broken = Path(tmp) / "cpu-wrong-health.Dockerfile"
         text = (REPO / "deploy/container/cpu.Dockerfile").read_text()
-        broken.write_text(text.replace("/opt/seqae/healthcheck.py", "/opt/seqae/no-such.py"))
+        health = 'CMD ["python", "/opt/seqae/healthcheck.py"]'
+        assert health in text, "cpu.Dockerfile's HEALTHCHECK changed: update the self-test"
+        broken.write_text(text.replace(health, 'CMD ["python", "/opt/seqae/no-such-check.py"]'))
         (Path(tmp) / "cpu-wrong-health.Dockerfile.dockerignore").write_text(
             (REPO / "deploy/container/cpu.Dockerfile.dockerignore").read_text()
         )

@@ -21,10 +21,9 @@ if TYPE_CHECKING:
     from seqae.alerting import AlertRule
     from seqae.score import Scorer
 
-ScoreKind = Literal["mse", "mahalanobis"]
+ScoreKind = Literal["mse", "mahalanobis", "likelihood"]
+SCORE_KINDS: tuple[str, ...] = ("mse", "mahalanobis", "likelihood")
 ThresholdMethod = Literal["quantile", "pot"]
-SHIFT_MARGIN = 3.0  # robust spreads beyond the seen input range before a sample counts as new
-SHIFT_FRACTION = 0.5  # share of a window's samples outside the range that makes it "shifted"
 OPERATING_DIMS = 1  # directions of the operating envelope: the plant's main knob (load, speed)
 MIN_CALIBRATION_WINDOWS = 20
 
@@ -51,6 +50,7 @@ class Baseline:
     precision: np.ndarray  # [F, F] inverse shrinkage covariance (Mahalanobis score)
     threshold: float
     score_kind: ScoreKind = "mahalanobis"
+    # the input range its normal data covered (0.5 and 99.5 percentiles), for reports
     range_low: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # [C]
     range_high: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # [C]
     # Operating envelope: mean [C] and principal directions [K, C] of normal windows' channel
@@ -58,6 +58,8 @@ class Baseline:
     env_mean: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     env_basis: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     info: dict[str, Any] = field(default_factory=dict)
+    # "likelihood" only: the variational decoder's per-channel log-variance [C] (scaled units)
+    obs_log_var: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
 
     def displacement(self, windows: np.ndarray) -> np.ndarray:
         """[N, C] raw-unit move of each window's channel means along the operating envelope,
@@ -86,23 +88,14 @@ class Baseline:
     def scores(self, errors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(score [N], contribution per feature [N, F]); contributions sum to the score."""
         n_features = errors.shape[1]
+        if self.score_kind == "likelihood":
+            return likelihood_scores(errors, self.obs_log_var)
         if self.score_kind == "mse":
             contrib = errors**2 / np.maximum(self.err_sq_mean, 1e-12) / n_features
         else:
             u = errors - self.err_mean
             contrib = u * (u @ self.precision) / n_features
         return contrib.sum(axis=1), contrib
-
-    def shifted(self, windows: np.ndarray) -> np.ndarray:
-        """True for windows whose inputs leave the range this baseline was fitted on."""
-        if self.range_low.size == 0:
-            return np.zeros(len(windows), dtype=bool)
-        slack = SHIFT_MARGIN * self.scale
-        with np.errstate(invalid="ignore"):
-            outside = (windows < self.range_low - slack) | (windows > self.range_high + slack)
-        observed = np.maximum((~np.isnan(windows)).sum(axis=1), 1)
-        share = outside.sum(axis=1) / observed  # [N, C]
-        return np.asarray((share > SHIFT_FRACTION).any(axis=1))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -118,6 +111,7 @@ class Baseline:
             "env_mean": self.env_mean.tolist(),
             "env_basis": self.env_basis.tolist(),
             "info": self.info,
+            **({"obs_log_var": self.obs_log_var.tolist()} if self.obs_log_var.size else {}),
         }
 
     @classmethod
@@ -140,15 +134,43 @@ class Baseline:
                 if d.get("env_mean")
                 else np.zeros((0, 0), np.float32),
                 info=dict(d.get("info", {})),
+                obs_log_var=np.asarray(d.get("obs_log_var", []), np.float64),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CalibrationError(f"baseline is malformed: {exc!r}") from exc
         f = len(b.err_mean)
         if b.precision.shape != (f, f) or b.center.shape != b.scale.shape:
             raise CalibrationError("baseline arrays have inconsistent shapes")
-        if b.score_kind not in ("mse", "mahalanobis"):
+        if b.score_kind not in SCORE_KINDS:
             raise CalibrationError(f"unknown score kind {b.score_kind!r}")
+        if b.score_kind == "likelihood" and b.obs_log_var.shape != b.err_mean.shape:
+            raise CalibrationError("score kind 'likelihood' needs obs_log_var, one per channel")
         return b
+
+
+def likelihood_scores(errors: np.ndarray, log_var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(score [N], per-channel contribution [N, C]) for the "likelihood" kind: the Gaussian
+    negative log-likelihood per time step of the window (nats) under the decoder's
+    N(reconstruction, exp(log_var[c])), from the RMS errors [N, C] (for a VAE, expected over
+    its latent samples). Mirrors `SequenceAutoencoder.reconstruction_nll`."""
+    contrib = 0.5 * (errors**2 / np.exp(log_var) + log_var + np.log(2 * np.pi))
+    return contrib.sum(axis=1), contrib
+
+
+def decoder_log_var(detector: Any) -> np.ndarray:
+    """The per-channel log-variance of a variational detector's likelihood, clamped as its
+    training loss clamps it."""
+    from seqae.model import LOG_VAR_MAX, LOG_VAR_MIN
+
+    detector = getattr(detector, "detector", detector)
+    log_var = getattr(detector, "out_log_var", None)
+    if log_var is None or getattr(getattr(detector, "cfg", None), "variant", None) != "variational":
+        raise CalibrationError(
+            "score kind 'likelihood' needs a variational model (train with --variant variational)"
+        )
+    return np.clip(
+        log_var.detach().float().cpu().numpy().astype(np.float64), LOG_VAR_MIN, LOG_VAR_MAX
+    )
 
 
 def channel_means(windows: np.ndarray) -> np.ndarray:
@@ -294,6 +316,8 @@ def fit_baseline(
         range_low=known_range[0] if known_range else input_range(flat)[0],
         range_high=known_range[1] if known_range else input_range(flat)[1],
     )
+    if score_kind == "likelihood":
+        baseline.obs_log_var = decoder_log_var(scorer.detector)
     baseline.env_mean, baseline.env_basis = fit_envelope(
         windows if envelope is None else envelope, scaler.center, scaler.scale
     )
@@ -409,6 +433,7 @@ def fit_asset_baseline(
         # a warm-up sees one operating point: the envelope stays the profile's
         env_mean=default.env_mean if keep and default.env_basis.size else own.env_mean,
         env_basis=default.env_basis if keep and default.env_basis.size else own.env_basis,
+        obs_log_var=own.obs_log_var,
     )
     center, scale = blended.center, blended.scale
     gap = -(-windows.shape[1] // hop) - 1

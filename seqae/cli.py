@@ -23,7 +23,7 @@ from seqae.cli_common import (
     write_table,
 )
 from seqae.cli_evaluate import evaluate
-from seqae.cli_extras import embed, generate, impute
+from seqae.cli_extras import denoise, embed, generate, impute
 from seqae.cli_models import models
 
 # seqae.model.VARIANTS, spelled out so that `--help` need not import torch (a test keeps them equal).
@@ -38,6 +38,16 @@ PERIOD_HELP = (
 @click.version_option(version=__version__, prog_name="seqae")
 def cli() -> None:
     """Sequence-autoencoder anomaly detection for industrial sensor streams."""
+
+
+ALERTS_FROM = click.option(
+    "--alerts-from",
+    "alerts_from",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Daemon TOML whose [alerts] rule the expected false alerts are counted under "
+    "[default: the shipped rule].",
+)
 
 
 @cli.command()
@@ -140,9 +150,10 @@ def synth(
 @click.option(
     "--score",
     "score_kind",
-    type=click.Choice(["mahalanobis", "mse"]),
+    type=click.Choice(["mahalanobis", "mse", "likelihood"]),
     default="mahalanobis",
     show_default=True,
+    help="likelihood (variational only): the window's negative log-likelihood per time step.",
 )
 @click.option(
     "--threshold", type=click.Choice(["quantile", "pot"]), default="quantile", show_default=True
@@ -154,6 +165,7 @@ def synth(
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--no-promote", is_flag=True, help="Save without making it CURRENT.")
+@ALERTS_FROM
 def train(
     data: tuple[Path, ...],
     profile: str,
@@ -188,6 +200,7 @@ def train(
     device: str,
     seed: int,
     no_promote: bool,
+    alerts_from: Path | None,
 ) -> None:
     """Train a profile on files of normal operation, calibrate it on held-out data, save it."""
     from seqae.artifacts import ArtifactError, load_profile
@@ -241,6 +254,7 @@ def train(
             device=device,
             promote_now=not no_promote,
             calibration_fraction=calibration_fraction,
+            rule=alert_rule(alerts_from),
         )
     except (DataError, CalibrationError, ArtifactError, ValueError) as exc:
         raise fail(exc) from exc
@@ -256,6 +270,18 @@ def train(
     click.echo(false_alert_line(info))
 
 
+def alert_rule(path: Path | None) -> Any:
+    """The [alerts] rule of a daemon TOML file, or None for the shipped one."""
+    if path is None:
+        return None
+    from seqae.alerting import Rule
+
+    try:
+        return Rule.from_toml(path)
+    except (OSError, ValueError, TypeError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--alerts-from") from exc
+
+
 def false_alert_line(info: dict[str, Any]) -> str:
     """What a baseline's calibration says about false alerts, or why it cannot say."""
     windows = int(info.get("false_alert_windows", 0))
@@ -266,7 +292,7 @@ def false_alert_line(info: dict[str, Any]) -> str:
         )
     return (
         f"expected false alerts per day: {info['expected_false_alerts_per_day']:.2f} "
-        f"({int(info['false_alert_episodes'])} alert episodes under the shipped [alerts] rule in "
+        f"({int(info['false_alert_episodes'])} alert episodes under the [alerts] rule in "
         f"{windows} held-out normal windows, {info['false_alert_days']:.2f} days, each half "
         "scored with a threshold set on the other)"
     )
@@ -297,6 +323,7 @@ def false_alert_line(info: dict[str, Any]) -> str:
     "--refit-scaler", is_flag=True, help="Also refit the scaler (default: keep the training one)."
 )
 @click.option("--device", default="auto", show_default=True)
+@ALERTS_FROM
 def calibrate(
     data: Path,
     profile: str,
@@ -310,6 +337,7 @@ def calibrate(
     risk: float,
     refit_scaler: bool,
     device: str,
+    alerts_from: Path | None,
 ) -> None:
     """Re-fit one asset's baseline (scaler, error statistics, threshold) from its normal data,
     without retraining the network."""
@@ -340,6 +368,7 @@ def calibrate(
             refit_scaler=refit_scaler,
             policy=threshold_policy(threshold, quantile, risk),
             period_s=lp.meta.period_s,
+            rule=alert_rule(alerts_from),
         )
     except (DataError, CalibrationError, ValueError) as exc:
         raise fail(exc) from exc
@@ -351,7 +380,7 @@ def calibrate(
 
 
 @cli.command()
-@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@click.argument("data", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--profile", required=True)
 @MODELS_OPTION
 @click.option("--version", default=None, help="Default: CURRENT.")
@@ -363,12 +392,15 @@ def calibrate(
     help="Score a window every N samples [default: the model's hop].",
 )
 @click.option(
-    "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="CSV or Parquet."
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="CSV or Parquet file; with several files, a folder that gets <name>.csv per file.",
 )
 @click.option("--sep", default=None)
 @click.option("--device", default="auto", show_default=True)
 def score(
-    data: Path,
+    data: tuple[Path, ...],
     profile: str,
     models_root: Path,
     version: str | None,
@@ -378,18 +410,40 @@ def score(
     sep: str | None,
     device: str,
 ) -> None:
-    """Score a file: one row per window with score, threshold, anomalous and per-channel errors."""
-    import pandas as pd
-
-    from seqae.data import DataError
-    from seqae.score import Scorer, score_series
+    """Score files: one row per window with score, threshold, anomalous and per-channel errors.
+    The model is loaded once for all the files."""
+    from seqae.score import Scorer
 
     lp = served_profile(models_root, profile, version)
     baseline = baseline_for(lp, models_root, asset)
+    scorer = Scorer(lp, device)
+    if len(data) > 1:
+        if out.suffix:
+            raise click.UsageError(f"--out {out}: with {len(data)} files give a folder")
+        out.mkdir(parents=True, exist_ok=True)
+    for path in data:
+        target = out / f"{path.stem}.csv" if len(data) > 1 else out
+        _score_one(path, lp, scorer, baseline, hop, target, sep)
+
+
+def _score_one(
+    data: Path,
+    lp: Any,
+    scorer: Any,
+    baseline: Any,
+    hop: int | None,
+    out: Path,
+    sep: str | None,
+) -> None:
+    import pandas as pd
+
+    from seqae.data import DataError
+    from seqae.score import score_series
+
     try:
         series = read_profile_series(data, lp, sep)
         result = score_series(
-            Scorer(lp, device),
+            scorer,
             series,
             baseline,
             window=lp.meta.window,
@@ -413,10 +467,10 @@ def score(
     )
     frame = pd.DataFrame(columns)
     write_table(frame, out)
-    click.echo(f"{len(frame)} windows, {int(b.anomalous.sum())} anomalous; wrote {out}")
+    click.echo(f"{data}: {len(frame)} windows, {int(b.anomalous.sum())} anomalous; wrote {out}")
 
 
-for command in (evaluate, impute, embed, generate, models):
+for command in (evaluate, impute, denoise, embed, generate, models):
     cli.add_command(command)
 
 

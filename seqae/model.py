@@ -227,6 +227,17 @@ class SequenceAutoencoder(nn.Module):
         sq = ((recon.float() - x.float()) ** 2).mean(dim=0) * m  # [N, W, C]
         return (sq.sum(dim=1) / m.sum(dim=1).clamp_min(1.0)).sqrt()
 
+    def reconstruction_nll(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The VAE's negative log-likelihood of each window per time step [N] in nats: the
+        Gaussian NLL under N(decoder(z), exp(out_log_var)), expected over the fixed latent
+        samples, averaged over each channel's observed steps and summed over channels. The
+        score kind "likelihood" computes the same from `channel_errors` and `out_log_var`."""
+        if not self.variational:
+            raise ValueError("only the 'variational' variant has a reconstruction likelihood")
+        err_sq = self.channel_errors(x, mask) ** 2  # [N, C] expected mean squared error
+        lv = self.out_log_var.float().clamp(LOG_VAR_MIN, LOG_VAR_MAX)
+        return (0.5 * (err_sq / lv.exp() + lv + math.log(2 * math.pi))).sum(dim=1)
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Windows [N, W, C] (scaled units) from latent codes [N, latent]."""
         return self.decoder(z)

@@ -61,7 +61,7 @@ _STACK_FROM = 8
 
 def _stackable(baselines: Iterable[Baseline]) -> bool:
     kinds = {(b.score_kind, len(b.err_mean)) for b in baselines}
-    return len(kinds) == 1
+    return len(kinds) == 1 and next(iter(kinds))[0] != "likelihood"  # that one scores per baseline
 
 
 def _finish_stacked(
@@ -254,7 +254,6 @@ class Scorer:
             shifted=shifted,
             latent=latent,
         )
-
 
     def _operating_shifts(
         self,

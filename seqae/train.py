@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -41,6 +41,9 @@ from seqae.model import ModelConfig, SequenceAutoencoder
 from seqae.pca import PCAConfig, PCADetector
 from seqae.score import Scorer, pick_device
 
+if TYPE_CHECKING:
+    from seqae.alerting import AlertRule
+
 DetectorKind = Literal["lstm", "pca"]
 MAX_MISSING_SHARE = 0.5  # training refuses a series with more of its grid samples missing
 
@@ -67,7 +70,7 @@ class PreparedData:
     calib: np.ndarray  # raw windows, stats part first then threshold part
     calib_split: int
     scaler: RobustScaler
-    known_range: tuple[np.ndarray, np.ndarray]  # the normal inputs seen, for `shifted`
+    known_range: tuple[np.ndarray, np.ndarray]  # the normal inputs seen (reported)
     summary: dict[str, Any] = field(default_factory=dict)
 
 
@@ -313,6 +316,7 @@ def fit_profile(
     train_cfg: TrainConfig | None = None,
     score_kind: ScoreKind = "mahalanobis",
     policy: ThresholdPolicy | None = None,
+    rule: AlertRule | None = None,
     progress: bool = True,
 ) -> FittedProfile:
     """Train a detector on normal series and calibrate its default baseline on held-out data."""
@@ -337,6 +341,7 @@ def fit_profile(
         hop=hop,
         score_kind=score_kind,
         policy=policy,
+        rule=rule,
         scaler=data.scaler,
         period_s=period_s,
         split=data.calib_split,
@@ -378,6 +383,7 @@ def train_profile(
     model_cfg: dict[str, Any] | None = None,
     score_kind: ScoreKind = "mahalanobis",
     policy: ThresholdPolicy | None = None,
+    rule: AlertRule | None = None,
     device: str = "auto",
     progress: bool = True,
     promote_now: bool = True,
@@ -403,6 +409,7 @@ def train_profile(
         train_cfg=cfg,
         score_kind=score_kind,
         policy=policy,
+        rule=rule,
         progress=progress,
     )
     return save_model(

@@ -618,6 +618,28 @@ HEALTH = Dashboard(
             ),
         ),
         Panel(
+            title="Committed lag and held offsets",
+            kind="timeseries",
+            unit="short",
+            description="Per partition: messages after the group's committed offset (what a "
+            "restart reads again) and, of those, messages read but held back from the commit "
+            "by incomplete windows or unacknowledged points. Committed lag = consumer lag + "
+            "held once a commit has caught up; a held count that stays up when the stream "
+            "is idle is a pinned partition.",
+            queries=(
+                Query(
+                    ref="A",
+                    promql=f"max by (topic, partition) (seqae_committed_lag{{{_JOB}}})",
+                    legend="committed lag {{topic}}[{{partition}}]",
+                ),
+                Query(
+                    ref="B",
+                    promql=f"max by (topic, partition) (seqae_held_offsets{{{_JOB}}})",
+                    legend="held {{topic}}[{{partition}}]",
+                ),
+            ),
+        ),
+        Panel(
             title="Latency",
             kind="timeseries",
             unit="s",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import socket
@@ -26,6 +27,7 @@ from conftest import InfluxV1, Query, http_request
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
+from daemon.settings import WindowSettings
 from daemon.windows import is_window_end, window_phase
 from seqae.synth import DEFAULT_START_NS, generate_asset
 from seqae.train import train_profile
@@ -102,9 +104,12 @@ def interleave(*streams: list[bytes], assets: tuple[str, ...]) -> list[tuple[str
 def expected_ends(asset: str, samples: int = SAMPLES) -> list[int]:
     """The asset's window ends on the grid that a stream of `samples` readings makes final."""
     first = DEFAULT_START_NS // PERIOD_NS
-    last = first + samples - 1  # the newest slot is never final (no later reading)
+    last = first + samples - 1
+    # the newest slot, and the max_lateness_s before it, are never final (no later reading)
+    open_slots = math.ceil(WindowSettings().max_lateness_s * 1e9 / PERIOD_NS)
     phase = window_phase(asset, HOP)
-    return [e * PERIOD_NS for e in range(first + WINDOW - 1, last) if is_window_end(e, phase, HOP)]
+    ends = range(first + WINDOW - 1, last - open_slots)
+    return [e * PERIOD_NS for e in ends if is_window_end(e, phase, HOP)]
 
 
 def read_topic(bootstrap: str, topic: str) -> list[dict[str, Any]]:

@@ -1,5 +1,6 @@
 """The backtest: the daemon's streaming core over a history, under the shipped example config."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,9 @@ def test_per_asset_baselines_do_no_worse_than_the_profile_on_healthy_pumps(
         update={"baselines": settings.baselines.model_copy(update={"mode": "model"})}
     )
     profile = backtest(model, plant).report.total
-    assert per_asset.windows == profile.windows == 3 * len(range(30 - 1, 8 * HOUR - 1, 5))
+    assert per_asset.windows == profile.windows
+    # the newest `max_lateness_s` of each stream stays open: at most one window per pump less
+    assert 0 <= 3 * len(range(30 - 1, 8 * HOUR - 1, 5)) - per_asset.windows <= 3
     assert per_asset.days == pytest.approx(3 * 8 / 24, rel=1e-3)
     assert per_asset.episodes <= profile.episodes
     assert per_asset.calibrating_s == 3 * 64 * 5  # the warm-up, then the asset's own baseline
@@ -152,3 +155,27 @@ def test_asset_threshold_never_below_its_own_held_out_windows(models_root: Path)
     assert b.threshold >= b.info["held_out_max"]
     assert 0 < b.info["shrinkage_weight"] < 0.5
     assert np.isfinite(b.precision).all()
+
+
+def test_backtest_command_prints_figures_and_saves_a_plot(
+    models_root: Path, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from daemon.cli import build_cli
+    from seqae.synth import write_plant
+
+    plant = generate_plant(2, 1800, seed=4, healthy_assets=1, max_faults_per_asset=1)
+    write_plant(tmp_path / "live", plant)
+    files = [str(p) for p in sorted((tmp_path / "live").glob("pump-*.csv"))]
+    out = tmp_path / "bt"
+    args = ["backtest", *files, "--config", str(EXAMPLE), "--models-root", str(models_root)]
+    result = CliRunner().invoke(build_cli(), [*args, "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "false/day" in result.output and "total" in result.output
+    report = json.loads((out / "backtest.json").read_text())
+    assert [a["asset"] for a in report["assets"]] == ["pump-1", "pump-2"]
+    assert report["total"]["faults"] == sum(len(e) for _, e in plant.values())
+    assert (out / "backtest.png").read_bytes()[:4] == b"\x89PNG"
+    none = CliRunner().invoke(build_cli(), ["backtest", "--config", str(EXAMPLE)])
+    assert none.exit_code == 2 and "give history files" in none.output

@@ -147,22 +147,6 @@ def test_fault_on_channel_k_is_top_contribution(pca_scorer: tuple[Scorer, Robust
         )
 
 
-def test_shifted_flags_windows_outside_the_known_range() -> None:
-    b = _baseline()  # range [-1, 1], scale 1, margin 3 scales
-    inside = np.zeros((1, 10, 3), np.float32)
-    far = inside + np.array([0, 0, 10], np.float32)
-    half = inside.copy()
-    half[0, :4, 0] = 10  # 40 % of the window outside: not shifted
-    nan_window = far.copy()
-    nan_window[0, :, 0] = np.nan
-    assert b.shifted(np.concatenate([inside, far, half, nan_window])).tolist() == [
-        False,
-        True,
-        False,
-        True,
-    ]
-
-
 def test_fit_baseline_refuses_too_few_windows(pca_scorer: tuple[Scorer, RobustScaler]) -> None:
     scorer, _ = pca_scorer
     windows, _ = make_windows(_plant(30, seed=4), WINDOW, 1)

@@ -86,6 +86,32 @@ def test_score_writes_the_documented_columns(plant: Path) -> None:
     assert pd.to_datetime(frame["window_end"]).is_monotonic_increasing
 
 
+def test_score_takes_many_files_into_a_folder(plant: Path, tmp_path: Path) -> None:
+    files = [plant / "test" / "pump-1.csv", plant / "test" / "pump-2.csv"]
+    out = tmp_path / "scores"
+    r = run("score", *files, "--profile", "pumps", "--models", plant / "models", "--out", out)
+    assert r.exit_code == 0, r.output
+    one = run(
+        "score",
+        files[1],
+        "--profile",
+        "pumps",
+        "--models",
+        plant / "models",
+        "--out",
+        tmp_path / "one.csv",
+    )
+    assert one.exit_code == 0, one.output
+    assert sorted(p.name for p in out.iterdir()) == ["pump-1.csv", "pump-2.csv"]
+    pd.testing.assert_frame_equal(
+        pd.read_csv(out / "pump-2.csv"), pd.read_csv(tmp_path / "one.csv")
+    )
+    bad = run(
+        "score", *files, "--profile", "pumps", "--models", plant / "models", "--out", out / "x.csv"
+    )
+    assert bad.exit_code == 2 and "give a folder" in bad.output
+
+
 def test_evaluate_writes_report_and_plots(plant: Path) -> None:
     out = plant / "eval"
     files = [plant / "test" / "pump-1.csv", plant / "test" / "pump-2.csv"]
@@ -99,6 +125,30 @@ def test_evaluate_writes_report_and_plots(plant: Path) -> None:
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert pngs == ["test_pump-1.png", "test_pump-2.png"]
     assert all((out / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_calibrate_counts_expected_false_alerts_under_a_configs_rule(
+    plant: Path, tmp_path: Path
+) -> None:
+    data = plant / "history" / "pump-1.csv"
+    base = ["calibrate", data, "--profile", "pumps", "--asset", "pump-8", "--models"]
+    shipped = run(*base, plant / "models")
+    assert shipped.exit_code == 0, shipped.output
+    assert "expected false alerts per day: " in shipped.output
+    assert "held-out normal windows" in shipped.output
+    eager = tmp_path / "eager.toml"
+    eager.write_text("[alerts]\nenter_level = 0.01\nexit_level = 0.01\nmin_duration_s = 0\n")
+    r = run(*base, plant / "models", "--alerts-from", eager)
+    assert r.exit_code == 0, r.output
+
+    def per_day(text: str) -> float:
+        return float(text.split("expected false alerts per day: ")[1].split()[0])
+
+    assert per_day(r.output) > per_day(shipped.output)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[alerts]\nenter_levle = 2\n")
+    r = run(*base, plant / "models", "--alerts-from", bad)
+    assert r.exit_code == 2 and "enter_levle" in r.output
 
 
 def test_calibrate_writes_an_asset_baseline_used_by_score(plant: Path) -> None:

@@ -35,7 +35,11 @@ def test_daemon_run_refuses_a_config_without_routes(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "profiles.routes" in result.output
 
 
-def test_daemon_run_refuses_a_missing_model_naming_it(tmp_path: Path) -> None:
+def test_daemon_run_refuses_a_broken_model_naming_it(tmp_path: Path) -> None:
+    """A profile with no model yet waits for it (tests/integration/test_daemon_lag_and_models);
+    one whose CURRENT names a version that cannot load is refused at start."""
+    (tmp_path / "models" / "pumps" / "v0001").mkdir(parents=True)
+    (tmp_path / "models" / "pumps" / "CURRENT").write_text("v0001\n")
     config = tmp_path / "d.toml"
     config.write_text(
         f'state_dir = "{tmp_path}"\n[profiles]\nmodels_root = "{tmp_path / "models"}"\n'

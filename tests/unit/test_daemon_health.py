@@ -5,10 +5,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY, generate_latest
 from pydantic import SecretStr
 
 from daemon import health
 from daemon.settings import ConfigError, load_settings
+from daemon.source import PartitionLag, PartitionOffsets, lag_figures
 
 TOKEN = "s3cr3t-control-token"
 
@@ -178,3 +180,42 @@ def test_liveness_goes_stale_without_heartbeats() -> None:
     state.stale_after_s = 60
     state.beat()
     assert state.alive
+
+
+def test_lag_figures_separate_what_is_read_from_what_is_committed() -> None:
+    a, b, c, d = ("t", 0), ("t", 1), ("t", 2), ("t", 3)
+    offsets = {
+        # read up to 90 of 100; committed 60; the next commit may send 75
+        a: PartitionOffsets(end=100, position=90, committed=60),
+        # caught up and committed up to what windows need: 8 read but held back
+        b: PartitionOffsets(end=50, position=50, committed=42),
+        # never committed: the whole log is committed lag
+        c: PartitionOffsets(end=30, position=30, committed=None),
+        # committable behind the committed offset (nothing new to commit): held from committed
+        d: PartitionOffsets(end=10, position=10, committed=10),
+    }
+    figures = lag_figures(offsets, {a: 75, c: 25, d: 7})
+    assert figures[a] == PartitionLag(consumed=10, committed=40, held=15)
+    assert figures[b] == PartitionLag(consumed=0, committed=8, held=8)
+    assert figures[c] == PartitionLag(consumed=0, committed=30, held=5)
+    assert figures[d] == PartitionLag(consumed=0, committed=0, held=0)
+    for tp in (b, d):  # a commit caught up: committed lag is what is unread plus what is held
+        assert figures[tp].committed == figures[tp].consumed + figures[tp].held
+
+
+def test_lag_export_sets_gauges_and_drops_partitions_no_longer_assigned() -> None:
+    export = health.LagExport()
+    export.update({("lag-topic", 0): (1, 5, 4), ("lag-topic", 1): (0, 2, 2)})
+    assert (
+        REGISTRY.get_sample_value("seqae_committed_lag", {"topic": "lag-topic", "partition": "0"})
+        == 5
+    )
+    assert (
+        REGISTRY.get_sample_value("seqae_held_offsets", {"topic": "lag-topic", "partition": "1"})
+        == 2
+    )
+    export.update({("lag-topic", 1): (0, 0, 0)})
+    text = generate_latest().decode()
+    assert 'seqae_committed_lag{partition="0",topic="lag-topic"}' not in text
+    assert 'seqae_held_offsets{partition="1",topic="lag-topic"} 0.0' in text
+    assert 'seqae_consumer_lag{partition="0",topic="lag-topic"}' not in text

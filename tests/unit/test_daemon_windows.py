@@ -10,6 +10,11 @@ GEO = WindowGeometry.of(["a", "b"], period_s=1.0, window=4, hop=2)
 S = 1_000_000_000
 
 
+def in_order(**options: float) -> WindowSettings:
+    """Settings whose slots are final at the next reading: the grid alone, no lateness."""
+    return WindowSettings(max_lateness_s=0, **options)  # type: ignore[arg-type]
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 0.0
@@ -33,7 +38,7 @@ def feed(
 
 
 def test_windows_end_on_absolute_grid_slots_and_are_whole() -> None:
-    store = WindowStore(WindowSettings(max_fill=1))
+    store = WindowStore(in_order(max_fill=1))
     ready = feed(store, list(range(5, 16)))
     ends = [w.end_ns // S for w in ready]
     # "pump-b" has phase 0: ends where slot % hop == hop-1; the first whole one needs 4 slots
@@ -46,7 +51,7 @@ def test_windows_end_on_absolute_grid_slots_and_are_whole() -> None:
 
 def test_window_ends_are_offset_per_asset_so_a_fleet_in_step_is_spread() -> None:
     assert window_phase("pump-b", 2) == 0 and window_phase("p1", 2) == 1
-    store = WindowStore(WindowSettings())
+    store = WindowStore(in_order())
     ends = [w.end_ns // S for w in feed(store, list(range(5, 16)), asset="p1")]
     assert ends == [8, 10, 12, 14]  # one slot earlier than "pump-b"'s 9, 11, 13
     hop = 10
@@ -55,7 +60,7 @@ def test_window_ends_are_offset_per_asset_so_a_fleet_in_step_is_spread() -> None
 
 
 def test_last_value_in_slot_wins() -> None:
-    store = WindowStore(WindowSettings())
+    store = WindowStore(in_order())
     store.add(Reading("pump-b", 0 * S, {"a": 1.0, "b": 1.0}), GEO, TP, 0)
     for slot in range(1, 4):
         store.add(Reading("pump-b", slot * S, {"a": 5.0, "b": 5.0}), GEO, TP, slot)
@@ -65,7 +70,7 @@ def test_last_value_in_slot_wins() -> None:
 
 
 def test_forward_fill_up_to_max_fill_per_channel() -> None:
-    store = WindowStore(WindowSettings(max_fill=1))
+    store = WindowStore(in_order(max_fill=1))
     # channel b is missing at slots 2 and 3: filled once, then NaN
     values = {s: {"a": float(s)} for s in (2, 3)}
     ready = feed(store, [0, 1, 2, 3, 4], values=values)
@@ -76,11 +81,11 @@ def test_forward_fill_up_to_max_fill_per_channel() -> None:
 
 
 def test_short_gap_is_filled_long_gap_resets_and_flags() -> None:
-    store = WindowStore(WindowSettings(max_fill=2))
+    store = WindowStore(in_order(max_fill=2))
     ready = feed(store, [0, 1, 2, 3, 6, 7, 8, 9])  # slots 4,5 missing: filled
     assert [w.end_ns // S for w in ready] == [3, 5, 7]
     assert ready[1].values[:, 0].tolist() == [2, 3, 3, 3]
-    store = WindowStore(WindowSettings(max_fill=2))
+    store = WindowStore(in_order(max_fill=2))
     ready = feed(store, [0, 1, 2, 3, 4, 8, 9, 10, 11, 12, 13, 14])  # 3 empty slots: reset
     assert [(w.end_ns // S, w.gap) for w in ready] == [(3, False), (11, True), (13, False)]
     assert store.counters.gap_resets == 1
@@ -99,7 +104,7 @@ def test_late_readings_are_dropped_and_counted() -> None:
 
 
 def test_hold_keeps_the_next_windows_first_reading() -> None:
-    store = WindowStore(WindowSettings(max_fill=0))
+    store = WindowStore(in_order(max_fill=0))
     ready = feed(store, list(range(0, 8)))  # offsets == slots
     assert [w.end_ns // S for w in ready] == [3, 5]
     # next window ends at 7 and starts at slot 4
@@ -107,7 +112,7 @@ def test_hold_keeps_the_next_windows_first_reading() -> None:
 
 
 def test_hold_reaches_back_to_the_reading_that_fills_the_first_slot() -> None:
-    store = WindowStore(WindowSettings(max_fill=2))
+    store = WindowStore(in_order(max_fill=2))
     ready = feed(store, [0, 1, 2, 3, 5, 6, 7])  # slot 4 empty, next window starts at 4
     assert [w.end_ns // S for w in ready] == [3, 5]
     assert store.hold() == {TP: 3}  # slot 3 (offset 3) fills slot 4
@@ -115,11 +120,11 @@ def test_hold_reaches_back_to_the_reading_that_fills_the_first_slot() -> None:
 
 def test_restart_from_hold_rebuilds_identical_windows() -> None:
     slots = [0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13]
-    full = feed(WindowStore(WindowSettings(max_fill=2)), slots)
-    first = WindowStore(WindowSettings(max_fill=2))
+    full = feed(WindowStore(in_order(max_fill=2)), slots)
+    first = WindowStore(in_order(max_fill=2))
     before = feed(first, slots[:8])
     hold = first.hold()[TP]
-    restarted = WindowStore(WindowSettings(max_fill=2))
+    restarted = WindowStore(in_order(max_fill=2))
     restarted.resume_after(first.last_ends())
     after = feed(restarted, slots[hold:], start_offset=hold)
     assert [w.end_ns for w in before + after] == [w.end_ns for w in full]
@@ -138,12 +143,12 @@ def test_restart_from_hold_at_any_point_rebuilds_identical_windows(seed: int) ->
         if rng.random() < 0.3:
             row.pop(str(rng.choice(["a", "b"])))
         values[slot] = row
-    full = feed(WindowStore(WindowSettings(max_fill=2)), slots, values=values)
+    full = feed(WindowStore(in_order(max_fill=2)), slots, values=values)
     for cut in range(10, len(slots), 7):
-        first = WindowStore(WindowSettings(max_fill=2))
+        first = WindowStore(in_order(max_fill=2))
         before = feed(first, slots[:cut], values=values)
         hold = first.hold().get(TP, cut)
-        restarted = WindowStore(WindowSettings(max_fill=2))
+        restarted = WindowStore(in_order(max_fill=2))
         restarted.resume_after(first.last_ends())
         after = feed(restarted, slots[hold:], start_offset=hold, values=values)
         assert [w.end_ns for w in before + after] == [w.end_ns for w in full], cut
@@ -153,7 +158,7 @@ def test_restart_from_hold_at_any_point_rebuilds_identical_windows(seed: int) ->
 
 
 def test_pending_gap_is_held_so_a_restart_sees_it() -> None:
-    store = WindowStore(WindowSettings(max_fill=1))
+    store = WindowStore(in_order(max_fill=1))
     feed(store, [0, 1, 2, 3, 4, 10, 11])
     assert store.hold() == {TP: 4}  # the reading before the gap
     feed(store, [12, 13, 14, 15], start_offset=7)
@@ -162,7 +167,7 @@ def test_pending_gap_is_held_so_a_restart_sees_it() -> None:
 
 def test_idle_eviction_releases_hold_and_remembers_last_end() -> None:
     clock = Clock()
-    store = WindowStore(WindowSettings(idle_eviction_s=60), clock=clock)
+    store = WindowStore(in_order(idle_eviction_s=60), clock=clock)
     feed(store, list(range(6)))
     feed(store, list(range(6)), asset="pump-a", start_offset=100)
     clock.now = 30
@@ -174,7 +179,7 @@ def test_idle_eviction_releases_hold_and_remembers_last_end() -> None:
 
 
 def test_drop_partitions_forgets_their_assets() -> None:
-    store = WindowStore(WindowSettings())
+    store = WindowStore(in_order())
     feed(store, list(range(6)))
     store.add(Reading("p9", 0, {"a": 1.0}), GEO, ("sensors", 1), 0)
     assert store.drop_partitions({TP}) == ["pump-b"]
@@ -184,3 +189,56 @@ def test_drop_partitions_forgets_their_assets() -> None:
 def test_geometry_must_be_positive() -> None:
     with pytest.raises(ValueError, match="window geometry"):
         WindowGeometry.of(["a"], period_s=0, window=4, hop=2)
+
+
+def test_default_lateness_places_a_plants_reordering_and_holds_windows_back_by_as_much() -> None:
+    assert WindowSettings().max_lateness_s == 2.0
+    store = WindowStore(WindowSettings())
+    # slot 4 arrives after 6 (2 s late), slot 8 after 10: both placed, none dropped
+    ready = feed(store, [0, 1, 2, 3, 5, 6, 4, 7, 9, 10, 8, 11, 12, 13, 14])
+    assert store.counters.late_dropped == 0
+    # slots up to the newest - 3 are final: windows end at 3..11 ("pump-b", hop 2)
+    assert [w.end_ns // S for w in ready] == [3, 5, 7, 9, 11]
+    assert ready[1].values[:, 0].tolist() == [2, 3, 4, 5]
+    assert ready[3].values[:, 0].tolist() == [6, 7, 8, 9]
+    assert all(w.late == 0 for w in ready)
+
+
+def test_readings_later_than_max_lateness_are_counted_on_the_next_window() -> None:
+    store = WindowStore(WindowSettings(max_lateness_s=1))
+    ready = feed(store, [0, 1, 2, 3, 4, 5])  # slot 3 final once slot 5 arrives: window 0..3
+    assert [(w.end_ns // S, w.late) for w in ready] == [(3, 0)]
+    # 3 s late (slot 2 after slot 5) twice, and slot 3 once: dropped, counted
+    assert feed(store, [2, 2, 3], start_offset=10) == []
+    assert store.counters.late_dropped == 3
+    # the asset's next window says so; the one after starts counting afresh
+    ready = feed(store, [6, 7, 8, 9], start_offset=20)
+    assert [(w.end_ns // S, w.late) for w in ready] == [(5, 3), (7, 0)]
+    feed(store, [1], start_offset=30)
+    (w,) = feed(store, [10, 11], start_offset=40)
+    assert (w.end_ns // S, w.late) == (9, 1)
+
+
+def test_late_count_is_per_asset() -> None:
+    store = WindowStore(WindowSettings(max_lateness_s=0))
+    feed(store, [0, 1, 2, 3], asset="pump-b")
+    feed(store, [0, 1, 2, 3], asset="p1")
+    feed(store, [0], asset="pump-b", start_offset=9)
+    b = feed(store, [4, 5, 6], asset="pump-b")
+    p1 = feed(store, [4, 5, 6], asset="p1")
+    assert [w.late for w in b] == [1, 0]  # the window ending at 3, then afresh
+    assert p1 and all(w.late == 0 for w in p1)
+
+
+def test_late_field_is_written_only_when_readings_were_dropped() -> None:
+    from daemon.engine import ScoredWindow
+
+    def point(late: int) -> dict[str, object]:
+        w = ScoredWindow(
+            "pump-b", "pumps", "v1", ("a",), 3 * S, 1.0, 2.0, False, "ok", False,
+            np.zeros(1), np.zeros(1), late=late,
+        )  # fmt: skip
+        return dict(w.to_point().fields)
+
+    assert "late" not in point(0)
+    assert point(4)["late"] == 4 and isinstance(point(4)["late"], int)

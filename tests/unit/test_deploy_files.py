@@ -313,6 +313,7 @@ def test_dockerfile_builds_offline_and_keeps_torch_below_the_source(image: str) 
     assert deps < source, "dependencies are installed before the source is copied"
     assert "pip install --no-deps /src" in build
 
+
 class _Health(http.server.BaseHTTPRequestHandler):
     status = 200
 
@@ -440,3 +441,18 @@ def test_systemd_readme_records_the_exposure_figure() -> None:
     text = (SYSTEMD / "README.md").read_text()
     figures = [float(x) for x in re.findall(r"exposure level[^\n]*?(\d+\.\d)", text)]
     assert figures and max(figures) <= 2.0, figures
+
+
+# --- CI runs the deployment for real ----------------------------------------------------------
+
+
+def test_ci_runs_the_static_and_the_live_deployment_checks() -> None:
+    lines = (REPO / ".ci/run").read_text().splitlines()
+    commands = [line.split("#")[0].strip() for line in lines if not line.startswith("#")]
+    assert "deploy/check.sh" in commands
+    live = [c for c in commands if "deploy/live_check.py" in c]
+    assert live and live[0].split()[-1] == "all", live
+    # after the devstack it runs against
+    assert commands.index(live[0]) > next(
+        i for i, c in enumerate(commands) if "devstack.py up" in c
+    )
