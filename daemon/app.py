@@ -25,7 +25,7 @@ from daemon.engine import ProfileRegistry
 from daemon.lineprotocol import Point
 from daemon.publish import KafkaPublisher, PublishError
 from daemon.settings import DaemonSettings
-from daemon.sink import InfluxSink
+from daemon.sink import InfluxSink, check_influx_access
 from daemon.source import KafkaSource, KafkaUnavailable, Record, lag_figures
 from daemon.windows import TopicPartitionId
 from seqae.artifacts import ArtifactError, write_atomic
@@ -217,6 +217,10 @@ class Daemon:
             log.info("health endpoints on http://%s:%d", s.health.host, self.health_server.port)
         servers = ",".join(s.kafka.bootstrap_servers)
         self.health_state.set_ready(False, f"connecting to Kafka at {servers}")
+        problem = check_influx_access(s.influx)
+        if problem is not None:
+            self.close()
+            raise StartupError(problem)
         self.sink = InfluxSink(s.influx)
         try:
             self.publisher = KafkaPublisher(s.kafka, should_stop=lambda: self._stop)
@@ -503,7 +507,7 @@ class Daemon:
             )
             return
         self.core.baselines.saved(checkpoint.warmup)
-        write_atomic(self._state_path, checkpoint.state)
+        write_atomic(self._state_path, checkpoint.state, mode=0o600)
         safe = self.ledger.committable(window_hold)
         offsets = {
             tp: min(off, safe.get(tp, off))

@@ -26,6 +26,7 @@ import click
 import pandas as pd
 
 from daemon.settings import WindowSettings
+from daemon.windows import is_window_end, window_phase
 from seqae.synth import generate_plant, write_plant
 from seqae.train import train_profile
 
@@ -255,7 +256,13 @@ def main(
         # A window is scored once a reading more than max_lateness_s (1 s slots) after its last
         # slot arrives, so the stream's final windows stay open.
         lateness = math.ceil(WindowSettings().max_lateness_s)
-        expected = assets * len(range(30 - 1, n_live - 1 - lateness, 5))
+        first = pd.Timestamp(LIVE_START).value // 1_000_000_000
+        open_from = first + n_live - 1 - lateness  # slots from here on are not final yet
+        expected = sum(
+            is_window_end(end, window_phase(asset, 5), 5)
+            for asset in live
+            for end in range(first + 30 - 1, open_from)
+        )
         seen: set[tuple[Any, ...]] = set()
         deadline = time.monotonic() + 600
         scored = 0

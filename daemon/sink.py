@@ -353,3 +353,40 @@ class InfluxSink:
             self._buffered -= len(lines)
             health.sink_buffered_points.set(self._buffered)
             self._cond.notify_all()
+
+
+def check_influx_access(settings: InfluxSettings) -> str | None:
+    """Ask InfluxDB, with an empty write, whether these credentials may write there.
+
+    Returns what is wrong, naming the setting (401/403: the token or user/password; 404: the
+    bucket or database), or None when the write is allowed. An unreachable server or a 5xx
+    returns None: an outage is a state on /readyz, never a reason not to start.
+    """
+    if settings.api == "v2":
+        query = urlencode({"org": settings.org, "bucket": settings.bucket, "precision": "ns"})
+        url = f"{settings.url}/api/v2/write?{query}"
+        token = settings.token.get_secret_value() if settings.token else ""
+        headers = {"Authorization": f"Token {token}"}
+        refused = "influx.token (SEQAE_INFLUX__TOKEN or influx.token_file)"
+        missing = f"influx.bucket {settings.bucket!r} (org {settings.org!r})"
+    else:
+        url = f"{settings.url}/write?{urlencode({'db': settings.database})}"
+        headers = {}
+        if settings.username is not None:
+            password = settings.password.get_secret_value() if settings.password else ""
+            pair = f"{settings.username}:{password}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+        refused = "influx.username / influx.password"
+        missing = f"influx.database {settings.database!r}"
+    http = urllib3.PoolManager(timeout=urllib3.Timeout(total=settings.timeout_s), retries=False)
+    try:
+        resp = http.request("POST", url, body=b"", headers=headers)
+    except urllib3.exceptions.HTTPError:
+        return None
+    finally:
+        http.clear()
+    if resp.status in (401, 403):
+        return f"{refused}: InfluxDB at {settings.url} refused it (HTTP {resp.status})"
+    if resp.status == 404:
+        return f"{missing}: not found at {settings.url} (HTTP 404)"
+    return None

@@ -85,11 +85,18 @@ class LoadedProfile:
     meta: ModelMeta
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
+# Models are trained by an operator (or root) and served by the service account: readable by
+# all, like files written under the usual umask 022 (mkstemp/mkdtemp make 0600/0700).
+MODEL_FILE_MODE = 0o644
+MODEL_DIR_MODE = 0o755
+
+
+def write_atomic(path: Path, data: bytes | str, mode: int = MODEL_FILE_MODE) -> None:
     """Replace `path` with `data` so a crash leaves either the old or the new file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
@@ -152,12 +159,15 @@ def save_model(
     final = Path(root) / profile / version
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{version}."))
+    staging.chmod(MODEL_DIR_MODE)
     tensors = {k: v.detach().cpu().contiguous() for k, v in detector.state_dict().items()}
     save_file(tensors, str(staging / WEIGHTS))
     meta.weights_sha256 = _sha256(staging / WEIGHTS)
     meta.created_at = meta.created_at or datetime.now(UTC).isoformat(timespec="seconds")
     meta.config = detector.cfg.to_dict()
     (staging / META).write_text(json.dumps(meta.to_dict(baseline), indent=2))
+    for written in (staging / WEIGHTS, staging / META):
+        written.chmod(MODEL_FILE_MODE)
     os.replace(staging, final)
     if promote_now:
         promote(root, profile, version)

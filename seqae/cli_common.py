@@ -26,7 +26,7 @@ MODELS_OPTION = click.option(
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("models"),
     show_default=True,
-    envvar="SEQAE_MODELS",
+    envvar=["SEQAE_MODELS", "SEQAE_PROFILES__MODELS_ROOT"],
     help="Folder holding models/<profile>/<version>/.",
 )
 

@@ -251,7 +251,9 @@ def generate_asset(
     speed = _speed_schedule(rng, n, period_s, t_s)
     for at, factor in setpoint_steps:
         if not (0 <= at < n and factor > 0):
-            raise SynthError(f"setpoint_steps: need 0 <= sample < {n} and factor > 0, got {at}, {factor}")
+            raise SynthError(
+                f"setpoint_steps: need 0 <= sample < {n} and factor > 0, got {at}, {factor}"
+            )
         speed[at:] *= factor
     alpha = min(1.0, period_s / 1800.0)
     valve_wander = 1.0 + _smooth_walk(rng, n, 0.003 * np.sqrt(alpha), alpha)
