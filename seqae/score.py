@@ -66,16 +66,14 @@ def _stackable(baselines: Iterable[Baseline]) -> bool:
 
 def _finish_stacked(
     feats: np.ndarray,
-    windows: np.ndarray,
     groups: dict[int, Any],
     unique: dict[int, Baseline],
     score: np.ndarray,
     threshold: np.ndarray,
     contrib: np.ndarray,
-    shifted: np.ndarray,
 ) -> None:
-    """`Baseline.scores`, `.threshold` and `.shifted` for windows of many baselines at once; the
-    same arithmetic per window as the per-baseline path."""
+    """`Baseline.scores` and `.threshold` for windows of many baselines at once; the same
+    arithmetic per window as the per-baseline path."""
     keys = list(groups)
     which = np.empty(len(feats), np.intp)  # row of each window's baseline in the stacks
     for g, key in enumerate(keys):
@@ -234,7 +232,7 @@ class Scorer:
         contrib = np.empty((n, feats.shape[1]), np.float32)
         shifted = np.zeros(n, bool)
         if len(groups) >= _STACK_FROM and _stackable(unique.values()):
-            _finish_stacked(feats, windows, groups, unique, score, threshold, contrib, shifted)
+            _finish_stacked(feats, groups, unique, score, threshold, contrib)
         else:
             for key, idx in groups.items():
                 b = unique[key]

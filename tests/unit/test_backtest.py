@@ -16,39 +16,33 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "configs" / "daemon.example.toml
 HOUR = 3600
 
 
-@pytest.fixture(scope="module")
-def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("models")
-    history = generate_plant(3, 2 * HOUR, seed=0, with_faults=False)
+def train_pumps(root: Path, pumps: int, hours: int, kind: str, epochs: int = 10) -> Path:
+    """Profile `pumps` (window 30, hop 5) on the normal history of a synthetic plant."""
+    history = generate_plant(pumps, hours * HOUR, seed=0, with_faults=False)
     train_profile(
         [s for s, _ in history.values()],
         models_root=root,
         profile="pumps",
         window=30,
         hop=5,
-        kind="pca",
+        kind=kind,  # type: ignore[arg-type]
+        epochs=epochs,
         progress=False,
         device="cpu",
     )
     return root
+
+
+@pytest.fixture(scope="module")
+def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A PCA T²+Q profile on 3 pumps x 2 h: quick, for the mechanics."""
+    return train_pumps(tmp_path_factory.mktemp("models"), 3, 2, "pca")
 
 
 @pytest.fixture(scope="module")
 def lstm_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo's recipe: an LSTM-AE on 4 pumps x 6 h of normal history, 10 epochs."""
-    root = tmp_path_factory.mktemp("lstm")
-    history = generate_plant(4, 6 * HOUR, seed=0, with_faults=False)
-    train_profile(
-        [s for s, _ in history.values()],
-        models_root=root,
-        profile="pumps",
-        window=30,
-        hop=5,
-        epochs=10,
-        progress=False,
-        device="cpu",
-    )
-    return root
+    return train_pumps(tmp_path_factory.mktemp("lstm"), 4, 6, "lstm")
 
 
 def shipped(models_root: Path) -> DaemonSettings:
