@@ -17,6 +17,7 @@ import torch
 
 from daemon.baselines import AssetBaselines, ScoreState, ShiftEvent
 from daemon.device_history import DeviceFeed, device_features
+from daemon.health import RateLimitedLog
 from daemon.lineprotocol import Point
 from daemon.settings import EngineSettings
 from daemon.windows import ReadyWindow, TopicPartitionId, WindowGeometry
@@ -26,6 +27,8 @@ from seqae.extras import reconstruct_raw
 from seqae.score import ScoreBatch, Scorer
 
 log = logging.getLogger(__name__)
+# a bad CURRENT is seen at every reload poll: logged once, then once a minute with a count
+_repeated = RateLimitedLog(log)
 
 
 @dataclass
@@ -180,7 +183,13 @@ class ProfileRegistry:
                 wanted = current_version(self._root, name)
             except (OSError, ArtifactError) as exc:
                 self.load_failures += 1
-                log.error("profile %s: cannot read CURRENT: %s", name, exc)
+                _repeated.log(
+                    logging.ERROR,
+                    f"current:{name}",
+                    "profile %s: cannot read CURRENT: %s",
+                    name,
+                    exc,
+                )
                 continue
             if wanted is None or (wanted == served.version and not force):
                 continue
@@ -188,7 +197,9 @@ class ProfileRegistry:
                 self._served[name] = self._load(name, wanted)
             except (ArtifactError, OSError, ValueError, RuntimeError) as exc:
                 self.load_failures += 1
-                log.error(
+                _repeated.log(
+                    logging.ERROR,
+                    f"load:{name}:{wanted}",
                     "profile %s %s failed to load, still serving %s: %s",
                     name,
                     wanted,

@@ -833,3 +833,118 @@ def test_backtest_gives_the_daemons_scores_and_alerts(
         online = [(r[0], r[1], r[2]) for r in alerts[0]["values"]] if alerts else []
         assert online == [(e.time_ns, e.alert_id, e.state) for e in trace.events]
     assert any(e.state == "open" for e in offline[FAULTY].events)
+
+
+def test_hostile_messages_are_dead_lettered_and_the_stream_is_scored_completely(
+    setup: Callable[..., tuple[DaemonProcess, int]],
+    kafka_bootstrap: str,
+    unique_topic: str,
+    query: Query,
+) -> None:
+    """The poison pills of issue 11 amid a good stream, on the real broker, default limits."""
+    ts = DEFAULT_START_NS // 1_000_000 + 300_000  # inside the stream
+    good = {"pressure": 2.0, "flow": 30.0, "motor_current": 10.0, "temperature": 30.0}
+
+    def wide(asset: str, when: object, **values: object) -> bytes:
+        return json.dumps({"asset": asset, "ts": when, "values": values or good}).encode()
+
+    huge = 10**400
+    # json.dumps cannot write a 400-digit integer as a number: the digits go in by hand
+    huge_value = b'{"asset": "%s", "ts": %d, "values": {"pressure": %s}}' % (
+        FAULTY.encode(),
+        ts,
+        str(huge).encode(),
+    )
+    hostile: dict[str, bytes | str | list[bytes]] = {
+        "too_deep": b"[" * 50_000 + b"]" * 50_000,
+        "non_finite": huge_value,
+        "bad_timestamp": [
+            wide(FAULTY, huge),
+            wide(FAULTY, "9999-12-31T23:59:59Z"),
+            wide(FAULTY, 10_000_000_000_000),
+            wide(FAULTY, "1970-01-01T00:00:01Z"),
+        ],
+        "not_json": bytes(range(256)) * 4,
+        "unknown_asset": wide("pümp-✓", ts),
+        "big": json.dumps({"asset": FAULTY, "ts": ts, "values": {"pressure": "x" * 990_000}}),
+    }
+    bad: list[tuple[str, bytes]] = []
+    for value in hostile.values():
+        for v in value if isinstance(value, list) else [value]:
+            # far-future readings under the other pump's key: they must not silence FAULTY
+            bad.append((HEALTHY, v.encode() if isinstance(v, str) else v))
+    make_topic(kafka_bootstrap, unique_topic, 2)
+    dead_topic = f"{unique_topic}-dead"
+    make_topic(kafka_bootstrap, dead_topic, 1)
+    messages = interleave(stream(FAULTY), stream(HEALTHY), assets=(FAULTY, HEALTHY))
+    middle = len(messages) // 2
+    produce(kafka_bootstrap, unique_topic, messages[:middle] + bad + messages[middle:])
+    daemon, port = setup(env={"SEQAE_KAFKA__DEAD_LETTER_TOPIC": dead_topic})
+    want = wait_for_all_scores(query, daemon, "all scores after the poison pills")
+    for asset in (FAULTY, HEALTHY):
+        assert score_times(query, asset) == want[asset]
+    consumer = KafkaConsumer(
+        dead_topic,
+        bootstrap_servers=kafka_bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=5000,
+        group_id=None,
+    )
+    letters = [m for m in consumer]
+    consumer.close()
+    reasons = [dict(m.headers)["seqae.reason"].decode() for m in letters]
+    assert len(letters) == len(bad), reasons
+    assert reasons.count("too_deep") == 1 and reasons.count("non_finite") == 1
+    assert reasons.count("bad_timestamp") == 4 and reasons.count("unknown_asset") == 1
+    assert "not_json" in reasons or "undecodable" in reasons
+    assert len(set(m.key for m in letters)) == len(letters)  # topic:partition:offset, unique
+    assert daemon.proc is not None and daemon.proc.poll() is None
+    assert metric_value(metrics(port), "seqae_bad_messages_total", reason="too_deep") == 1
+    assert daemon.signal(signal.SIGTERM) == 0, daemon.log()
+
+
+def kafka_broker_pid() -> int:
+    """The devstack broker's process group (deploy/local/devstack.py's state file)."""
+    cache = Path(os.environ.get("SEQAE_CACHE") or Path.home() / ".cache" / "seqae")
+    home = Path(os.environ.get("SEQAE_DEV_HOME") or cache / "dev").expanduser()
+    state = json.loads((home / "state.json").read_text())
+    return int(state["services"]["kafka"]["pid"])
+
+
+def test_broker_away_for_two_minutes_is_a_state_not_an_exit(
+    setup: Callable[..., tuple[DaemonProcess, int]],
+    kafka_bootstrap: str,
+    unique_topic: str,
+    query: Query,
+) -> None:
+    """The broker frozen for 120 s mid-stream (SIGSTOP: connections hang, as on a dead host):
+    the daemon stays up, /readyz says why and comes back, and no window is lost or doubled."""
+    make_topic(kafka_bootstrap, unique_topic, 2)
+    messages = interleave(stream(FAULTY), stream(HEALTHY), assets=(FAULTY, HEALTHY))
+    produce(kafka_bootstrap, unique_topic, messages[: len(messages) // 2])
+    daemon, port = setup()
+    wait_for(lambda: len(score_times(query, HEALTHY)) > 20, 60, "first scores", daemon)
+    pid = kafka_broker_pid()
+    os.killpg(pid, signal.SIGSTOP)
+    try:
+        seen = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            status, body = http_request("GET", f"http://127.0.0.1:{port}/readyz")
+            seen.append((status, body.decode(errors="replace")))
+            assert daemon.proc is not None and daemon.proc.poll() is None, daemon.log()
+            time.sleep(2.0)
+    finally:
+        os.killpg(pid, signal.SIGCONT)
+    assert any(s == 503 and "Kafka unreachable since" in b for s, b in seen), seen[-3:]
+    produce(kafka_bootstrap, unique_topic, messages[len(messages) // 2 :])
+    want = wait_for_all_scores(query, daemon, "all scores after the broker came back")
+    wait_for(
+        lambda: http_request("GET", f"http://127.0.0.1:{port}/readyz")[0] == 200,
+        60,
+        "ready again",
+        daemon,
+    )
+    assert daemon.signal(signal.SIGTERM) == 0, daemon.log()
+    for asset in (FAULTY, HEALTHY):
+        assert score_times(query, asset) == want[asset]

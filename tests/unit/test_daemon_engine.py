@@ -350,3 +350,21 @@ def test_clean_points_cover_each_slot_once_when_enabled(
     got = np.array([[p.fields[c] for c in channels] for p in points[-4:]])
     scale = np.nanstd(known.reshape(-1, len(channels)), axis=0)
     assert (np.abs(got - raw) < 3 * scale).mean() > 0.9
+
+
+def test_a_bad_current_is_logged_once_not_at_every_poll(
+    models_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import shutil
+
+    root = tmp_path / "models"
+    shutil.copytree(models_root, root)
+    registry = ProfileRegistry(root, ["pumps"], "cpu")
+    (root / "pumps" / "CURRENT").write_text("../../etc\n")  # not a version name
+    with caplog.at_level(logging.ERROR, logger="daemon.engine"):
+        for _ in range(5):
+            assert registry.refresh() == []
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and registry.load_failures == 5
+    assert registry.get("pumps").version == "v0001"  # still served
