@@ -11,6 +11,7 @@ moved along the operating envelope) is a shift event, not a fault alert; after
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -35,6 +36,28 @@ def write_files(files: list[tuple[Path, bytes | None]]) -> None:
             path.unlink(missing_ok=True)
         else:
             write_atomic(path, data)
+
+
+def _arrays_json(arrays: list[np.ndarray]) -> dict[str, Any] | None:
+    """Same-shaped arrays as one base64 block (exact, NaN kept); None for none."""
+    if not arrays:
+        return None
+    stacked = np.ascontiguousarray(np.stack(arrays))
+    return {
+        "dtype": stacked.dtype.str,
+        "shape": list(stacked.shape),
+        "data": base64.b64encode(stacked.tobytes()).decode("ascii"),
+    }
+
+
+def _arrays_from_json(data: dict[str, Any] | None) -> list[np.ndarray]:
+    if data is None:
+        return []
+    dtype = np.dtype(data["dtype"])
+    if dtype.kind != "f":
+        raise ValueError(f"arrays of dtype {dtype} (expected floats)")
+    flat = np.frombuffer(base64.b64decode(data["data"], validate=True), dtype)
+    return list(flat.reshape([int(n) for n in data["shape"]]).copy())
 
 
 def _safe(name: str) -> str:
@@ -166,6 +189,43 @@ class AssetBaselines:
                 )
                 reset += 1
         return reset
+
+    def asset_state(self, asset: str) -> list[dict[str, Any]]:
+        """The asset's calibration for each profile it has one for, JSON-safe and exact (floats
+        and arrays round-trip bit for bit): own and moved baselines, warm-up windows, shift."""
+        return [
+            {
+                "profile": profile,
+                "version": entry.version,
+                "baseline": entry.baseline.to_dict() if entry.baseline is not None else None,
+                "moved": entry.moved.to_dict() if entry.moved is not None else None,
+                "warmup": _arrays_json(entry.warmup),
+                "shift_run": _arrays_json(entry.shift_run),
+                "shifted": entry.shifted,
+            }
+            for (profile, name), entry in self._assets.items()
+            if name == asset
+        ]
+
+    def restore_asset(self, asset: str, state: list[dict[str, Any]]) -> None:
+        """Replace the asset's calibration by `asset_state`'s list; raises ValueError naming the
+        asset on bad data. A profile whose served version differs calibrates again, as usual."""
+        entries = {}
+        try:
+            for item in state:
+                entry = _AssetCalibration(str(item["version"]))
+                if item["baseline"] is not None:
+                    entry.baseline = Baseline.from_dict(item["baseline"])
+                if item["moved"] is not None:
+                    entry.moved = Baseline.from_dict(item["moved"])
+                entry.warmup = _arrays_from_json(item["warmup"])
+                entry.shift_run = _arrays_from_json(item["shift_run"])
+                entry.shifted = bool(item["shifted"])
+                entries[(str(item["profile"]), asset)] = entry
+        except (KeyError, TypeError, ValueError, CalibrationError) as exc:
+            raise ValueError(f"baseline state for asset {asset!r}: {exc!r}") from exc
+        self.forget([asset])
+        self._assets.update(entries)
 
     def forget(self, assets: list[str]) -> None:
         gone = set(assets)

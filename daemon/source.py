@@ -361,6 +361,20 @@ class KafkaSource:
         self._consumer.pause(partition)
         self._waiting.add(tp)
 
+    def hold_back(self, partitions: set[TopicPartitionId]) -> None:
+        """Stop reading these assigned partitions until `release` (their state is not restored
+        yet); where they resume is the caller's seek."""
+        assigned = self._consumer.assignment()
+        held = [TopicPartition(*tp) for tp in partitions if TopicPartition(*tp) in assigned]
+        if held:
+            self._consumer.pause(*held)
+            self._waiting.update((tp.topic, tp.partition) for tp in held)
+
+    def partition_count(self) -> int:
+        """The most partitions any input topic has (from the consumer's metadata)."""
+        counts = [len(self._consumer.partitions_for_topic(t) or ()) for t in self._settings.topics]
+        return max(counts, default=0)
+
     def release(self, tp: TopicPartitionId) -> None:
         """Read `tp` again from where `wait_at` stopped it (unless paused for backpressure)."""
         if tp not in self._waiting:
@@ -417,17 +431,22 @@ class KafkaSource:
         return int(offset) if offset is not None else None
 
     def rewind_to_committed(
-        self, partitions: set[TopicPartitionId], fallback_ms: int | None = None
+        self,
+        partitions: set[TopicPartitionId],
+        fallback_ms: int | None = None,
+        not_after: Mapping[TopicPartitionId, int] | None = None,
     ) -> None:
-        """Seek each partition to its committed offset; one never committed goes to the first
-        record at or after `fallback_ms` (if given). A partition whose committed offset cannot
-        be read keeps the consumer's own position (its committed offset or the reset policy):
-        a guess here could skip records."""
+        """Seek each partition to its committed offset, or to `not_after[tp]` if that is
+        earlier (the first reading restored windows need); one never committed goes to the
+        first record at or after `fallback_ms` (if given). A partition whose committed offset
+        cannot be read keeps the consumer's own position (its committed offset or the reset
+        policy): a guess here could skip records."""
+        floor = not_after or {}
         for tp in sorted(partitions):
             try:
                 committed = self.committed(tp)
                 if committed is not None:
-                    self.seek(tp, committed)
+                    self.seek(tp, min(committed, floor.get(tp, committed)))
                 elif fallback_ms is not None:
                     self.seek_to_time(tp, fallback_ms)
             except KafkaError as exc:
