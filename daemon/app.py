@@ -206,7 +206,7 @@ class Daemon:
             floor = self._restore(partitions)
         except ChangelogError as exc:
             self._unexpected.log(
-                logging.ERROR, "changelog", "%s; partitions %s wait", exc, sorted(partitions)
+                logging.ERROR, "changelog", "%s; partitions %s wait", exc, _names(partitions)
             )
             self.source.hold_back(partitions)
             self._next_restore = time.monotonic() + 1.0
@@ -218,7 +218,7 @@ class Daemon:
         seconds = time.monotonic() - started
         health.state_restore_seconds.set(seconds)
         health.assets_owned.set(self.core.assets_owned)
-        log.info("partitions %s ready in %.3f s", sorted(partitions), seconds)
+        log.info("partitions %s ready in %.3f s", _names(partitions), seconds)
 
     def _restore(self, partitions: set[TopicPartitionId]) -> dict[TopicPartitionId, int]:
         """Read the changelog partitions of `partitions` into the core; returns, per partition,
@@ -241,7 +241,7 @@ class Daemon:
         log.info(
             "restored state of %d assets of partitions %s from %s in %.3f s",
             len(states),
-            sorted(partitions),
+            _names(partitions),
             self.changelog.topic,
             time.monotonic() - started,
         )
@@ -643,6 +643,14 @@ class Daemon:
             reasons.append("InfluxDB writes failing")
         shown = [r for r in dict.fromkeys(reasons) if r]
         self.health_state.set_ready(not shown, "; ".join(shown))
+
+
+def _names(partitions: set[TopicPartitionId]) -> str:
+    """'topic[0,1]' per topic: a log line's short form of a set of partitions."""
+    topics: dict[str, list[int]] = {}
+    for topic, partition in sorted(partitions):
+        topics.setdefault(topic, []).append(partition)
+    return " ".join(f"{t}[{','.join(map(str, ps))}]" for t, ps in topics.items())
 
 
 def run_daemon(settings: DaemonSettings) -> None:
