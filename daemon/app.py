@@ -639,6 +639,10 @@ class Daemon:
         reasons = [self.source.reachability.reason, self.profiles.missing_reason()]
         if self.publisher is not None:
             reasons.append(self.publisher.reachability.reason)
+        if self.changelog is not None:
+            reasons.append(self.changelog.reachability.reason)
+        if self._unrestored:
+            reasons.append(f"restoring asset state of partitions {_names(self._unrestored)}")
         if not self.sink.healthy:
             reasons.append("InfluxDB writes failing")
         shown = [r for r in dict.fromkeys(reasons) if r]

@@ -235,6 +235,8 @@ class StreamCore:
     def evict_idle(self) -> list[str]:
         idle = self.windows.evict_idle()
         self.engine.release_assets(set(idle))
+        # their next window starts afresh: the changelog must stop naming the old one's offsets
+        self._changed.update(a for a in idle if a in self._partition)
         return idle
 
     def close(self) -> None:

@@ -4,6 +4,7 @@ exactly as the first one does (windows, scores, thresholds, warm-up, alert ids).
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,10 +53,10 @@ def settings_for(models_root: Path, state_dir: Path) -> DaemonSettings:
     )
 
 
-def make_core(models_root: Path, state_dir: Path) -> StreamCore:
+def make_core(models_root: Path, state_dir: Path, **kwargs: Any) -> StreamCore:
     settings = settings_for(models_root, state_dir)
     profiles = ProfileRegistry(models_root, ["pumps"], "cpu", "never")
-    return StreamCore(settings, profiles)
+    return StreamCore(settings, profiles, **kwargs)
 
 
 def run(core: StreamCore, stream: list, start: int, stop: int) -> list[tuple]:
@@ -111,7 +112,8 @@ def test_only_changed_assets_are_taken_and_a_bad_state_is_refused(
 ) -> None:
     series = generate_asset(ASSET, 200, seed=0, plant_seed=0)[0]
     stream = list(readings([series]))
-    core = make_core(models_root, tmp_path / "a")
+    clock = [0.0]
+    core = make_core(models_root, tmp_path / "a", clock=lambda: clock[0])
     run(core, stream, 0, 100)
     assert list(core.changed_states()) == [ASSET]
     assert core.changed_states() == {}  # nothing changed since
@@ -121,6 +123,11 @@ def test_only_changed_assets_are_taken_and_a_bad_state_is_refused(
     taken = core.changed_states()
     core.mark_changed(taken)  # not written: taken again next time
     assert list(core.changed_states()) == [ASSET]
+    assert taken[ASSET]["window_offsets"]  # its next window's readings
+    clock[0] += 10_000.0  # the stream stopped: its window is evicted, and that is a change
+    core.evict_idle()
+    evicted = core.changed_states()[ASSET]
+    assert evicted["window_offsets"] == [] and evicted["last_end_ns"] == taken[ASSET]["last_end_ns"]
     bad = dict(taken[ASSET], baselines=[{"profile": "pumps"}])
     other = make_core(models_root, tmp_path / "b")
     failed = other.restore_assets({ASSET: bad})
