@@ -1,8 +1,10 @@
 """Per-asset state that follows its partition: daemons in one consumer group on the real Kafka
 and InfluxDB of deploy/local, the instance owning the faulty pump killed while its alert is open.
 
-Pumps 1 and 2 hash to partition 3 of a 4-partition topic, pump-3 to 0 and pump-4 to 1, so with
-two members each owns two pumps; the faulty pump-1 moves when its owner dies.
+Keys hash as Kafka's default partitioner does: of 4 partitions pumps 1 and 2 go to 3, pump-3 to 0
+and pump-4 to 1, so with two members each owns two pumps; of 8, pumps 1-2 go to 7, 3 to 4, 4 to
+1, 5 to 5 and 6 to 3, so three members own 1, 3 and 2 pumps. The faulty pump-1 moves when its
+owner dies.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import re
 import signal
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -40,7 +43,7 @@ from seqae.synth import DEFAULT_START_NS
 
 pytestmark = pytest.mark.integration
 
-ASSETS = ("pump-1", "pump-2", "pump-3", "pump-4")
+FAULTY_PARTITION = {4: 3, 8: 7}
 WARMUP = 30
 ENV = {
     "SEQAE_BASELINES__MODE": "per_asset",
@@ -50,6 +53,26 @@ ENV = {
     "SEQAE_KAFKA__SESSION_TIMEOUT_MS": "6000",
     "SEQAE_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
 }
+
+
+@dataclass
+class Member:
+    name: str
+    daemon: DaemonProcess
+    port: int
+
+    def ready_lines(self) -> list[str]:
+        text = self.daemon.log_path.read_text()
+        return [ln for ln in text.splitlines() if "ready in" in ln]
+
+    def partitions(self) -> set[int]:
+        """The partitions of its latest assignment (none before the first)."""
+        lines = self.ready_lines()
+        found = re.search(r"\[([\d,]+)\] ready in", lines[-1]) if lines else None
+        return {int(p) for p in found.group(1).split(",")} if found else set()
+
+    def metric(self, name: str, **labels: str) -> float:
+        return metric_value(metrics(self.port), name, **labels)
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +90,11 @@ def group(
     influx_v1: InfluxV1,
     database: str,
     models_root: Path,
-) -> Iterator[Callable[[str], tuple[DaemonProcess, int]]]:
+) -> Iterator[Callable[[str], Member]]:
     """Start members of one group (own state folder each, as separate hosts would have)."""
     started: list[DaemonProcess] = []
 
-    def launch(name: str) -> tuple[DaemonProcess, int]:
+    def launch(name: str) -> Member:
         port = free_port()
         config = write_config(
             tmp_path,
@@ -86,112 +109,162 @@ def group(
         )
         daemon = DaemonProcess(config, tmp_path / f"{name}.log", ENV).start()
         started.append(daemon)
-        return daemon, port
+        return Member(name, daemon, port)
 
     yield launch
     for daemon in started:
         daemon.stop()
 
 
-def ready_lines(daemon: DaemonProcess) -> list[str]:
-    return [ln for ln in daemon.log_path.read_text().splitlines() if "ready in" in ln]
-
-
 def log_time(line: str) -> float:
     return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
-def test_killed_owners_assets_move_with_their_state_and_open_alert(
-    group: Callable[[str], tuple[DaemonProcess, int]],
-    kafka_bootstrap: str,
-    unique_topic: str,
-    query: Query,
+def settled(members: list[Member], partitions: int) -> bool:
+    """Every partition assigned to exactly one of `members`, by their latest assignments."""
+    owned = [m.partitions() for m in members]
+    return sum(map(len, owned)) == partitions and set().union(*owned) == set(range(partitions))
+
+
+def start_group(group: Callable[[str], Member], names: list[str], partitions: int) -> list[Member]:
+    members = []
+    for name in names:  # one by one: each join is one rebalance
+        member = group(name)
+        members.append(member)
+        wait_for(lambda m=member: bool(m.ready_lines()), 60, f"{name} joining", member.daemon)
+    wait_for(lambda: settled(members, partitions), 60, "the group to settle")
+    return members
+
+
+def wait_for_scores(
+    query: Query, want: dict[str, list[int]], what: str, logs: list[Member]
 ) -> None:
-    make_topic(kafka_bootstrap, unique_topic, 4)
-    first, port1 = group("d1")
-    wait_for(lambda: bool(ready_lines(first)), 60, "d1's partitions", first)
-    second, port2 = group("d2")
-    wait_for(lambda: bool(ready_lines(second)), 60, "d2's partitions", second)
-    wait_for(lambda: len(ready_lines(first)) >= 2, 30, "d1's share after d2 joined", first)
-
-    messages = interleave(*(stream(a) for a in ASSETS), assets=ASSETS)
-    cut = 700 * len(ASSETS)  # inside the fault (600-800): the alert is open at the kill
-    produce(kafka_bootstrap, unique_topic, messages[:cut])
-    opened = f"SELECT alert_id FROM seqae_alert WHERE asset = '{FAULTY}' AND state = 'open'"
-    wait_for(lambda: bool(query(opened)), 60, "the alert to open", first)
-    # pump-1's partition is 3: its owner is the member whose last assignment names it
-    owns_3 = [d for d in (first, second) if re.search(r"\[(\d,)*3\] ready in", ready_lines(d)[-1])]
-    assert len(owns_3) == 1, (ready_lines(first), ready_lines(second))
-    owner, survivor = (first, second) if owns_3[0] is first else (second, first)
-    owner_port, survivor_port = (port1, port2) if owner is first else (port2, port1)
-    upto = {a: expected_ends(a, 700) for a in ASSETS}
-    wait_for(
-        lambda: all(len(score_times(query, a)) >= len(upto[a]) for a in ASSETS),
-        60,
-        "scores up to the kill",
-        owner,
-    )
-    commits = metric_value(metrics(owner_port), "seqae_commits_total")
-    wait_for(
-        lambda: metric_value(metrics(owner_port), "seqae_commits_total") > commits,
-        30,
-        "a commit with the alert open",
-        owner,
-    )
-    restores_before = len(ready_lines(survivor))
-    assert [
-        r[2]
-        for r in query(f"SELECT alert_id, state FROM seqae_alert WHERE asset = '{FAULTY}'")[0][
-            "values"
-        ]
-    ][-1] != "closed"
-    assert owner.signal(signal.SIGKILL) == -signal.SIGKILL
-    killed_at = time.time()
-    produce(kafka_bootstrap, unique_topic, messages[cut:])
-
-    want = {a: expected_ends(a) for a in ASSETS}
     try:
-        wait_for(
-            lambda: all(len(score_times(query, a)) >= len(want[a]) for a in ASSETS),
-            90,
-            "all scores after the kill",
-            survivor,
-        )
+        wait_for(lambda: all(len(score_times(query, a)) >= len(want[a]) for a in want), 90, what)
     except AssertionError:
-        missing = {a: sorted(set(want[a]) - set(score_times(query, a)))[:5] for a in ASSETS}
-        raise AssertionError(f"missing windows {missing}\n{survivor.log()}") from None
-    text = metrics(survivor_port)
-    assert survivor.signal(signal.SIGTERM) == 0, survivor.log()
+        missing = {a: sorted(set(want[a]) - set(score_times(query, a)))[:5] for a in want}
+        tails = "\n".join(m.daemon.log() for m in logs)
+        raise AssertionError(f"{what}: missing windows {missing}\n{tails}") from None
 
-    # the survivor took every partition and restored every asset from the changelog
-    takeover = ready_lines(survivor)[restores_before:]
-    assert takeover, survivor.log()
-    log = survivor.log_path.read_text()
-    assert re.search(r"restored state of 4 assets of partitions", log), survivor.log()
-    print(
-        f"failover: SIGKILL to the survivor's partitions ready "
-        f"{log_time(takeover[-1]) - killed_at:.1f} s (session timeout 6 s); "
-        f"restore seconds {metric_value(text, 'seqae_state_restore_seconds'):.3f}; "
-        f"changelog bytes/record "
-        f"{metric_value(text, 'seqae_changelog_bytes_total') / max(1, metric_value(text, 'seqae_changelog_records_total')):.0f}"
+
+def wait_for_a_commit(member: Member) -> None:
+    commits = member.metric("seqae_commits_total")
+    wait_for(
+        lambda: member.metric("seqae_commits_total") > commits,
+        30,
+        f"a commit by {member.name}",
+        member.daemon,
     )
 
-    for a in ASSETS:
+
+def assert_state_followed_the_assets(query: Query, assets: tuple[str, ...]) -> None:
+    """Every window once, one warm-up per asset, one threshold per asset, and the faulty
+    pump's alert opened once and closed once under one id."""
+    for a in assets:
         rows = query(f"SELECT threshold, state FROM seqae_score WHERE asset = '{a}'")[0]["values"]
-        assert [r[0] for r in rows] == want[a], a  # none lost, none doubled, on the grid
+        assert [r[0] for r in rows] == expected_ends(a), a  # none lost, none doubled
         states = [r[2] for r in rows]
         # warm-up once, at the start: no moved asset calibrates again
         assert states[:WARMUP] == ["calibrating"] * WARMUP, a
         assert "calibrating" not in states[WARMUP:], a
         # one threshold to the last digit, whichever member scored the window
         assert len({r[1] for r in rows[WARMUP:]}) == 1, (a, sorted({r[1] for r in rows[WARMUP:]}))
-
-    # the alert opened by the killed member is closed by the survivor, with the same id
     alerts = query(f"SELECT alert_id, state FROM seqae_alert WHERE asset = '{FAULTY}'")
     story = [(r[1], r[2]) for r in alerts[0]["values"]]
     assert [s for _, s in story if s in ("open", "closed")] == ["open", "closed"], story
     assert len({i for i, _ in story}) == 1, story
-    # closed on a window after the kill's (sample 700): by the survivor, the owner was dead
     closed_at = next(r[0] for r in alerts[0]["values"] if r[2] == "closed")
     assert closed_at >= DEFAULT_START_NS + FAULT[1] * PERIOD_NS
     assert query(f"SELECT state FROM seqae_alert WHERE asset = '{HEALTHY}'") == []
+
+
+def faulty_alert_is_open(query: Query) -> bool:
+    alerts = query(f"SELECT alert_id, state FROM seqae_alert WHERE asset = '{FAULTY}'")
+    return bool(alerts) and alerts[0]["values"][-1][2] != "closed"
+
+
+@pytest.mark.parametrize(
+    ("partitions", "names", "assets", "sigterm_another"),
+    [
+        (4, ["d1", "d2"], 4, False),
+        (8, ["d1", "d2", "d3"], 6, True),
+    ],
+    ids=["2-members-4-partitions", "3-members-8-partitions-and-a-sigterm"],
+)
+def test_killed_owners_assets_move_with_their_state_and_open_alert(
+    group: Callable[[str], Member],
+    kafka_bootstrap: str,
+    unique_topic: str,
+    query: Query,
+    partitions: int,
+    names: list[str],
+    assets: int,
+    sigterm_another: bool,
+) -> None:
+    fleet = tuple(f"pump-{i}" for i in range(1, assets + 1))
+    make_topic(kafka_bootstrap, unique_topic, partitions)
+    members = start_group(group, names, partitions)
+    messages = interleave(*(stream(a) for a in fleet), assets=fleet)
+    cut = 700 * len(fleet)  # inside the fault (600-800): the alert is open at the kill
+    produce(kafka_bootstrap, unique_topic, messages[:cut])
+    wait_for_scores(query, {a: expected_ends(a, 700) for a in fleet}, "scores to the kill", members)
+    assert faulty_alert_is_open(query)
+    (owner,) = [m for m in members if FAULTY_PARTITION[partitions] in m.partitions()]
+    wait_for_a_commit(owner)
+    survivors = [m for m in members if m is not owner]
+    restores_before = {m.name: len(m.ready_lines()) for m in survivors}
+    assert owner.daemon.signal(signal.SIGKILL) == -signal.SIGKILL
+    killed_at = time.time()
+    if sigterm_another:
+        second_cut = 900 * len(fleet)
+        produce(kafka_bootstrap, unique_topic, messages[cut:second_cut])
+        wait_for(lambda: settled(survivors, partitions), 60, "the survivors to take over")
+        want = {a: expected_ends(a, 900) for a in fleet}
+        wait_for_scores(query, want, "scores after the kill", survivors)
+        leaving = survivors.pop(0)
+        assert leaving.daemon.signal(signal.SIGTERM) == 0, leaving.daemon.log()
+        cut = second_cut
+    produce(kafka_bootstrap, unique_topic, messages[cut:])
+    wait_for_scores(query, {a: expected_ends(a) for a in fleet}, "all scores", survivors)
+    texts = {m.name: metrics(m.port) for m in survivors}
+    for m in survivors:
+        assert m.daemon.signal(signal.SIGTERM) == 0, m.daemon.log()
+
+    takeover = [ln for m in survivors for ln in m.ready_lines()[restores_before[m.name] :]]
+    assert takeover
+    ready_after = min(log_time(ln) for ln in takeover) - killed_at
+    restore_s = max(metric_value(t, "seqae_state_restore_seconds") for t in texts.values())
+    written = sum(metric_value(t, "seqae_changelog_bytes_total") for t in texts.values())
+    records = sum(metric_value(t, "seqae_changelog_records_total") for t in texts.values())
+    print(
+        f"\n{len(names)} members, {partitions} partitions: SIGKILL to the first takeover "
+        f"{ready_after:.1f} s (session timeout 6 s); last restore {restore_s:.3f} s; "
+        f"changelog {written / max(1, records):.0f} bytes per state"
+    )
+    assert_state_followed_the_assets(query, fleet)
+
+
+def test_a_full_restart_without_state_folders_restores_everything_from_kafka(
+    group: Callable[[str], Member],
+    kafka_bootstrap: str,
+    unique_topic: str,
+    query: Query,
+) -> None:
+    fleet = tuple(f"pump-{i}" for i in range(1, 5))
+    make_topic(kafka_bootstrap, unique_topic, 4)
+    members = start_group(group, ["d1", "d2"], 4)
+    messages = interleave(*(stream(a) for a in fleet), assets=fleet)
+    cut = 700 * len(fleet)
+    produce(kafka_bootstrap, unique_topic, messages[:cut])
+    wait_for_scores(query, {a: expected_ends(a, 700) for a in fleet}, "scores to the stop", members)
+    assert faulty_alert_is_open(query)
+    for m in members:
+        assert m.daemon.signal(signal.SIGTERM) == 0, m.daemon.log()
+    produce(kafka_bootstrap, unique_topic, messages[cut:])
+    # new members with empty state folders (as on new hosts): only Kafka has the state
+    members = start_group(group, ["d3", "d4"], 4)
+    wait_for_scores(query, {a: expected_ends(a) for a in fleet}, "all scores", members)
+    for m in members:
+        assert m.daemon.signal(signal.SIGTERM) == 0, m.daemon.log()
+        assert "restored state of 2 assets of partitions" in m.daemon.log_path.read_text()
+    assert_state_followed_the_assets(query, fleet)
