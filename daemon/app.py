@@ -218,7 +218,12 @@ class Daemon:
         seconds = time.monotonic() - started
         health.state_restore_seconds.set(seconds)
         health.assets_owned.set(self.core.assets_owned)
-        log.info("partitions %s ready in %.3f s", _names(partitions), seconds)
+        log.info(
+            "partitions %s ready in %.3f s; assigned now %s",
+            _names(partitions),
+            seconds,
+            _names(self.source.assignment()),
+        )
 
     def _restore(self, partitions: set[TopicPartitionId]) -> dict[TopicPartitionId, int]:
         """Read the changelog partitions of `partitions` into the core; returns, per partition,

@@ -104,6 +104,20 @@ class KafkaSettings(_Section):
         default=45_000, ge=1000, description="a member silent this long leaves the group"
     )
     heartbeat_interval_ms: int = Field(default=3000, ge=100)
+    rebalance_protocol: Literal["eager", "cooperative"] = Field(
+        default="eager",
+        description="eager: every rebalance revokes every partition (range assignor); "
+        "cooperative: incremental (KIP-429, cooperative-sticky assignor), only the partitions "
+        "that move stop, so members keep scoring their other assets during a rebalance",
+    )
+    group_instance_id: str | None = Field(
+        default=None,
+        min_length=1,
+        description="static group membership (KIP-345): a member restarted with the same id "
+        "within session_timeout_ms gets its partitions back at once, without a rebalance; a "
+        "member stopped for good keeps its partitions idle until session_timeout_ms (give each "
+        "instance its own stable id, e.g. the host name)",
+    )
     call_timeout_s: float = Field(
         default=5.0,
         gt=0,

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
 
@@ -294,6 +295,10 @@ class KafkaSource:
             "auto_offset_reset": settings.auto_offset_reset,
             "max_poll_records": settings.max_poll_records,
         }
+        if settings.group_instance_id is not None:
+            options["group_instance_id"] = settings.group_instance_id
+        if settings.rebalance_protocol == "cooperative":
+            options["partition_assignment_strategy"] = (CooperativeStickyAssignor,)
         options.update(consumer_options)
         self._consumer = connect(
             KafkaConsumer,

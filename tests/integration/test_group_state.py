@@ -66,10 +66,16 @@ class Member:
         return [ln for ln in text.splitlines() if "ready in" in ln]
 
     def partitions(self) -> set[int]:
-        """The partitions of its latest assignment (none before the first)."""
-        lines = self.ready_lines()
-        found = re.search(r"\[([\d,]+)\] ready in", lines[-1]) if lines else None
-        return {int(p) for p in found.group(1).split(",")} if found else set()
+        """The partitions it owns by its log: its latest assignment, less those revoked since
+        (a cooperative rebalance revokes some without assigning any)."""
+        owned: set[int] = set()
+        for line in self.daemon.log_path.read_text().splitlines():
+            if "ready in" in line:
+                found = re.search(r"assigned now \S*\[([\d,]+)\]", line)
+                owned = {int(p) for p in found.group(1).split(",")} if found else set()
+            elif "partitions revoked" in line or "partitions lost" in line:
+                owned -= {int(p) for p in re.findall(r"', (\d+)\)", line)}
+        return owned
 
     def metric(self, name: str, **labels: str) -> float:
         return metric_value(metrics(self.port), name, **labels)
@@ -90,11 +96,11 @@ def group(
     influx_v1: InfluxV1,
     database: str,
     models_root: Path,
-) -> Iterator[Callable[[str], Member]]:
+) -> Iterator[Callable[..., Member]]:
     """Start members of one group (own state folder each, as separate hosts would have)."""
     started: list[DaemonProcess] = []
 
-    def launch(name: str) -> Member:
+    def launch(name: str, env: dict[str, str] | None = None) -> Member:
         port = free_port()
         config = write_config(
             tmp_path,
@@ -107,7 +113,7 @@ def group(
             group=f"g-{unique_topic}",
             health_port=port,
         )
-        daemon = DaemonProcess(config, tmp_path / f"{name}.log", ENV).start()
+        daemon = DaemonProcess(config, tmp_path / f"{name}.log", ENV | (env or {})).start()
         started.append(daemon)
         return Member(name, daemon, port)
 
@@ -126,10 +132,15 @@ def settled(members: list[Member], partitions: int) -> bool:
     return sum(map(len, owned)) == partitions and set().union(*owned) == set(range(partitions))
 
 
-def start_group(group: Callable[[str], Member], names: list[str], partitions: int) -> list[Member]:
+def start_group(
+    group: Callable[..., Member],
+    names: list[str],
+    partitions: int,
+    env: dict[str, str] | None = None,
+) -> list[Member]:
     members = []
     for name in names:  # one by one: each join is one rebalance
-        member = group(name)
+        member = group(name, env)
         members.append(member)
         wait_for(lambda m=member: bool(m.ready_lines()), 60, f"{name} joining", member.daemon)
     wait_for(lambda: settled(members, partitions), 60, "the group to settle")
@@ -184,15 +195,20 @@ def faulty_alert_is_open(query: Query) -> bool:
 
 
 @pytest.mark.parametrize(
-    ("partitions", "names", "assets", "sigterm_another"),
+    ("partitions", "names", "assets", "sigterm_another", "protocol"),
     [
-        (4, ["d1", "d2"], 4, False),
-        (8, ["d1", "d2", "d3"], 6, True),
+        (4, ["d1", "d2"], 4, False, "eager"),
+        (8, ["d1", "d2", "d3"], 6, True, "eager"),
+        (8, ["d1", "d2", "d3"], 6, True, "cooperative"),
     ],
-    ids=["2-members-4-partitions", "3-members-8-partitions-and-a-sigterm"],
+    ids=[
+        "2-members-4-partitions",
+        "3-members-8-partitions-and-a-sigterm",
+        "3-members-cooperative-rebalancing",
+    ],
 )
 def test_killed_owners_assets_move_with_their_state_and_open_alert(
-    group: Callable[[str], Member],
+    group: Callable[..., Member],
     kafka_bootstrap: str,
     unique_topic: str,
     query: Query,
@@ -200,10 +216,12 @@ def test_killed_owners_assets_move_with_their_state_and_open_alert(
     names: list[str],
     assets: int,
     sigterm_another: bool,
+    protocol: str,
 ) -> None:
     fleet = tuple(f"pump-{i}" for i in range(1, assets + 1))
     make_topic(kafka_bootstrap, unique_topic, partitions)
-    members = start_group(group, names, partitions)
+    env = {"SEQAE_KAFKA__REBALANCE_PROTOCOL": protocol}
+    members = start_group(group, names, partitions, env)
     messages = interleave(*(stream(a) for a in fleet), assets=fleet)
     cut = 700 * len(fleet)  # inside the fault (600-800): the alert is open at the kill
     produce(kafka_bootstrap, unique_topic, messages[:cut])
@@ -245,7 +263,7 @@ def test_killed_owners_assets_move_with_their_state_and_open_alert(
 
 
 def test_a_full_restart_without_state_folders_restores_everything_from_kafka(
-    group: Callable[[str], Member],
+    group: Callable[..., Member],
     kafka_bootstrap: str,
     unique_topic: str,
     query: Query,
