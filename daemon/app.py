@@ -176,8 +176,18 @@ class Daemon:
         else:
             log.warning(
                 "revoked %s before all points were acknowledged; the next owner re-reads",
-                sorted(partitions),
+                _names(partitions),
             )
+        self._drop(partitions)
+
+    def on_lost(self, partitions: set[TopicPartitionId]) -> None:
+        """The group gave these partitions away (this member's session expired): their new
+        owner may already have restored and changed their assets, so neither their state nor
+        their offsets are written from here (a zombie's write would overwrite the owner's)."""
+        self._score_all()
+        self._drop(partitions)
+
+    def _drop(self, partitions: set[TopicPartitionId]) -> None:
         if self._checkpoint is not None:
             self.core.mark_changed(self._checkpoint.assets)
         self.core.drop_assets(self.core.windows.drop_partitions(partitions))

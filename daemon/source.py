@@ -191,6 +191,8 @@ class Record(NamedTuple):  # a NamedTuple: one is made per message, a frozen dat
 class PartitionListener(Protocol):
     def on_revoked(self, partitions: set[TopicPartitionId]) -> None: ...
 
+    def on_lost(self, partitions: set[TopicPartitionId]) -> None: ...
+
     def on_assigned(self, partitions: set[TopicPartitionId]) -> None: ...
 
 
@@ -229,13 +231,13 @@ class _RebalanceBridge(AsyncConsumerRebalanceListener):
         await self._run_off_loop(self._listener.on_revoked, ids)
 
     async def on_partitions_lost(self, lost: Any) -> None:
-        # Commits for lost partitions fail (and are logged); the windows must go all the same.
+        # Another member may own them already: nothing may be committed or written for them.
         ids = {(tp.topic, tp.partition) for tp in lost}
         if not ids:
             return
         self._source._waiting -= ids
         log.warning("partitions lost (group membership expired): %s", sorted(ids))
-        await self._run_off_loop(self._listener.on_revoked, ids)
+        await self._run_off_loop(self._listener.on_lost, ids)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         ids = {(tp.topic, tp.partition) for tp in assigned}
