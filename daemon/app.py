@@ -239,7 +239,8 @@ class Daemon:
         """Read the changelog partitions of `partitions` into the core; returns, per partition,
         the smallest offset the restored assets' next windows span."""
         assert self.changelog is not None and self.source is not None
-        self.changelog.ensure(self.source.partition_count())
+        needed = max(self.source.partition_count(), max(p for _, p in partitions) + 1)
+        self.changelog.ensure(needed)
         started = time.monotonic()
         states = {
             asset: state

@@ -286,3 +286,37 @@ def test_a_full_restart_without_state_folders_restores_everything_from_kafka(
         assert m.daemon.signal(signal.SIGTERM) == 0, m.daemon.log()
         assert "restored state of 2 assets of partitions" in m.daemon.log_path.read_text()
     assert_state_followed_the_assets(query, fleet)
+
+
+def test_a_static_member_restarted_after_sigkill_continues_its_assets(
+    group: Callable[..., Member],
+    kafka_bootstrap: str,
+    unique_topic: str,
+    query: Query,
+) -> None:
+    """Static membership with the default 45 s session: the restarted instance (same
+    `group_instance_id`, a new host's empty state folder) takes its own place in the group."""
+    fleet = tuple(f"pump-{i}" for i in range(1, 5))
+    make_topic(kafka_bootstrap, unique_topic, 4)
+    static = {
+        "SEQAE_KAFKA__GROUP_INSTANCE_ID": "host-1",
+        "SEQAE_KAFKA__SESSION_TIMEOUT_MS": "45000",
+        "SEQAE_KAFKA__HEARTBEAT_INTERVAL_MS": "3000",
+    }
+    (first,) = start_group(group, ["d1"], 4, static)
+    messages = interleave(*(stream(a) for a in fleet), assets=fleet)
+    cut = 700 * len(fleet)
+    produce(kafka_bootstrap, unique_topic, messages[:cut])
+    wait_for_scores(query, {a: expected_ends(a, 700) for a in fleet}, "scores to the kill", [first])
+    assert faulty_alert_is_open(query)
+    wait_for_a_commit(first)
+    assert first.daemon.signal(signal.SIGKILL) == -signal.SIGKILL
+    killed_at = time.time()
+    produce(kafka_bootstrap, unique_topic, messages[cut:])
+    (again,) = start_group(group, ["d1-again"], 4, static)
+    rejoined = log_time(again.ready_lines()[0]) - killed_at
+    wait_for_scores(query, {a: expected_ends(a) for a in fleet}, "all scores", [again])
+    assert again.daemon.signal(signal.SIGTERM) == 0, again.daemon.log()
+    print(f"\nstatic member: SIGKILL to its partitions restored {rejoined:.1f} s (session 45 s)")
+    assert "restored state of 4 assets of partitions" in again.daemon.log_path.read_text()
+    assert_state_followed_the_assets(query, fleet)
