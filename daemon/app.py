@@ -119,6 +119,7 @@ class Daemon:
         self.changelog: Changelog | None = None
         self._unrestored: set[TopicPartitionId] = set()  # assigned, changelog not read yet
         self._next_restore = 0.0
+        self._restore_backoff_s = 1.0
         self.health_server: health.HealthServer | None = None
 
     # -- wiring ------------------------------------------------------------------------------
@@ -219,8 +220,10 @@ class Daemon:
                 logging.ERROR, "changelog", "%s; partitions %s wait", exc, _names(partitions)
             )
             self.source.hold_back(partitions)
-            self._next_restore = time.monotonic() + 1.0
+            self._next_restore = time.monotonic() + self._restore_backoff_s
+            self._restore_backoff_s = min(30.0, self._restore_backoff_s * 2)
             return
+        self._restore_backoff_s = 1.0
         self._unrestored -= partitions
         for tp in partitions:
             self.source.release(tp)

@@ -96,7 +96,7 @@ class Changelog:
             reachability=self.reachability,
             should_stop=stop,
         )
-        self._reader = connect(
+        self._make_reader = lambda: connect(
             KafkaConsumer,
             base
             | {
@@ -109,6 +109,7 @@ class Changelog:
             reachability=self.reachability,
             should_stop=stop,
         )
+        self._reader = self._make_reader()
         self._partitions: int | None = None
         self.records_written = 0
         self.bytes_written = 0
@@ -117,22 +118,36 @@ class Changelog:
 
     def ensure(self, partitions: int) -> None:
         """The topic exists with at least `partitions` partitions: created compacted if missing;
-        one with fewer partitions, or not compacted, is refused (ChangelogError)."""
+        one with fewer partitions is refused (ChangelogError; asked again on the next call, so
+        partitions an operator adds are seen)."""
         if self._partitions is not None and self._partitions >= partitions:
             return
         try:
-            found = self._reader.partitions_for_topic(self.topic)
-            if not found:
+            count = self._count_on_broker()
+            if count == 0:
                 self._create(partitions)
-                found = set(range(partitions))
+                count = partitions
+            known = self._reader.partitions_for_topic(self.topic)
+            if count > len(known or ()):  # the reader's metadata is older: start it afresh
+                self._reader.close()
+                self._reader = self._make_reader()
         except KafkaError as exc:
             raise ChangelogError(f"kafka.changelog_topic {self.topic!r}: {exc!r}") from exc
-        if len(found) < partitions:
+        if count < partitions:
             raise ChangelogError(
-                f"kafka.changelog_topic {self.topic!r} has {len(found)} partitions, the input "
+                f"kafka.changelog_topic {self.topic!r} has {count} partitions, the input "
                 f"topics {partitions}: an asset's state must live in its readings' partition"
             )
-        self._partitions = len(found)
+        self._partitions = count
+
+    def _count_on_broker(self) -> int:
+        """The topic's partitions as the broker says now (0: no such topic)."""
+        admin = KafkaAdminClient(**kafka_client_options(self._settings))
+        try:
+            (topic,) = admin.describe_topics([self.topic])
+        finally:
+            admin.close()
+        return len(topic["partitions"]) if topic.get("error_code", 0) == 0 else 0
 
     def _create(self, partitions: int) -> None:
         admin = KafkaAdminClient(**kafka_client_options(self._settings))

@@ -320,3 +320,39 @@ def test_a_static_member_restarted_after_sigkill_continues_its_assets(
     print(f"\nstatic member: SIGKILL to its partitions restored {rejoined:.1f} s (session 45 s)")
     assert "restored state of 4 assets of partitions" in again.daemon.log_path.read_text()
     assert_state_followed_the_assets(query, fleet)
+
+
+def test_partitions_wait_while_their_changelog_cannot_be_read(
+    group: Callable[..., Member],
+    kafka_bootstrap: str,
+    unique_topic: str,
+    query: Query,
+) -> None:
+    """A changelog with fewer partitions than the input is refused: nothing is scored (no
+    asset without its state) and /readyz says why, until the operator adds partitions."""
+    from conftest import http_request
+    from kafka.admin import KafkaAdminClient, NewPartitions
+
+    make_topic(kafka_bootstrap, unique_topic, 2)
+    changelog = f"g-{unique_topic}-seqae-changelog"
+    make_topic(kafka_bootstrap, changelog, 1)
+    produce(kafka_bootstrap, unique_topic, [(HEALTHY, m) for m in stream(HEALTHY)])
+    member = group("d1")
+    wait_for(lambda: "has 1 partitions" in member.daemon.log_path.read_text(), 60, "the refusal")
+
+    def readyz() -> tuple[int, str]:
+        status, body = http_request("GET", f"http://127.0.0.1:{member.port}/readyz")
+        return status, body.decode()
+
+    wait_for(lambda: "restoring asset state" in readyz()[1], 30, "/readyz naming it")
+    assert readyz()[0] == 503
+    assert score_times(query, HEALTHY) == []
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.create_partitions({changelog: NewPartitions(total_count=2)})
+    finally:
+        admin.close()
+    want = {HEALTHY: expected_ends(HEALTHY)}
+    wait_for_scores(query, want, "all scores once the changelog has its partitions", [member])
+    assert member.daemon.signal(signal.SIGTERM) == 0, member.daemon.log()
+    assert score_times(query, HEALTHY) == want[HEALTHY]
