@@ -18,6 +18,7 @@ import torch
 
 from daemon import health
 from daemon.baselines import WarmupSnapshot
+from daemon.changelog import Changelog, ChangelogError
 from daemon.codec import DecodeError, MessageDecoder
 from daemon.core import CoreOutput, StreamCore
 from daemon.delivery import CommitLedger, CommitMark
@@ -53,6 +54,7 @@ class _Checkpoint:
     mark: CommitMark
     state: bytes
     warmup: WarmupSnapshot
+    assets: dict[str, dict[str, Any]]  # durable states of the assets changed since the last one
 
 
 class _Notifier:
@@ -114,6 +116,10 @@ class Daemon:
         self.source: KafkaSource | None = None
         self.sink: InfluxSink | None = None
         self.publisher: KafkaPublisher | None = None
+        self.changelog: Changelog | None = None
+        self._unrestored: set[TopicPartitionId] = set()  # assigned, changelog not read yet
+        self._next_restore = 0.0
+        self._restore_backoff_s = 1.0
         self.health_server: health.HealthServer | None = None
 
     # -- wiring ------------------------------------------------------------------------------
@@ -159,7 +165,8 @@ class Daemon:
     # -- PartitionListener -------------------------------------------------------------------
 
     def on_revoked(self, partitions: set[TopicPartitionId]) -> None:
-        """Flush, commit and drop the revoked assets' windows (runs inside poll)."""
+        """Flush, write the changelog, commit and drop the revoked assets (runs inside poll):
+        their next owner restores them from the changelog."""
         self._score_all()
         if self.sink is not None and self.sink.flush(self.settings.influx.timeout_s):
             self._take_acks()
@@ -170,22 +177,104 @@ class Daemon:
         else:
             log.warning(
                 "revoked %s before all points were acknowledged; the next owner re-reads",
-                sorted(partitions),
+                _names(partitions),
             )
-        # the next owner starts these assets' alert state afresh
+        self._drop(partitions)
+
+    def on_lost(self, partitions: set[TopicPartitionId]) -> None:
+        """The group gave these partitions away (this member's session expired): their new
+        owner may already have restored and changed their assets, so neither their state nor
+        their offsets are written from here (a zombie's write would overwrite the owner's)."""
+        self._score_all()
+        self._drop(partitions)
+
+    def _drop(self, partitions: set[TopicPartitionId]) -> None:
+        if self._checkpoint is not None:
+            self.core.mark_changed(self._checkpoint.assets)
         self.core.drop_assets(self.core.windows.drop_partitions(partitions))
+        self.core.drop_assets(self.core.assets_on(partitions))
         self.ledger.forget(partitions)
         self._checkpoint = None
+        self._unrestored -= partitions
         for tp in partitions:
             self._waiting.pop(tp, None)
         health.partitions_waiting.set(len(self._waiting))
+        health.assets_owned.set(self.core.assets_owned)
 
     def on_assigned(self, partitions: set[TopicPartitionId]) -> None:
+        """Restore the assigned partitions' assets from the changelog, then seek back so their
+        windows are whole again; a partition whose changelog cannot be read waits (paused)
+        and is retried from the run loop: no asset is scored without its state."""
+        self._unrestored |= partitions
+        self._restore_assigned()
+
+    def _restore_assigned(self) -> None:
+        partitions = set(self._unrestored)
+        if self.source is None or not partitions:
+            return
+        started = time.monotonic()
+        try:
+            floor = self._restore(partitions)
+        except ChangelogError as exc:
+            self._unexpected.log(
+                logging.ERROR, "changelog", "%s; partitions %s wait", exc, _names(partitions)
+            )
+            self.source.hold_back(partitions)
+            self._next_restore = time.monotonic() + self._restore_backoff_s
+            self._restore_backoff_s = min(30.0, self._restore_backoff_s * 2)
+            return
+        self._restore_backoff_s = 1.0
+        self._unrestored -= partitions
+        for tp in partitions:
+            self.source.release(tp)
+        self._rewind(partitions, floor)
+        seconds = time.monotonic() - started
+        health.state_restore_seconds.set(seconds)
+        health.assets_owned.set(self.core.assets_owned)
+        log.info(
+            "partitions %s ready in %.3f s; assigned now %s",
+            _names(partitions),
+            seconds,
+            _names(self.source.assignment()),
+        )
+
+    def _restore(self, partitions: set[TopicPartitionId]) -> dict[TopicPartitionId, int]:
+        """Read the changelog partitions of `partitions` into the core; returns, per partition,
+        the smallest offset the restored assets' next windows span."""
+        assert self.changelog is not None and self.source is not None
+        needed = max(self.source.partition_count(), max(p for _, p in partitions) + 1)
+        self.changelog.ensure(needed)
+        started = time.monotonic()
+        states = {
+            asset: state
+            for asset, state in self.changelog.read({p for _, p in partitions}).items()
+            if state.get("partition") is not None and tuple(state["partition"]) in partitions
+        }
+        for asset, exc in self.core.restore_assets(states):
+            log.error("%s; asset %s starts afresh", exc, asset)
+        floor: dict[TopicPartitionId, int] = {}
+        for state in states.values():
+            for topic, partition, offset in state.get("window_offsets") or []:
+                tp = (str(topic), int(partition))
+                floor[tp] = min(floor.get(tp, int(offset)), int(offset))
+        log.info(
+            "restored state of %d assets of partitions %s from %s in %.3f s",
+            len(states),
+            _names(partitions),
+            self.changelog.topic,
+            time.monotonic() - started,
+        )
+        return floor
+
+    def _rewind(
+        self, partitions: set[TopicPartitionId], floor: dict[TopicPartitionId, int]
+    ) -> None:
         # Commits hold back to the first reading of the next window, so reading on from the
         # committed offset makes windows whole at once. The consumer keeps its fetch position
         # for a partition it owned before the rebalance, past readings whose windows were just
-        # dropped, so seek to the committed offset explicitly. A partition never committed and
-        # read from `latest` starts one window length back instead.
+        # dropped, so seek to the committed offset explicitly (or to the first reading the
+        # restored windows need, if that is earlier). A partition never committed and read
+        # from `latest` starts one window length back instead.
         s = self.settings.kafka
         if self.source is None or not s.seek_back_on_assign:
             return
@@ -194,7 +283,7 @@ class Daemon:
         )
         fallback_ms = int((time.time() - span_s) * 1000)
         self.source.rewind_to_committed(
-            partitions, fallback_ms if s.auto_offset_reset == "latest" else None
+            partitions, fallback_ms if s.auto_offset_reset == "latest" else None, floor
         )
 
     # -- the loop ----------------------------------------------------------------------------
@@ -224,6 +313,7 @@ class Daemon:
         self.sink = InfluxSink(s.influx)
         try:
             self.publisher = KafkaPublisher(s.kafka, should_stop=lambda: self._stop)
+            self.changelog = Changelog(s.kafka, should_stop=lambda: self._stop)
             self.source = KafkaSource(
                 s.kafka,
                 self,
@@ -255,6 +345,8 @@ class Daemon:
             for record in records:
                 if self._waiting and (record.topic, record.partition) in self._waiting:
                     continue  # fetched after a message that waits for its model: read again
+                if self._unrestored and (record.topic, record.partition) in self._unrestored:
+                    continue  # its assets' state is not restored: read again after the restore
                 # A full batch goes to the scoring thread at once, and a scored one is written
                 # at once, not after the rest of the poll.
                 self._handle(record)
@@ -276,6 +368,8 @@ class Daemon:
                 next_reload = now + s.profiles.reload_poll_s
             while not self._recalibrate.empty():
                 self._recalibrate_now(*self._recalibrate.get())
+            if self._unrestored and now >= self._next_restore:
+                self._restore_assigned()
             if now >= next_evict:
                 self.core.evict_idle()
                 health.assets_tracked.set(len(self.core.windows))
@@ -323,13 +417,15 @@ class Daemon:
         self.close()
 
     def close(self) -> None:
-        for closer in (self.source, self.publisher, self.sink, self.health_server, self.core):
+        closers = (self.source, self.publisher, self.changelog, self.sink, self.health_server)
+        for closer in (*closers, self.core):
             if closer is not None:
                 try:
                     closer.close()
                 except Exception:
                     log.exception("error while closing %r", closer)
         self.source = self.publisher = self.sink = self.health_server = None  # type: ignore[assignment]
+        self.changelog = None
 
     def _reload_profiles(self) -> None:
         """Swap profiles between batches: windows queued for the old model are scored first."""
@@ -476,24 +572,37 @@ class Daemon:
             self._commit(checkpoint, hold)
         self._score_all()
         self._checkpoint = _Checkpoint(
-            self.ledger.mark(hold), self._state_bytes(), self.core.baseline_snapshot()
+            self.ledger.mark(hold),
+            self._state_bytes(),
+            self.core.baseline_snapshot(),
+            self.core.changed_states(),
         )
 
     def _settle_checkpoint(self) -> None:
         """Everything is acknowledged: write the pending checkpoint's files before a newer one."""
         if self._checkpoint is not None:
             self.core.baselines.saved(self._checkpoint.warmup)
+            self.core.mark_changed(self._checkpoint.assets)  # the newer checkpoint writes them
             self._checkpoint = None
 
     def _commit_now(self, offsets: dict[TopicPartitionId, int]) -> None:
         self._commit(
             _Checkpoint(
-                CommitMark(offsets, set()), self._state_bytes(), self.core.baseline_snapshot()
+                CommitMark(offsets, set()),
+                self._state_bytes(),
+                self.core.baseline_snapshot(),
+                self.core.changed_states(),
             ),
             self.core.windows.hold(),
         )
 
     def _commit(self, checkpoint: _Checkpoint, window_hold: dict[TopicPartitionId, int]) -> None:
+        """Make one checkpoint durable, in this order (docs/architecture.md, "State in Kafka"):
+        1. dead letters and alert events are acknowledged by Kafka (publisher flush);
+        2. the changed assets' states of the checkpoint are acknowledged by the changelog;
+        3. the local cache files (warm-up, state file) are written;
+        4. only then are the checkpoint's offsets committed.
+        A failure at 1 or 2 commits nothing (the states are written again by the next one)."""
         assert self.source is not None
         try:
             if self.publisher is not None:
@@ -505,7 +614,17 @@ class Daemon:
                 "not committing: dead letters or alert events not delivered: %s",
                 exc,
             )
+            self.core.mark_changed(checkpoint.assets)
             return
+        if checkpoint.assets and self.changelog is not None:
+            try:
+                written = self.changelog.write(checkpoint.assets)
+            except ChangelogError as exc:
+                self._unexpected.log(logging.ERROR, "changelog", "not committing: %s", exc)
+                self.core.mark_changed(checkpoint.assets)
+                return
+            health.changelog_bytes.inc(written)
+            health.changelog_records.inc(len(checkpoint.assets))
         self.core.baselines.saved(checkpoint.warmup)
         write_atomic(self._state_path, checkpoint.state, mode=0o600)
         safe = self.ledger.committable(window_hold)
@@ -543,10 +662,22 @@ class Daemon:
         reasons = [self.source.reachability.reason, self.profiles.missing_reason()]
         if self.publisher is not None:
             reasons.append(self.publisher.reachability.reason)
+        if self.changelog is not None:
+            reasons.append(self.changelog.reachability.reason)
+        if self._unrestored:
+            reasons.append(f"restoring asset state of partitions {_names(self._unrestored)}")
         if not self.sink.healthy:
             reasons.append("InfluxDB writes failing")
         shown = [r for r in dict.fromkeys(reasons) if r]
         self.health_state.set_ready(not shown, "; ".join(shown))
+
+
+def _names(partitions: set[TopicPartitionId]) -> str:
+    """'topic[0,1]' per topic: a log line's short form of a set of partitions."""
+    topics: dict[str, list[int]] = {}
+    for topic, partition in sorted(partitions):
+        topics.setdefault(topic, []).append(partition)
+    return " ".join(f"{t}[{','.join(map(str, ps))}]" for t, ps in topics.items())
 
 
 def run_daemon(settings: DaemonSettings) -> None:

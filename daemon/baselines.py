@@ -11,6 +11,7 @@ moved along the operating envelope) is a shift event, not a fault alert; after
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -35,6 +36,51 @@ def write_files(files: list[tuple[Path, bytes | None]]) -> None:
             path.unlink(missing_ok=True)
         else:
             write_atomic(path, data)
+
+
+def _baseline_json(baseline: Baseline | None) -> dict[str, Any] | None:
+    """`Baseline.to_dict` with its arrays as base64 blocks: exact, and JSON-encoded an order
+    of magnitude faster than lists of floats (this runs for every changed asset at every
+    checkpoint)."""
+    if baseline is None:
+        return None
+    d = baseline.to_dict()
+    for key, value in d.items():
+        if isinstance(value, list):
+            d[key] = _arrays_json([np.asarray(getattr(baseline, key))])
+    return d
+
+
+def _baseline_from_json(data: dict[str, Any] | None) -> Baseline | None:
+    if data is None:
+        return None
+    d = {
+        k: _arrays_from_json(v)[0].tolist() if isinstance(v, dict) and "data" in v else v
+        for k, v in data.items()
+    }
+    return Baseline.from_dict(d)
+
+
+def _arrays_json(arrays: list[np.ndarray]) -> dict[str, Any] | None:
+    """Same-shaped arrays as one base64 block (exact, NaN kept); None for none."""
+    if not arrays:
+        return None
+    stacked = np.ascontiguousarray(np.stack(arrays))
+    return {
+        "dtype": stacked.dtype.str,
+        "shape": list(stacked.shape),
+        "data": base64.b64encode(stacked.tobytes()).decode("ascii"),
+    }
+
+
+def _arrays_from_json(data: dict[str, Any] | None) -> list[np.ndarray]:
+    if data is None:
+        return []
+    dtype = np.dtype(data["dtype"])
+    if dtype.kind != "f":
+        raise ValueError(f"arrays of dtype {dtype} (expected floats)")
+    flat = np.frombuffer(base64.b64decode(data["data"], validate=True), dtype)
+    return list(flat.reshape([int(n) for n in data["shape"]]).copy())
 
 
 def _safe(name: str) -> str:
@@ -65,6 +111,14 @@ class _AssetCalibration:
     shifted: bool = False
     changes: int = 0  # bumped on every change worth persisting
     saved: int = 0  # `changes` as of the last snapshot written
+    # (id(baseline), id(moved)) -> their JSON: baselines never change, they are replaced
+    encoded: tuple[tuple[int, int], list[Any]] | None = None
+
+    def baselines_json(self) -> list[Any]:
+        key = (id(self.baseline), id(self.moved))
+        if self.encoded is None or self.encoded[0] != key:
+            self.encoded = (key, [_baseline_json(self.baseline), _baseline_json(self.moved)])
+        return self.encoded[1]
 
 
 class AssetBaselines:
@@ -74,6 +128,7 @@ class AssetBaselines:
         self._s = settings
         self._dir = Path(state_dir)
         self._assets: dict[tuple[str, str], _AssetCalibration] = {}
+        self._profiles: set[str] = set()  # every profile of a key of `_assets`
         self.fitted = 0
         self.fit_failures = 0
 
@@ -88,6 +143,7 @@ class AssetBaselines:
                     entry.warmup = self._load_warmup(profile, version, asset)
             entry.moved = self._load(self._moved_path(profile, version, asset), asset)
             self._assets[key] = entry
+            self._profiles.add(profile)
         return entry
 
     def baseline(self, profile: str, version: str, asset: str, default: Baseline) -> Baseline:
@@ -167,10 +223,51 @@ class AssetBaselines:
                 reset += 1
         return reset
 
+    def asset_state(self, asset: str) -> list[dict[str, Any]]:
+        """The asset's calibration for each profile it has one for, JSON-safe and exact (floats
+        and arrays round-trip bit for bit): own and moved baselines, warm-up windows, shift."""
+        states = []
+        for profile in sorted(self._profiles):
+            entry = self._assets.get((profile, asset))
+            if entry is None:
+                continue
+            baseline, moved = entry.baselines_json()
+            states.append(
+                {
+                    "profile": profile,
+                    "version": entry.version,
+                    "baseline": baseline,
+                    "moved": moved,
+                    "warmup": _arrays_json(entry.warmup),
+                    "shift_run": _arrays_json(entry.shift_run),
+                    "shifted": entry.shifted,
+                }
+            )
+        return states
+
+    def restore_asset(self, asset: str, state: list[dict[str, Any]]) -> None:
+        """Replace the asset's calibration by `asset_state`'s list; raises ValueError naming the
+        asset on bad data. A profile whose served version differs calibrates again, as usual."""
+        entries = {}
+        try:
+            for item in state:
+                entry = _AssetCalibration(str(item["version"]))
+                entry.baseline = _baseline_from_json(item["baseline"])
+                entry.moved = _baseline_from_json(item["moved"])
+                entry.warmup = _arrays_from_json(item["warmup"])
+                entry.shift_run = _arrays_from_json(item["shift_run"])
+                entry.shifted = bool(item["shifted"])
+                entries[(str(item["profile"]), asset)] = entry
+        except (KeyError, TypeError, ValueError, CalibrationError) as exc:
+            raise ValueError(f"baseline state for asset {asset!r}: {exc!r}") from exc
+        self.forget([asset])
+        self._assets.update(entries)
+        self._profiles.update(profile for profile, _ in entries)
+
     def forget(self, assets: list[str]) -> None:
-        gone = set(assets)
-        for key in [k for k in self._assets if k[1] in gone]:
-            del self._assets[key]
+        for asset in assets:
+            for profile in self._profiles:
+                self._assets.pop((profile, asset), None)
 
     def snapshot(self) -> WarmupSnapshot:
         """Warm-up progress as of now, as files to write with the rest of a checkpoint, so a

@@ -11,7 +11,7 @@ caller may commit is what `hold()` does not hold back.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +61,8 @@ class StreamCore:
             write_clean=settings.influx.write_clean,
         )
         self.alerts = AlertBook(settings.alerts)
+        self._partition: dict[str, TopicPartitionId] = {}  # where each asset's readings come from
+        self._changed: set[str] = set()  # assets whose durable state changed since `changed_states`
 
     # -- readings in -------------------------------------------------------------------------
 
@@ -80,6 +82,9 @@ class StreamCore:
             return 0
         served = self.profiles.get(profile)
         ready = self.windows.add(reading, served.geometry, tp, offset)
+        if ready or self._partition.get(reading.asset) != tp:
+            self._partition[reading.asset] = tp
+            self._changed.add(reading.asset)
         for w in ready:
             w.completed_ms = completed_ms
         self.engine.add(profile, ready)
@@ -144,23 +149,94 @@ class StreamCore:
         self.windows.resume_after({a: int(t) for a, t in state["last_ends"].items()})
         self.alerts.restore(state["alerts"])
 
+    def asset_state(self, asset: str) -> dict[str, Any]:
+        """One asset's durable state, JSON-safe: the partition its readings come from, its
+        window progress (last window end, the offsets its next window spans), its alert tracker
+        and its calibration. With the windows queued so far scored, `restore_asset` of it and a
+        replay from those offsets continue the asset exactly where this core is."""
+        last_end, offsets = self.windows.progress(asset)
+        tp = self._partition.get(asset)
+        return {
+            "asset": asset,
+            "partition": list(tp) if tp is not None else None,
+            "last_end_ns": last_end,
+            "window_offsets": [[t, p, off] for (t, p), off in sorted(offsets.items())],
+            "alert": self.alerts.tracker_state(asset),
+            "baselines": self.baselines.asset_state(asset),
+        }
+
+    def restore_assets(self, states: dict[str, dict[str, Any]]) -> list[tuple[str, ValueError]]:
+        """Continue assets from `asset_state`'s dicts (written by this or another instance).
+        Returns the assets whose state was malformed, with why: those start afresh."""
+        self.engine.drop_assets(set(states))
+        failed = []
+        for asset, state in states.items():
+            try:
+                self._restore_asset(asset, state)
+            except ValueError as exc:
+                self.drop_assets([asset])
+                failed.append((asset, exc))
+        return failed
+
+    def assets_on(self, partitions: set[TopicPartitionId]) -> list[str]:
+        """Assets whose readings come from these partitions."""
+        return [a for a, tp in self._partition.items() if tp in partitions]
+
+    @property
+    def assets_owned(self) -> int:
+        """Assets whose partition this core was given (restored or read)."""
+        return len(self._partition)
+
+    def _restore_asset(self, asset: str, state: dict[str, Any]) -> None:
+        try:
+            tp = state["partition"]
+            partition = (str(tp[0]), int(tp[1])) if tp is not None else None
+            last_end = state["last_end_ns"]
+            last_end = int(last_end) if last_end is not None else None
+            alert, baselines = state["alert"], state["baselines"]
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise ValueError(f"state of asset {asset!r}: {exc!r}") from exc
+        self.baselines.restore_asset(asset, baselines)
+        self.alerts.restore_tracker(asset, alert)
+        self.windows.restore_progress(asset, last_end)
+        if partition is not None:
+            self._partition[asset] = partition
+        self._changed.discard(asset)
+
+    def changed_states(self) -> dict[str, dict[str, Any]]:
+        """The durable state of every asset changed since the last call (then none is)."""
+        changed, self._changed = self._changed, set()
+        return {asset: self.asset_state(asset) for asset in sorted(changed)}
+
+    def mark_changed(self, assets: Iterable[str]) -> None:
+        """States taken by `changed_states` that were not written: take them again next time."""
+        self._changed.update(a for a in assets if a in self._partition)
+
     def baseline_snapshot(self) -> WarmupSnapshot:
         return self.baselines.snapshot()
 
     def recalibrate(self, asset: str) -> int:
         """Put a known asset back into warm-up; returns how many profiles were reset (0: the
         asset is not known here)."""
-        return self.baselines.recalibrate(asset)
+        reset = self.baselines.recalibrate(asset)
+        if reset:
+            self._changed.add(asset)
+        return reset
 
     def drop_assets(self, assets: list[str]) -> None:
         """Forget assets whose partitions left: windows, queued windows, alerts, baselines."""
         self.engine.drop_assets(set(assets))
         self.alerts.forget(assets)
         self.baselines.forget(assets)
+        for asset in assets:
+            self._changed.discard(asset)
+            self._partition.pop(asset, None)
 
     def evict_idle(self) -> list[str]:
         idle = self.windows.evict_idle()
         self.engine.release_assets(set(idle))
+        # their next window starts afresh: the changelog must stop naming the old one's offsets
+        self._changed.update(a for a in idle if a in self._partition)
         return idle
 
     def close(self) -> None:

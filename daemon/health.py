@@ -69,6 +69,17 @@ alerts_open = Gauge("seqae_alerts_open", "Fault alerts open now")
 alert_events = Counter("seqae_alert_events", "Alert events written", ["state"])
 shift_events = Counter("seqae_shift_events", "Operating-point shift events", ["state"])
 assets_tracked = Gauge("seqae_assets_tracked", "Assets with a window in memory")
+assets_owned = Gauge(
+    "seqae_assets_owned", "Assets of the assigned partitions (restored from the changelog or read)"
+)
+state_restore_seconds = Gauge(
+    "seqae_state_restore_seconds",
+    "Time the last assignment took to restore its assets from the changelog and seek back",
+)
+changelog_bytes = Counter(
+    "seqae_changelog_bytes", "Asset state bytes acknowledged by the changelog"
+)
+changelog_records = Counter("seqae_changelog_records", "Asset states acknowledged by the changelog")
 model_load_failures = Counter("seqae_model_load_failures", "Model (re)loads that failed")
 source_paused = Gauge("seqae_source_paused", "1 while partitions are paused for backpressure")
 commits = Counter("seqae_commits", "Offset commits that Kafka accepted")

@@ -88,10 +88,36 @@ class KafkaSettings(_Section):
         default=True, description="on assignment, re-read one window length so windows are whole"
     )
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    changelog_topic: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9._-]{1,249}$",
+        description="compacted topic holding each asset's durable state (baseline, warm-up, "
+        "alert, window progress) keyed by asset, restored by whichever member is assigned the "
+        "asset's partition; created if missing (default: '<group_id>-seqae-changelog')",
+    )
+    changelog_replication_factor: int = Field(
+        default=-1,
+        ge=-1,
+        description="replicas of a changelog topic created here (-1: broker default)",
+    )
     session_timeout_ms: int = Field(
         default=45_000, ge=1000, description="a member silent this long leaves the group"
     )
     heartbeat_interval_ms: int = Field(default=3000, ge=100)
+    rebalance_protocol: Literal["eager", "cooperative"] = Field(
+        default="eager",
+        description="eager: every rebalance revokes every partition (range assignor); "
+        "cooperative: incremental (KIP-429, cooperative-sticky assignor), only the partitions "
+        "that move stop, so members keep scoring their other assets during a rebalance",
+    )
+    group_instance_id: str | None = Field(
+        default=None,
+        min_length=1,
+        description="static group membership (KIP-345): a member restarted with the same id "
+        "within session_timeout_ms gets its partitions back at once, without a rebalance; a "
+        "member stopped for good keeps its partitions idle until session_timeout_ms (give each "
+        "instance its own stable id, e.g. the host name)",
+    )
     call_timeout_s: float = Field(
         default=5.0,
         gt=0,
@@ -106,6 +132,13 @@ class KafkaSettings(_Section):
         description="how long start-up retries an unreachable broker (one log line per try, "
         "backing off to 30 s) before it exits; inf: for ever, as a service should",
     )
+
+    @property
+    def changelog(self) -> str:
+        """The changelog topic's name: set, or derived from the group id (legal characters)."""
+        if self.changelog_topic is not None:
+            return self.changelog_topic
+        return re.sub(r"[^A-Za-z0-9._-]", "_", self.group_id)[:230] + "-seqae-changelog"
 
     @model_validator(mode="after")
     def _secrets(self) -> KafkaSettings:

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
 
@@ -190,6 +191,8 @@ class Record(NamedTuple):  # a NamedTuple: one is made per message, a frozen dat
 class PartitionListener(Protocol):
     def on_revoked(self, partitions: set[TopicPartitionId]) -> None: ...
 
+    def on_lost(self, partitions: set[TopicPartitionId]) -> None: ...
+
     def on_assigned(self, partitions: set[TopicPartitionId]) -> None: ...
 
 
@@ -228,13 +231,13 @@ class _RebalanceBridge(AsyncConsumerRebalanceListener):
         await self._run_off_loop(self._listener.on_revoked, ids)
 
     async def on_partitions_lost(self, lost: Any) -> None:
-        # Commits for lost partitions fail (and are logged); the windows must go all the same.
+        # Another member may own them already: nothing may be committed or written for them.
         ids = {(tp.topic, tp.partition) for tp in lost}
         if not ids:
             return
         self._source._waiting -= ids
         log.warning("partitions lost (group membership expired): %s", sorted(ids))
-        await self._run_off_loop(self._listener.on_revoked, ids)
+        await self._run_off_loop(self._listener.on_lost, ids)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         ids = {(tp.topic, tp.partition) for tp in assigned}
@@ -294,6 +297,10 @@ class KafkaSource:
             "auto_offset_reset": settings.auto_offset_reset,
             "max_poll_records": settings.max_poll_records,
         }
+        if settings.group_instance_id is not None:
+            options["group_instance_id"] = settings.group_instance_id
+        if settings.rebalance_protocol == "cooperative":
+            options["partition_assignment_strategy"] = (CooperativeStickyAssignor,)
         options.update(consumer_options)
         self._consumer = connect(
             KafkaConsumer,
@@ -361,6 +368,20 @@ class KafkaSource:
         self._consumer.pause(partition)
         self._waiting.add(tp)
 
+    def hold_back(self, partitions: set[TopicPartitionId]) -> None:
+        """Stop reading these assigned partitions until `release` (their state is not restored
+        yet); where they resume is the caller's seek."""
+        assigned = self._consumer.assignment()
+        held = [TopicPartition(*tp) for tp in partitions if TopicPartition(*tp) in assigned]
+        if held:
+            self._consumer.pause(*held)
+            self._waiting.update((tp.topic, tp.partition) for tp in held)
+
+    def partition_count(self) -> int:
+        """The most partitions any input topic has (from the consumer's metadata)."""
+        counts = [len(self._consumer.partitions_for_topic(t) or ()) for t in self._settings.topics]
+        return max(counts, default=0)
+
     def release(self, tp: TopicPartitionId) -> None:
         """Read `tp` again from where `wait_at` stopped it (unless paused for backpressure)."""
         if tp not in self._waiting:
@@ -417,17 +438,22 @@ class KafkaSource:
         return int(offset) if offset is not None else None
 
     def rewind_to_committed(
-        self, partitions: set[TopicPartitionId], fallback_ms: int | None = None
+        self,
+        partitions: set[TopicPartitionId],
+        fallback_ms: int | None = None,
+        not_after: Mapping[TopicPartitionId, int] | None = None,
     ) -> None:
-        """Seek each partition to its committed offset; one never committed goes to the first
-        record at or after `fallback_ms` (if given). A partition whose committed offset cannot
-        be read keeps the consumer's own position (its committed offset or the reset policy):
-        a guess here could skip records."""
+        """Seek each partition to its committed offset, or to `not_after[tp]` if that is
+        earlier (the first reading restored windows need); one never committed goes to the
+        first record at or after `fallback_ms` (if given). A partition whose committed offset
+        cannot be read keeps the consumer's own position (its committed offset or the reset
+        policy): a guess here could skip records."""
+        floor = not_after or {}
         for tp in sorted(partitions):
             try:
                 committed = self.committed(tp)
                 if committed is not None:
-                    self.seek(tp, committed)
+                    self.seek(tp, min(committed, floor.get(tp, committed)))
                 elif fallback_ms is not None:
                     self.seek_to_time(tp, fallback_ms)
             except KafkaError as exc:

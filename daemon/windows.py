@@ -334,6 +334,24 @@ class WindowStore:
                 ends[asset] = end
         return ends
 
+    def progress(self, asset: str) -> tuple[int | None, dict[TopicPartitionId, int]]:
+        """The asset's last window end handed out (None: none yet) and the offsets its next
+        window spans (smallest per partition: where a restore seeks back to rebuild it)."""
+        entry = self._assets.get(asset)
+        if entry is None:
+            return self._resume.get(asset), {}
+        end = entry.window.last_end_ns
+        return (end if end is not None else self._resume.get(asset)), entry.window.hold()
+
+    def restore_progress(self, asset: str, last_end_ns: int | None) -> None:
+        """The asset's windows ending at or before `last_end_ns` were written by a previous
+        owner: its window is rebuilt from the readings after them (any window here goes)."""
+        self._assets.pop(asset, None)
+        if last_end_ns is None:
+            self._resume.pop(asset, None)
+        else:
+            self._resume[asset] = last_end_ns
+
     def drop_partitions(self, partitions: set[TopicPartitionId]) -> list[str]:
         dropped = [a for a, e in self._assets.items() if e.partitions & partitions]
         for asset in dropped:

@@ -289,6 +289,25 @@ class AlertBook:
             for asset, t in self._trackers.items()
         }
 
+    def tracker_state(self, asset: str) -> dict[str, Any] | None:
+        """One asset's tracker as `to_dict` writes it (None: no tracker yet)."""
+        t = self._trackers.get(asset)
+        if t is None:
+            return None
+        return {
+            **vars(t),
+            "peak_channels": list(t.peak_channels),
+            "pending_peak_channels": list(t.pending_peak_channels),
+        }
+
+    def restore_tracker(self, asset: str, state: dict[str, Any] | None) -> None:
+        """Replace one asset's tracker by `tracker_state`'s dict (None: no tracker); raises
+        ValueError naming the asset on bad data."""
+        if state is None:
+            self._trackers.pop(asset, None)
+            return
+        self.restore({asset: state})
+
     def restore(self, data: dict[str, Any]) -> None:
         """Load state written by `to_dict`, also by versions that lacked some fields (they take
         their defaults); raises ValueError naming the asset on bad data."""

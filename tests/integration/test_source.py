@@ -72,6 +72,9 @@ class RecordingListener:
             offsets = {tp: off for tp, off in self.consumed.items() if tp in partitions}
             self.commit_results.append(self.source.commit(offsets))
 
+    def on_lost(self, partitions: set[TopicPartitionId]) -> None:
+        self.events.append(("revoked", set(partitions)))  # gone, without a commit
+
     def on_assigned(self, partitions: set[TopicPartitionId]) -> None:
         self.events.append(("assigned", set(partitions)))
 

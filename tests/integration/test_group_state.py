@@ -1,0 +1,358 @@
+"""Per-asset state that follows its partition: daemons in one consumer group on the real Kafka
+and InfluxDB of deploy/local, the instance owning the faulty pump killed while its alert is open.
+
+Keys hash as Kafka's default partitioner does: of 4 partitions pumps 1 and 2 go to 3, pump-3 to 0
+and pump-4 to 1, so with two members each owns two pumps; of 8, pumps 1-2 go to 7, 3 to 4, 4 to
+1, 5 to 5 and 6 to 3, so three members own 1, 3 and 2 pumps. The faulty pump-1 moves when its
+owner dies.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from conftest import InfluxV1, Query
+from test_daemon_service import (
+    FAULT,
+    FAULTY,
+    HEALTHY,
+    PERIOD_NS,
+    DaemonProcess,
+    expected_ends,
+    free_port,
+    interleave,
+    make_topic,
+    metric_value,
+    metrics,
+    produce,
+    score_times,
+    stream,
+    train_pumps,
+    wait_for,
+    write_config,
+)
+
+from seqae.synth import DEFAULT_START_NS
+
+pytestmark = pytest.mark.integration
+
+FAULTY_PARTITION = {4: 3, 8: 7}
+WARMUP = 30
+ENV = {
+    "SEQAE_BASELINES__MODE": "per_asset",
+    "SEQAE_BASELINES__WARMUP_WINDOWS": str(WARMUP),
+    "SEQAE_COMMIT_INTERVAL_S": "1",
+    # a short session lets the group drop the killed member soon
+    "SEQAE_KAFKA__SESSION_TIMEOUT_MS": "6000",
+    "SEQAE_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
+}
+
+
+@dataclass
+class Member:
+    name: str
+    daemon: DaemonProcess
+    port: int
+
+    def ready_lines(self) -> list[str]:
+        text = self.daemon.log_path.read_text()
+        return [ln for ln in text.splitlines() if "ready in" in ln]
+
+    def partitions(self) -> set[int]:
+        """The partitions it owns by its log: its latest assignment, less those revoked since
+        (a cooperative rebalance revokes some without assigning any)."""
+        owned: set[int] = set()
+        for line in self.daemon.log_path.read_text().splitlines():
+            if "ready in" in line:
+                found = re.search(r"assigned now \S*\[([\d,]+)\]", line)
+                owned = {int(p) for p in found.group(1).split(",")} if found else set()
+            elif "partitions revoked" in line or "partitions lost" in line:
+                owned -= {int(p) for p in re.findall(r"', (\d+)\)", line)}
+        return owned
+
+    def metric(self, name: str, **labels: str) -> float:
+        return metric_value(metrics(self.port), name, **labels)
+
+
+@pytest.fixture(scope="module")
+def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    train_pumps(root)
+    return root
+
+
+@pytest.fixture
+def group(
+    tmp_path: Path,
+    kafka_bootstrap: str,
+    unique_topic: str,
+    influx_v1: InfluxV1,
+    database: str,
+    models_root: Path,
+) -> Iterator[Callable[..., Member]]:
+    """Start members of one group (own state folder each, as separate hosts would have)."""
+    started: list[DaemonProcess] = []
+
+    def launch(name: str, env: dict[str, str] | None = None) -> Member:
+        port = free_port()
+        config = write_config(
+            tmp_path,
+            name,
+            bootstrap=kafka_bootstrap,
+            topic=unique_topic,
+            influx_url=influx_v1.url,
+            database=database,
+            models_root=models_root,
+            group=f"g-{unique_topic}",
+            health_port=port,
+        )
+        daemon = DaemonProcess(config, tmp_path / f"{name}.log", ENV | (env or {})).start()
+        started.append(daemon)
+        return Member(name, daemon, port)
+
+    yield launch
+    for daemon in started:
+        daemon.stop()
+
+
+def log_time(line: str) -> float:
+    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def settled(members: list[Member], partitions: int) -> bool:
+    """Every partition assigned to exactly one of `members`, by their latest assignments."""
+    owned = [m.partitions() for m in members]
+    return sum(map(len, owned)) == partitions and set().union(*owned) == set(range(partitions))
+
+
+def start_group(
+    group: Callable[..., Member],
+    names: list[str],
+    partitions: int,
+    env: dict[str, str] | None = None,
+) -> list[Member]:
+    members = []
+    for name in names:  # one by one: each join is one rebalance
+        member = group(name, env)
+        members.append(member)
+        wait_for(lambda m=member: bool(m.ready_lines()), 60, f"{name} joining", member.daemon)
+    wait_for(lambda: settled(members, partitions), 60, "the group to settle")
+    return members
+
+
+def wait_for_scores(
+    query: Query, want: dict[str, list[int]], what: str, logs: list[Member]
+) -> None:
+    try:
+        wait_for(lambda: all(len(score_times(query, a)) >= len(want[a]) for a in want), 90, what)
+    except AssertionError:
+        missing = {a: sorted(set(want[a]) - set(score_times(query, a)))[:5] for a in want}
+        tails = "\n".join(m.daemon.log() for m in logs)
+        raise AssertionError(f"{what}: missing windows {missing}\n{tails}") from None
+
+
+def wait_for_a_commit(member: Member) -> None:
+    commits = member.metric("seqae_commits_total")
+    wait_for(
+        lambda: member.metric("seqae_commits_total") > commits,
+        30,
+        f"a commit by {member.name}",
+        member.daemon,
+    )
+
+
+def assert_state_followed_the_assets(query: Query, assets: tuple[str, ...]) -> None:
+    """Every window once, one warm-up per asset, one threshold per asset, and the faulty
+    pump's alert opened once and closed once under one id."""
+    for a in assets:
+        rows = query(f"SELECT threshold, state FROM seqae_score WHERE asset = '{a}'")[0]["values"]
+        assert [r[0] for r in rows] == expected_ends(a), a  # none lost, none doubled
+        states = [r[2] for r in rows]
+        # warm-up once, at the start: no moved asset calibrates again
+        assert states[:WARMUP] == ["calibrating"] * WARMUP, a
+        assert "calibrating" not in states[WARMUP:], a
+        # one threshold to the last digit, whichever member scored the window
+        assert len({r[1] for r in rows[WARMUP:]}) == 1, (a, sorted({r[1] for r in rows[WARMUP:]}))
+    alerts = query(f"SELECT alert_id, state FROM seqae_alert WHERE asset = '{FAULTY}'")
+    story = [(r[1], r[2]) for r in alerts[0]["values"]]
+    assert [s for _, s in story if s in ("open", "closed")] == ["open", "closed"], story
+    assert len({i for i, _ in story}) == 1, story
+    closed_at = next(r[0] for r in alerts[0]["values"] if r[2] == "closed")
+    assert closed_at >= DEFAULT_START_NS + FAULT[1] * PERIOD_NS
+    assert query(f"SELECT state FROM seqae_alert WHERE asset = '{HEALTHY}'") == []
+
+
+def faulty_alert_is_open(query: Query) -> bool:
+    alerts = query(f"SELECT alert_id, state FROM seqae_alert WHERE asset = '{FAULTY}'")
+    return bool(alerts) and alerts[0]["values"][-1][2] != "closed"
+
+
+@pytest.mark.parametrize(
+    ("partitions", "names", "assets", "sigterm_another", "protocol"),
+    [
+        (4, ["d1", "d2"], 4, False, "eager"),
+        (8, ["d1", "d2", "d3"], 6, True, "eager"),
+        (8, ["d1", "d2", "d3"], 6, True, "cooperative"),
+    ],
+    ids=[
+        "2-members-4-partitions",
+        "3-members-8-partitions-and-a-sigterm",
+        "3-members-cooperative-rebalancing",
+    ],
+)
+def test_killed_owners_assets_move_with_their_state_and_open_alert(
+    group: Callable[..., Member],
+    kafka_bootstrap: str,
+    unique_topic: str,
+    query: Query,
+    partitions: int,
+    names: list[str],
+    assets: int,
+    sigterm_another: bool,
+    protocol: str,
+) -> None:
+    fleet = tuple(f"pump-{i}" for i in range(1, assets + 1))
+    make_topic(kafka_bootstrap, unique_topic, partitions)
+    env = {"SEQAE_KAFKA__REBALANCE_PROTOCOL": protocol}
+    members = start_group(group, names, partitions, env)
+    messages = interleave(*(stream(a) for a in fleet), assets=fleet)
+    cut = 700 * len(fleet)  # inside the fault (600-800): the alert is open at the kill
+    produce(kafka_bootstrap, unique_topic, messages[:cut])
+    wait_for_scores(query, {a: expected_ends(a, 700) for a in fleet}, "scores to the kill", members)
+    assert faulty_alert_is_open(query)
+    (owner,) = [m for m in members if FAULTY_PARTITION[partitions] in m.partitions()]
+    wait_for_a_commit(owner)
+    survivors = [m for m in members if m is not owner]
+    restores_before = {m.name: len(m.ready_lines()) for m in survivors}
+    assert owner.daemon.signal(signal.SIGKILL) == -signal.SIGKILL
+    killed_at = time.time()
+    if sigterm_another:
+        second_cut = 900 * len(fleet)
+        produce(kafka_bootstrap, unique_topic, messages[cut:second_cut])
+        wait_for(lambda: settled(survivors, partitions), 60, "the survivors to take over")
+        want = {a: expected_ends(a, 900) for a in fleet}
+        wait_for_scores(query, want, "scores after the kill", survivors)
+        leaving = survivors.pop(0)
+        assert leaving.daemon.signal(signal.SIGTERM) == 0, leaving.daemon.log()
+        cut = second_cut
+    produce(kafka_bootstrap, unique_topic, messages[cut:])
+    wait_for_scores(query, {a: expected_ends(a) for a in fleet}, "all scores", survivors)
+    texts = {m.name: metrics(m.port) for m in survivors}
+    for m in survivors:
+        assert m.daemon.signal(signal.SIGTERM) == 0, m.daemon.log()
+
+    takeover = [ln for m in survivors for ln in m.ready_lines()[restores_before[m.name] :]]
+    assert takeover
+    ready_after = min(log_time(ln) for ln in takeover) - killed_at
+    restore_s = max(metric_value(t, "seqae_state_restore_seconds") for t in texts.values())
+    written = sum(metric_value(t, "seqae_changelog_bytes_total") for t in texts.values())
+    records = sum(metric_value(t, "seqae_changelog_records_total") for t in texts.values())
+    print(
+        f"\n{len(names)} members, {partitions} partitions: SIGKILL to the first takeover "
+        f"{ready_after:.1f} s (session timeout 6 s); last restore {restore_s:.3f} s; "
+        f"changelog {written / max(1, records):.0f} bytes per state"
+    )
+    assert_state_followed_the_assets(query, fleet)
+
+
+def test_a_full_restart_without_state_folders_restores_everything_from_kafka(
+    group: Callable[..., Member],
+    kafka_bootstrap: str,
+    unique_topic: str,
+    query: Query,
+) -> None:
+    fleet = tuple(f"pump-{i}" for i in range(1, 5))
+    make_topic(kafka_bootstrap, unique_topic, 4)
+    members = start_group(group, ["d1", "d2"], 4)
+    messages = interleave(*(stream(a) for a in fleet), assets=fleet)
+    cut = 700 * len(fleet)
+    produce(kafka_bootstrap, unique_topic, messages[:cut])
+    wait_for_scores(query, {a: expected_ends(a, 700) for a in fleet}, "scores to the stop", members)
+    assert faulty_alert_is_open(query)
+    for m in members:
+        assert m.daemon.signal(signal.SIGTERM) == 0, m.daemon.log()
+    produce(kafka_bootstrap, unique_topic, messages[cut:])
+    # new members with empty state folders (as on new hosts): only Kafka has the state
+    members = start_group(group, ["d3", "d4"], 4)
+    wait_for_scores(query, {a: expected_ends(a) for a in fleet}, "all scores", members)
+    for m in members:
+        assert m.daemon.signal(signal.SIGTERM) == 0, m.daemon.log()
+        assert "restored state of 2 assets of partitions" in m.daemon.log_path.read_text()
+    assert_state_followed_the_assets(query, fleet)
+
+
+def test_a_static_member_restarted_after_sigkill_continues_its_assets(
+    group: Callable[..., Member],
+    kafka_bootstrap: str,
+    unique_topic: str,
+    query: Query,
+) -> None:
+    """Static membership with the default 45 s session: the restarted instance (same
+    `group_instance_id`, a new host's empty state folder) takes its own place in the group."""
+    fleet = tuple(f"pump-{i}" for i in range(1, 5))
+    make_topic(kafka_bootstrap, unique_topic, 4)
+    static = {
+        "SEQAE_KAFKA__GROUP_INSTANCE_ID": "host-1",
+        "SEQAE_KAFKA__SESSION_TIMEOUT_MS": "45000",
+        "SEQAE_KAFKA__HEARTBEAT_INTERVAL_MS": "3000",
+    }
+    (first,) = start_group(group, ["d1"], 4, static)
+    messages = interleave(*(stream(a) for a in fleet), assets=fleet)
+    cut = 700 * len(fleet)
+    produce(kafka_bootstrap, unique_topic, messages[:cut])
+    wait_for_scores(query, {a: expected_ends(a, 700) for a in fleet}, "scores to the kill", [first])
+    assert faulty_alert_is_open(query)
+    wait_for_a_commit(first)
+    assert first.daemon.signal(signal.SIGKILL) == -signal.SIGKILL
+    killed_at = time.time()
+    produce(kafka_bootstrap, unique_topic, messages[cut:])
+    (again,) = start_group(group, ["d1-again"], 4, static)
+    rejoined = log_time(again.ready_lines()[0]) - killed_at
+    wait_for_scores(query, {a: expected_ends(a) for a in fleet}, "all scores", [again])
+    assert again.daemon.signal(signal.SIGTERM) == 0, again.daemon.log()
+    print(f"\nstatic member: SIGKILL to its partitions restored {rejoined:.1f} s (session 45 s)")
+    assert "restored state of 4 assets of partitions" in again.daemon.log_path.read_text()
+    assert_state_followed_the_assets(query, fleet)
+
+
+def test_partitions_wait_while_their_changelog_cannot_be_read(
+    group: Callable[..., Member],
+    kafka_bootstrap: str,
+    unique_topic: str,
+    query: Query,
+) -> None:
+    """A changelog with fewer partitions than the input is refused: nothing is scored (no
+    asset without its state) and /readyz says why, until the operator adds partitions."""
+    from conftest import http_request
+    from kafka.admin import KafkaAdminClient, NewPartitions
+
+    make_topic(kafka_bootstrap, unique_topic, 2)
+    changelog = f"g-{unique_topic}-seqae-changelog"
+    make_topic(kafka_bootstrap, changelog, 1)
+    produce(kafka_bootstrap, unique_topic, [(HEALTHY, m) for m in stream(HEALTHY)])
+    member = group("d1")
+    wait_for(lambda: "has 1 partitions" in member.daemon.log_path.read_text(), 60, "the refusal")
+
+    def readyz() -> tuple[int, str]:
+        status, body = http_request("GET", f"http://127.0.0.1:{member.port}/readyz")
+        return status, body.decode()
+
+    wait_for(lambda: "restoring asset state" in readyz()[1], 30, "/readyz naming it")
+    assert readyz()[0] == 503
+    assert score_times(query, HEALTHY) == []
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.create_partitions({changelog: NewPartitions(total_count=2)})
+    finally:
+        admin.close()
+    want = {HEALTHY: expected_ends(HEALTHY)}
+    wait_for_scores(query, want, "all scores once the changelog has its partitions", [member])
+    assert member.daemon.signal(signal.SIGTERM) == 0, member.daemon.log()
+    assert score_times(query, HEALTHY) == want[HEALTHY]

@@ -1,0 +1,148 @@
+"""An asset's durable state (StreamCore.asset_state / restore_assets), as the changelog carries
+it: a second core restored from it and fed from the offsets it names continues the asset
+exactly as the first one does (windows, scores, thresholds, warm-up, alert ids)."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.backtest import readings
+from daemon.changelog import decode_state, encode_state
+from daemon.core import CoreOutput, StreamCore
+from daemon.engine import ProfileRegistry
+from daemon.settings import DaemonSettings
+from seqae.synth import generate_asset
+from seqae.train import train_profile
+
+TP = ("sensors", 3)
+ASSET = "pump-1"
+FAULT = (500, 700)
+
+
+@pytest.fixture(scope="module")
+def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    history = [generate_asset(f"pump-{i}", 2000, seed=0, plant_seed=0)[0] for i in (1, 2)]
+    train_profile(
+        history,
+        models_root=root,
+        profile="pumps",
+        window=20,
+        hop=5,
+        kind="pca",
+        progress=False,
+        device="cpu",
+    )
+    return root
+
+
+def settings_for(models_root: Path, state_dir: Path) -> DaemonSettings:
+    return DaemonSettings.model_validate(
+        {
+            "state_dir": str(state_dir),
+            "profiles": {
+                "models_root": str(models_root),
+                "routes": [{"pattern": "pump-*", "profile": "pumps"}],
+            },
+            "baselines": {"mode": "per_asset", "warmup_windows": 30},
+            "alerts": {"min_duration_s": 10, "clear_duration_s": 10, "update_every_s": 20},
+            "engine": {"device": "cpu"},
+        }
+    )
+
+
+def make_core(models_root: Path, state_dir: Path, **kwargs: Any) -> StreamCore:
+    settings = settings_for(models_root, state_dir)
+    profiles = ProfileRegistry(models_root, ["pumps"], "cpu", "never")
+    return StreamCore(settings, profiles, **kwargs)
+
+
+def run(core: StreamCore, stream: list, start: int, stop: int) -> list[tuple]:
+    """Feed readings [start, stop) at their stream index as offset; every window's outcome."""
+    outs: list[CoreOutput] = []
+    for offset in range(start, stop):
+        core.add(stream[offset], TP, offset)
+    outs += core.score(everything=True, wait=True)
+    rows = []
+    for out in outs:
+        for w in out.scored:
+            rows.append(("score", w.end_ns, w.score, w.threshold, w.state))
+        for e in out.events:
+            rows.append(("alert", e.time_ns, e.alert_id, e.state))
+    return rows
+
+
+@pytest.mark.parametrize("cut", [60, 650], ids=["during-warm-up", "alert-open"])
+def test_a_restored_core_continues_the_asset_exactly(
+    models_root: Path, tmp_path: Path, cut: int
+) -> None:
+    series = generate_asset(ASSET, 1200, seed=0, faults=[("cavitation", *FAULT)], plant_seed=0)[0]
+    stream = list(readings([series]))
+    first = make_core(models_root, tmp_path / "a")
+    before = run(first, stream, 0, cut)
+    state = json.loads(json.dumps(first.asset_state(ASSET)))  # as the changelog carries it
+    assert state["partition"] == list(TP)
+    if cut == 650:
+        assert state["alert"]["phase"] == "open"
+        assert any(r[0] == "alert" and r[3] == "open" for r in before)
+    else:
+        assert state["baselines"][0]["baseline"] is None and state["baselines"][0]["warmup"]
+    # the new owner: another state folder, nothing but the state
+    second = make_core(models_root, tmp_path / "b")
+    assert second.restore_assets({ASSET: state}) == []
+    replay_from = min(off for _, _, off in state["window_offsets"])
+    assert replay_from < cut  # the next window's readings come before the cut
+    rest_first = run(first, stream, cut, len(stream))
+    rest_second = run(second, stream, replay_from, len(stream))
+    assert rest_second == rest_first
+    assert [r for r in rest_first if r[0] == "score"]  # something was compared
+    states = [r[4] for r in before + rest_first if r[0] == "score"]
+    assert states.count("calibrating") == 30 and "calibrating" not in states[30:]
+    if cut == 650:  # the alert opened before the cut is closed after it, same id
+        ids = {r[2] for r in before + rest_second if r[0] == "alert"}
+        assert len(ids) == 1 and any(r[0] == "alert" and r[3] == "closed" for r in rest_second)
+    first.close()
+    second.close()
+
+
+def test_only_changed_assets_are_taken_and_a_bad_state_is_refused(
+    models_root: Path, tmp_path: Path
+) -> None:
+    series = generate_asset(ASSET, 200, seed=0, plant_seed=0)[0]
+    stream = list(readings([series]))
+    clock = [0.0]
+    core = make_core(models_root, tmp_path / "a", clock=lambda: clock[0])
+    run(core, stream, 0, 100)
+    assert list(core.changed_states()) == [ASSET]
+    assert core.changed_states() == {}  # nothing changed since
+    run(core, stream, 100, 101)  # completes no window: no change worth writing
+    assert core.changed_states() == {}
+    run(core, stream, 101, 200)
+    taken = core.changed_states()
+    core.mark_changed(taken)  # not written: taken again next time
+    assert list(core.changed_states()) == [ASSET]
+    assert taken[ASSET]["window_offsets"]  # its next window's readings
+    clock[0] += 10_000.0  # the stream stopped: its window is evicted, and that is a change
+    core.evict_idle()
+    evicted = core.changed_states()[ASSET]
+    assert evicted["window_offsets"] == [] and evicted["last_end_ns"] == taken[ASSET]["last_end_ns"]
+    bad = dict(taken[ASSET], baselines=[{"profile": "pumps"}])
+    other = make_core(models_root, tmp_path / "b")
+    failed = other.restore_assets({ASSET: bad})
+    assert [a for a, _ in failed] == [ASSET] and ASSET in str(failed[0][1])
+    assert other.assets_owned == 0
+    core.close()
+    other.close()
+
+
+def test_changelog_records_name_their_asset_and_format() -> None:
+    state = {"asset": ASSET, "partition": list(TP)}
+    assert decode_state(ASSET.encode(), encode_state(state))["partition"] == list(TP)
+    with pytest.raises(ValueError, match="not JSON"):
+        decode_state(b"pump-1", b"{")
+    with pytest.raises(ValueError, match="format"):
+        decode_state(b"pump-1", json.dumps({"asset": ASSET}).encode())
+    with pytest.raises(ValueError, match="names asset"):
+        decode_state(b"pump-2", encode_state(state))
