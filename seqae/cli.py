@@ -293,7 +293,7 @@ def false_alert_line(info: dict[str, Any]) -> str:
     return (
         f"expected false alerts per day: {info['expected_false_alerts_per_day']:.2f} "
         f"({int(info['false_alert_episodes'])} alert episodes under the [alerts] rule in "
-        f"{windows} held-out normal windows, {info['false_alert_days']:.2f} days, each half "
+        f"{windows} held-out normal windows, {info['false_alert_days']:.3g} days, each half "
         "scored with a threshold set on the other)"
     )
 
