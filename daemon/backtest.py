@@ -35,6 +35,7 @@ from daemon.codec import Reading
 from daemon.core import CoreOutput, StreamCore
 from daemon.engine import ProfileRegistry
 from daemon.settings import DaemonSettings, ProfileRoute
+from daemon.windows import WindowGeometry
 from seqae.data import Series
 
 SECONDS_PER_DAY = 86400.0
@@ -148,8 +149,9 @@ def with_profile(settings: DaemonSettings, profile: str | None) -> DaemonSetting
 
 def run_core(
     settings: DaemonSettings, series: Sequence[Series], *, progress: bool = False
-) -> dict[str, AssetTrace]:
-    """Feed the series through a fresh StreamCore; returns each asset's trace."""
+) -> tuple[dict[str, AssetTrace], dict[str, WindowGeometry]]:
+    """Feed the series through a fresh StreamCore; returns each asset's trace and the window
+    geometry of each profile served."""
     unrouted = sorted(
         {s.asset or "" for s in series if settings.profiles.profile_for(s.asset or "") is None}
     )
@@ -167,6 +169,7 @@ def run_core(
             settings.engine.device,
             settings.engine.device_history,
         )
+        geometries = {p.name: p.geometry for p in profiles}
         core = StreamCore(run_settings, profiles)
         try:
             total = sum(len(s) for s in series)
@@ -181,7 +184,7 @@ def run_core(
             bar.close()
         finally:
             core.close()
-    return dict(traces)
+    return dict(traces), geometries
 
 
 def _progress(total: int, enabled: bool) -> Any:
@@ -338,15 +341,12 @@ def backtest(
     by_asset = {s.asset or "": s for s in series}
     if len(by_asset) != len(series):
         raise BacktestError("two series share an asset id: give each file its own asset")
-    traces = run_core(settings, series, progress=progress)
+    traces, geometries = run_core(settings, series, progress=progress)
     figures, found = [], {}
     for asset, s in by_asset.items():
         trace = traces.get(asset, AssetTrace())
-        profile = settings.profiles.profile_for(asset) or ""
-        geometry = _geometry(settings, profile)
-        fig, eps = asset_figures(
-            asset, s, trace, geometry[0] * geometry[2], geometry[1] * geometry[2] / 1e9
-        )
+        g = geometries[settings.profiles.profile_for(asset) or ""]
+        fig, eps = asset_figures(asset, s, trace, g.window * g.period_ns, g.hop * g.period_ns / 1e9)
         figures.append(fig)
         found[asset] = eps
     report = BacktestReport(
@@ -370,12 +370,6 @@ def served_meta(settings: DaemonSettings, profile: str) -> dict[str, Any]:
     if version is None:
         raise ArtifactError(f"profile {profile!r}: no CURRENT under {root}")
     return read_meta(root / profile / version)
-
-
-def _geometry(settings: DaemonSettings, profile: str) -> tuple[int, int, int]:
-    """(window, hop, period_ns) of a profile's served model."""
-    meta = served_meta(settings, profile)
-    return int(meta["window"]), int(meta["hop"]), round(float(meta["period_s"]) * 1e9)
 
 
 # -- the outputs -----------------------------------------------------------------------------
@@ -447,31 +441,21 @@ def plot(result: Backtest, out_png: Path, max_assets: int = 12) -> None:
 
 
 def history(paths: Sequence[Path], settings: DaemonSettings, profile: str | None) -> list[Series]:
-    """Files as series, one asset per file (its name, made unique by its folder if needed) or
-    per value of an `asset` column; channels as the asset's profile wants them."""
-    from seqae.data import _read_table, frame_to_series
+    """Files as series (`daemon.retrain.asset_tables`), with the channels each asset's profile
+    wants."""
+    from daemon.retrain import asset_tables
+    from seqae.data import frame_to_series
 
-    stems = [p.stem for p in paths]
-    unique = len(set(stems)) == len(stems)
+    channels: dict[str, list[str]] = {}  # per profile: model.json is read once
     out: list[Series] = []
-    for path in paths:
-        frame = _read_table(Path(path), None)
-        asset_col = next((c for c in frame.columns if str(c).lower() == "asset"), None)
-        parts = (
-            [(path.stem if unique else f"{path.parent.name}-{path.stem}", frame)]
-            if asset_col is None
-            else [
-                (str(a), part.drop(columns=[asset_col]).reset_index(drop=True))
-                for a, part in frame.groupby(asset_col, sort=True)
-            ]
-        )
-        for asset, part in parts:
-            name = profile or settings.profiles.profile_for(asset)
-            if name is None:
-                raise BacktestError(
-                    f"{path}: asset {asset!r} matches no profiles.routes pattern "
-                    "(use --profile to route every asset to one profile)"
-                )
-            channels = served_meta(settings, name)["channels"]
-            out.append(frame_to_series(part, where=f"{path}", channels=channels, asset=asset))
+    for where, asset, table in asset_tables(paths):
+        name = profile or settings.profiles.profile_for(asset)
+        if name is None:
+            raise BacktestError(
+                f"{where}: asset {asset!r} matches no profiles.routes pattern "
+                "(use --profile to route every asset to one profile)"
+            )
+        if name not in channels:
+            channels[name] = served_meta(settings, name)["channels"]
+        out.append(frame_to_series(table, where=where, channels=channels[name], asset=asset))
     return out

@@ -152,7 +152,7 @@ class AssetBaselines:
             return entry.moved
         return entry.baseline if entry.baseline is not None else default
 
-    def fitted_since(
+    def changed_since(
         self, profile: str, version: str, asset: str, used: Baseline, default: Baseline
     ) -> bool:
         """True when a window scored with `used` must be scored again: the asset's baseline

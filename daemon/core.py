@@ -66,9 +66,6 @@ class StreamCore:
 
     # -- readings in -------------------------------------------------------------------------
 
-    def profile_for(self, asset: str) -> str | None:
-        return self.settings.profiles.profile_for(asset)
-
     def add(
         self,
         reading: Reading,
@@ -77,7 +74,7 @@ class StreamCore:
         completed_ms: int = 0,
     ) -> int:
         """Place one reading; windows it completes are queued for scoring. Returns how many."""
-        profile = self.profile_for(reading.asset)
+        profile = self.settings.profiles.profile_for(reading.asset)
         if profile is None:
             return 0
         served = self.profiles.get(profile)

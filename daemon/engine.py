@@ -438,10 +438,10 @@ class ScoringEngine:
         states: list[tuple[ScoreState, ShiftEvent | None] | None] = [None] * len(batch)
         stale = []
         for i, w in enumerate(batch):
-            if self._baselines.fitted_since(
+            if self._baselines.changed_since(
                 served.name, served.version, w.asset, used[i], lp.baseline
             ):
-                stale.append(i)  # its asset finished warm-up after this batch was handed out
+                stale.append(i)  # its baseline changed after hand-out
                 continue
             states[i] = self._observe(served, w, bool(result.shifted[i]))
         if stale:

@@ -19,7 +19,7 @@ import base64
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -121,29 +121,30 @@ def series_from_rows(
     return out
 
 
-def history_from_files(paths: Sequence[Path], channels: Sequence[str]) -> list[Series]:
-    """CSV/Parquet files: one asset per file (named by the file) or an `asset` column."""
+def asset_tables(paths: Sequence[Path]) -> Iterator[tuple[str, str, pd.DataFrame]]:
+    """(where, asset, table) of CSV/Parquet files: one asset per file, named by the file (and
+    its folder when two files share a name), or one per value of an `asset` column."""
     from seqae.data import _read_table
 
-    out: list[Series] = []
-    for path in paths:
-        frame = _read_table(Path(path), None)
+    stems = [Path(p).stem for p in paths]
+    unique = len(set(stems)) == len(stems)
+    for path in map(Path, paths):
+        frame = _read_table(path, None)
         asset_col = next((c for c in frame.columns if str(c).lower() == "asset"), None)
         if asset_col is None:
-            out.append(
-                frame_to_series(frame, where=str(path), channels=channels, asset=Path(path).stem)
-            )
+            yield str(path), path.stem if unique else f"{path.parent.name}-{path.stem}", frame
             continue
         for asset, part in frame.groupby(asset_col, sort=True):
-            out.append(
-                frame_to_series(
-                    part.drop(columns=[asset_col]).reset_index(drop=True),
-                    where=f"{path} (asset {asset})",
-                    channels=channels,
-                    asset=str(asset),
-                )
-            )
-    return out
+            table = part.drop(columns=[asset_col]).reset_index(drop=True)
+            yield f"{path} (asset {asset})", str(asset), table
+
+
+def history_from_files(paths: Sequence[Path], channels: Sequence[str]) -> list[Series]:
+    """CSV/Parquet files (see `asset_tables`) as series of these channels."""
+    return [
+        frame_to_series(table, where=where, channels=channels, asset=asset)
+        for where, asset, table in asset_tables(paths)
+    ]
 
 
 @dataclass

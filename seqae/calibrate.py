@@ -280,6 +280,7 @@ def fit_baseline(
     known_range: tuple[np.ndarray, np.ndarray] | None = None,
     rule: AlertRule | None = None,
     envelope: Sequence[np.ndarray] | None = None,
+    errors: np.ndarray | None = None,
 ) -> Baseline:
     """Fit an asset's baseline from its own normal windows [N, W, C] in raw units, in time order.
 
@@ -288,7 +289,7 @@ def fit_baseline(
     part ends and the threshold part begins, when the caller has already separated them;
     `known_range` the normal input range when it was seen on more data than these windows;
     `envelope` the normal windows of each asset to fit the operating envelope on (default:
-    these windows).
+    these windows); `errors` the windows' error features under `scaler`, if already computed.
     """
     policy = policy or ThresholdPolicy()
     if windows.ndim != 3 or len(windows) == 0:
@@ -302,7 +303,8 @@ def fit_baseline(
         stats_part, thr_part = slice(0, split), slice(split, len(windows))
     if scaler is None:
         scaler = RobustScaler.fit(windows)
-    errors = scorer.features(windows, scaler.center, scaler.scale)
+    if errors is None:
+        errors = scorer.features(windows, scaler.center, scaler.scale)
     mean, sq_mean, precision = fit_error_stats(errors[stats_part])
     flat = windows.reshape(-1, windows.shape[-1])
     baseline = Baseline(
@@ -401,15 +403,20 @@ def fit_asset_baseline(
     """
     default = scorer.default_baseline
     keep = default is not None and not refit_scaler
+    if windows.ndim != 3 or len(windows) == 0:
+        raise CalibrationError("calibration needs a non-empty [N, W, C] array of windows")
+    scaler = default.scaler if keep and default is not None else RobustScaler.fit(windows)
+    errors = scorer.features(windows, scaler.center, scaler.scale)  # once, for both fits
     own = fit_baseline(
         scorer,
         windows,
         hop=hop,
         score_kind=default.score_kind if default is not None else "mahalanobis",
         policy=policy,
-        scaler=default.scaler if keep and default is not None else None,
+        scaler=scaler,
         period_s=period_s,
         rule=rule,
+        errors=errors,
     )
     if default is None or len(default.err_mean) != len(own.err_mean):
         return own
@@ -435,10 +442,9 @@ def fit_asset_baseline(
         env_basis=default.env_basis if keep and default.env_basis.size else own.env_basis,
         obs_log_var=own.obs_log_var,
     )
-    center, scale = blended.center, blended.scale
     gap = -(-windows.shape[1] // hop) - 1
     _, thr_part = split_for_calibration(len(windows), gap=gap)
-    held_out, _ = blended.scores(scorer.features(windows[thr_part], center, scale))
+    held_out, _ = blended.scores(errors[thr_part])  # blended keeps own's scaler
     own_level = set_threshold(held_out, policy or ThresholdPolicy())
     level = weight * own_level + (1 - weight) * default.threshold
     floor = float(held_out.max())
