@@ -18,7 +18,7 @@ import torch
 
 from daemon import health
 from daemon.baselines import WarmupSnapshot
-from daemon.changelog import Changelog, ChangelogError
+from daemon.changelog import Changelog, ChangelogError, ChangelogLag
 from daemon.codec import DecodeError, MessageDecoder
 from daemon.core import CoreOutput, StreamCore
 from daemon.delivery import CommitLedger, CommitMark
@@ -52,7 +52,7 @@ class _NoModelYet(DecodeError):
 @dataclass
 class _Checkpoint:
     mark: CommitMark
-    state: bytes
+    state: bytes | None  # the local state file (a cache): taken only at a stop or revocation
     warmup: WarmupSnapshot
     assets: dict[str, dict[str, Any]]  # durable states of the assets changed since the last one
 
@@ -118,6 +118,7 @@ class Daemon:
         self.publisher: KafkaPublisher | None = None
         self.changelog: Changelog | None = None
         self._unrestored: set[TopicPartitionId] = set()  # assigned, changelog not read yet
+        self._changelog_lag = ChangelogLag()
         self._next_restore = 0.0
         self._restore_backoff_s = 1.0
         self.health_server: health.HealthServer | None = None
@@ -373,6 +374,7 @@ class Daemon:
             if now >= next_evict:
                 self.core.evict_idle()
                 health.assets_tracked.set(len(self.core.windows))
+                health.assets_owned.set(self.core.assets_owned)  # new assets read meanwhile
                 next_evict = now + min(10.0, s.windows.idle_eviction_s / 2)
             if now >= next_lag:
                 self._export_lag()
@@ -557,26 +559,53 @@ class Daemon:
         assert self.sink is not None
         self.ledger.acknowledge(self.sink.take_acknowledged())
 
+    @property
+    def _windows_in_changelog(self) -> bool:
+        """Whether the changelog states' window offsets are sought back to on assignment: then
+        a partial window needs no commit held back for it (its readings are re-read from the
+        offsets its state names), so committed lag reaches 0 when a stream stops."""
+        return self.settings.kafka.seek_back_on_assign
+
+    def _window_hold(self) -> dict[TopicPartitionId, int]:
+        """The first offset per partition of every asset's next window where commits wait for
+        them, a pass over every window; {} (no pass) where the changelog carries them."""
+        return {} if self._windows_in_changelog else self.core.windows.hold()
+
+    def _commit_hold(self) -> dict[TopicPartitionId, int]:
+        """What commits must stay at or before, besides unacknowledged points: windows queued
+        for scoring, and, unless the changelog carries them, every asset's next window."""
+        if self._windows_in_changelog:
+            return self.core.engine.hold()
+        return self.core.hold()
+
     def _safe_offsets(self) -> dict[TopicPartitionId, int]:
-        return self.ledger.committable(self.core.hold())
+        return self.ledger.committable(self._commit_hold())
+
+    def _changed_states(self) -> dict[str, dict[str, Any]]:
+        """The durable states a checkpoint writes: the assets changed since the last one, and
+        those whose next window now needs readings their written state does not name."""
+        self.core.mark_changed(self.core.windows.take_unreported())
+        return self.core.changed_states()
 
     def _advance_checkpoint(self) -> None:
         """Commit the last mark once its tickets are acknowledged; then take the next mark."""
         if self._checkpoint is not None and not self.ledger.settled(self._checkpoint.mark):
+            self._changelog_lag.waiting(len(self._checkpoint.assets))
             return
-        # One pass over every asset's window serves both the commit and the next mark: scoring
-        # and submitting in between does not move what the windows hold.
-        hold = self.core.windows.hold()
+        # One window hold serves both the commit and the next mark (scoring and submitting in
+        # between does not move what the windows hold); the queue is empty after `_score_all`.
+        hold = self._window_hold()
         if self._checkpoint is not None:
             checkpoint, self._checkpoint = self._checkpoint, None
             self._commit(checkpoint, hold)
         self._score_all()
         self._checkpoint = _Checkpoint(
             self.ledger.mark(hold),
-            self._state_bytes(),
+            None,
             self.core.baseline_snapshot(),
-            self.core.changed_states(),
+            self._changed_states(),
         )
+        self._changelog_lag.taken(len(self._checkpoint.assets))
 
     def _settle_checkpoint(self) -> None:
         """Everything is acknowledged: write the pending checkpoint's files before a newer one."""
@@ -586,22 +615,26 @@ class Daemon:
             self._checkpoint = None
 
     def _commit_now(self, offsets: dict[TopicPartitionId, int]) -> None:
+        """A checkpoint taken and committed at once (revocation, stop): everything is scored
+        and acknowledged; the local state file is written too."""
         self._commit(
             _Checkpoint(
                 CommitMark(offsets, set()),
                 self._state_bytes(),
                 self.core.baseline_snapshot(),
-                self.core.changed_states(),
+                self._changed_states(),
             ),
-            self.core.windows.hold(),
+            self._commit_hold(),
         )
 
     def _commit(self, checkpoint: _Checkpoint, window_hold: dict[TopicPartitionId, int]) -> None:
         """Make one checkpoint durable, in this order (docs/architecture.md, "State in Kafka"):
         1. dead letters and alert events are acknowledged by Kafka (publisher flush);
         2. the changed assets' states of the checkpoint are acknowledged by the changelog;
-        3. the local cache files (warm-up, state file) are written;
-        4. only then are the checkpoint's offsets committed.
+        3. the local cache files (warm-up; the state file at a stop or revocation) are written;
+        4. only then are the checkpoint's offsets committed. With the windows in the changelog
+           these pass partial windows: the states of step 2 name the offsets each asset's next
+           window spans, and the next owner seeks back to them (`_restore`, `_rewind`).
         A failure at 1 or 2 commits nothing (the states are written again by the next one)."""
         assert self.source is not None
         try:
@@ -615,6 +648,7 @@ class Daemon:
                 exc,
             )
             self.core.mark_changed(checkpoint.assets)
+            self._changelog_lag.failed(len(checkpoint.assets))
             return
         if checkpoint.assets and self.changelog is not None:
             try:
@@ -622,11 +656,14 @@ class Daemon:
             except ChangelogError as exc:
                 self._unexpected.log(logging.ERROR, "changelog", "not committing: %s", exc)
                 self.core.mark_changed(checkpoint.assets)
+                self._changelog_lag.failed(len(checkpoint.assets))
                 return
             health.changelog_bytes.inc(written)
             health.changelog_records.inc(len(checkpoint.assets))
+        self._changelog_lag.acknowledged()
         self.core.baselines.saved(checkpoint.warmup)
-        write_atomic(self._state_path, checkpoint.state, mode=0o600)
+        if checkpoint.state is not None:
+            write_atomic(self._state_path, checkpoint.state, mode=0o600)
         safe = self.ledger.committable(window_hold)
         offsets = {
             tp: min(off, safe.get(tp, off))

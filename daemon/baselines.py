@@ -129,6 +129,8 @@ class AssetBaselines:
         self._dir = Path(state_dir)
         self._assets: dict[tuple[str, str], _AssetCalibration] = {}
         self._profiles: set[str] = set()  # every profile of a key of `_assets`
+        # keys whose `changes` are ahead of `saved`: a snapshot visits these, not every asset
+        self._unsaved: set[tuple[str, str]] = set()
         self.fitted = 0
         self.fit_failures = 0
 
@@ -179,7 +181,7 @@ class AssetBaselines:
                 entry.shifted = False
                 event = ShiftEvent(asset, profile, time_ns, "left")
             entry.warmup.append(window)
-            entry.changes += 1
+            self._changed(profile, asset, entry)
             if len(entry.warmup) >= self._s.warmup_windows:
                 self._fit(scorer, profile, hop, asset, entry)
             return "calibrating", event
@@ -202,7 +204,7 @@ class AssetBaselines:
         payload = {"asset": asset, "model_version": entry.version, "baseline": moved.to_dict()}
         write_atomic(self._moved_path(profile, entry.version, asset), json.dumps(payload).encode())
         entry.moved, entry.shift_run = moved, []
-        entry.changes += 1
+        self._changed(profile, asset, entry)
         log.info(
             "asset %s (%s %s): re-baselined at its new operating point",
             asset,
@@ -220,6 +222,7 @@ class AssetBaselines:
                 self._assets[(profile, name)] = _AssetCalibration(
                     entry.version, changes=1, shifted=entry.shifted
                 )
+                self._unsaved.add((profile, name))
                 reset += 1
         return reset
 
@@ -264,17 +267,25 @@ class AssetBaselines:
         self._assets.update(entries)
         self._profiles.update(profile for profile, _ in entries)
 
+    def _changed(self, profile: str, asset: str, entry: _AssetCalibration) -> None:
+        entry.changes += 1
+        self._unsaved.add((profile, asset))
+
     def forget(self, assets: list[str]) -> None:
         for asset in assets:
             for profile in self._profiles:
                 self._assets.pop((profile, asset), None)
+                self._unsaved.discard((profile, asset))
 
     def snapshot(self) -> WarmupSnapshot:
         """Warm-up progress as of now, as files to write with the rest of a checkpoint, so a
-        restart continues warm-up with the same windows; `saved()` once they are written."""
+        restart continues warm-up with the same windows; `saved()` once they are written.
+        Only the assets changed since their last saved snapshot are visited."""
         snap = WarmupSnapshot()
-        for key, entry in self._assets.items():
-            if entry.changes == entry.saved:
+        for key in list(self._unsaved):
+            entry = self._assets.get(key)
+            if entry is None or entry.changes == entry.saved:
+                self._unsaved.discard(key)  # replaced by a new version's entry meanwhile
                 continue
             path = self._warmup_path(key[0], entry.version, key[1])
             if entry.baseline is None and entry.warmup:
@@ -292,6 +303,8 @@ class AssetBaselines:
             entry = self._assets.get(key)
             if entry is not None:
                 entry.saved = max(entry.saved, changes)
+                if entry.saved >= entry.changes:
+                    self._unsaved.discard(key)
 
     def checkpoint(self) -> None:
         self.saved(self.snapshot())
@@ -317,7 +330,7 @@ class AssetBaselines:
         payload = {"asset": asset, "model_version": entry.version, "baseline": baseline.to_dict()}
         write_atomic(self._path(profile, entry.version, asset), json.dumps(payload).encode())
         entry.baseline, entry.warmup, entry.moved = baseline, [], None
-        entry.changes += 1
+        self._changed(profile, asset, entry)
         self.fitted += 1
         log.info("asset %s (%s %s): own baseline fitted", asset, profile, entry.version)
 

@@ -24,6 +24,7 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+from prometheus_client import Gauge
 
 from daemon.settings import KafkaSettings
 from daemon.source import Reachability, connect, kafka_client_options
@@ -38,6 +39,57 @@ TOPIC_CONFIG = {
     # compaction only cleans closed segments: roll hourly so a restore reads little history
     "segment.ms": str(3_600_000),
 }
+
+
+# How far the changelog is behind the assets' state, as /metrics shows it (next to health.py's
+# seqae_changelog_bytes/records, which count what it acknowledged).
+lag_states = Gauge(
+    "seqae_changelog_lag_states",
+    "Changelog lag: asset states taken by a checkpoint and not yet acknowledged by the "
+    "changelog (a checkpoint's states are written once InfluxDB has acknowledged its points, "
+    "before its offsets are committed); grows while InfluxDB or the changelog cannot be written",
+)
+lag_seconds = Gauge(
+    "seqae_changelog_lag_seconds",
+    "Changelog lag in time: how long the oldest asset state not yet acknowledged by the "
+    "changelog has waited since a checkpoint took it (0: none waits)",
+)
+restore_lag_records = Gauge(
+    "seqae_changelog_restore_lag_records",
+    "Changelog records the restore in progress has still to read (its consumer's lag to the "
+    "end offsets seen when it began; 0 when no restore runs)",
+)
+
+
+class ChangelogLag:
+    """Keeps seqae_changelog_lag_states/_seconds: states a checkpoint took, until the
+    changelog acknowledges them; a failed write keeps its age (the states are taken again)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._since: float | None = None
+        lag_states.set(0)
+        lag_seconds.set_function(self.seconds)
+
+    def seconds(self) -> float:
+        return 0.0 if self._since is None else self._clock() - self._since
+
+    def taken(self, states: int) -> None:
+        lag_states.set(states)
+        if states == 0:
+            self._since = None
+        elif self._since is None:
+            self._since = self._clock()
+
+    def waiting(self, states: int) -> None:
+        lag_states.set(states)
+
+    def failed(self, states: int) -> None:
+        lag_states.set(states)
+
+    def acknowledged(self) -> None:
+        lag_states.set(0)
+        self._since = None
 
 
 class ChangelogError(RuntimeError):
@@ -221,6 +273,7 @@ class Changelog:
             self._reader.seek_to_beginning(*tps)
             left = {tp for tp in tps if ends.get(tp, 0) > 0}
             deadline = time.monotonic() + max(30.0, 6 * self._timeout_s)
+            restore_lag_records.set(sum(ends.get(tp, 0) for tp in left))
             while left:
                 if time.monotonic() > deadline:
                     raise ChangelogError(
@@ -231,13 +284,19 @@ class Changelog:
                     for r in records:
                         if r.offset < ends[tp] and r.key is not None:
                             latest[r.key] = r.value
+                behind = 0
                 for tp in list(left):
-                    if self._reader.position(tp) >= ends[tp]:
+                    position = self._reader.position(tp)
+                    if position >= ends[tp]:
                         left.discard(tp)
+                    else:
+                        behind += ends[tp] - position
+                restore_lag_records.set(behind)
         except KafkaError as exc:
             self.reachability.failed("changelog read", exc, report=False)
             raise ChangelogError(f"changelog {self.topic!r} not read: {exc!r}") from exc
         finally:
+            restore_lag_records.set(0)
             self._reader.assign([])
         self.reachability.succeeded()
         states = {}

@@ -21,7 +21,8 @@ class CommitLedger:
       (a) the first offset of any message whose points are submitted (or about to be) but not yet
           acknowledged by InfluxDB: `track(ticket, offsets)` ... `acknowledge(ticket)`;
       (b) the first offset of any reading that a window not yet scored needs: windows queued
-          for scoring (ScoringEngine.hold()) and future windows still in an asset's buffer
+          for scoring (ScoringEngine.hold()) and, only when the changelog does not carry them
+          (`kafka.seek_back_on_assign` off), future windows still in an asset's buffer
           (WindowStore.hold()), passed as `committable(hold=...)`;
       (c) the last consumed offset + 1 (`consumed`).
 
@@ -30,12 +31,17 @@ class CommitLedger:
          smallest offset per partition of those readings before the points leave for the sink.
       2. A ticket is released only when the sink reports every point of it durable (or
          quarantined as unwritable); until then (a) keeps the commit at or below its readings.
-      3. Readings of windows queued or not yet complete are held by (b), so no window's inputs
-         are committed past before its points exist; readings no window needs again (dropped as
-         late, malformed, evicted) are covered by (c).
-      4. Kafka is only ever told min(a, b, c) as the next offset to read, and never an offset
+      3. Readings of windows queued are held by (b), so no window's inputs are committed past
+         before its points exist; readings no window needs again (dropped as late, malformed,
+         evicted) are covered by (c).
+      4. Readings of a window not yet complete are either held by (b) or named by the asset's
+         durable state: a checkpoint writes to the changelog, before committing its offsets,
+         the state of every asset whose next window needs a reading the state last written
+         does not name (`WindowStore.take_unreported`), with the smallest offset per partition
+         its next window spans; the next owner seeks back to those offsets before reading on.
+      5. Kafka is only ever told min(a, b, c) as the next offset to read, and never an offset
          lower than one already committed (commits are monotone per partition).
-      5. So after a crash the restarted consumer resumes at or before the first reading of every
+      6. So after a crash the restarted consumer resumes at or before the first reading of every
          unwritten point and of every unfinished window, rebuilds the same windows on the same
          absolute grid, and rewrites the same idempotent points: nothing lost, nothing doubled.
     On revocation the owner flushes the sink, commits `committable()` and calls `forget()`.

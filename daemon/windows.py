@@ -9,6 +9,13 @@ order by up to `lateness` slots is placed; an older one is dropped, counted, and
 window carries the count (`late`). Final slots are forward-filled per channel for at most
 `max_fill` slots. A run of more than `max_fill` empty slots
 resets the asset's window and flags `gap` on its next window.
+
+What a restart needs to rebuild an asset's next window is the offsets its readings span
+(`AssetWindow.hold`). The changelog carries them (`WindowStore.progress`), so commits need not
+wait for partial windows; an asset whose hold names a partition or an offset that the last
+reported one did not is listed by `WindowStore.take_unreported`, in O(1) per reading, so a
+checkpoint rewrites only those assets (and the ones whose window completed) instead of
+passing over every window.
 """
 
 from __future__ import annotations
@@ -109,6 +116,10 @@ class AssetWindow:
         self._last_end = (
             resume_after_ns // geometry.period_ns if resume_after_ns is not None else -1
         )
+        # the hold last reported (`report_hold`); `unreported`: the hold may now need a
+        # reading it does not cover (a partition it lacks, or an offset below its own)
+        self._reported: dict[TopicPartitionId, int] = {}
+        self.unreported = True
 
     @property
     def last_end_ns(self) -> int | None:
@@ -151,7 +162,22 @@ class AssetWindow:
             per_slot = self._offsets[tp] = np.full(self._cap, _NO_OFFSET, np.int64)
         if offset < per_slot[row]:
             per_slot[row] = offset
+        if not self.unreported:
+            # Offsets grow within a partition and a next window's first slot only moves
+            # later, so the readings a report named stay the oldest the window needs: a new
+            # one at or above the reported offset of its partition is covered by it.
+            low = self._reported.get(tp)
+            if low is None or offset < low:
+                self.unreported = True
         return ready
+
+    def report_hold(self) -> dict[TopicPartitionId, int]:
+        """`hold()`, remembered as the one durable state names (until `unreported` says a
+        newer reading needs more)."""
+        held = self.hold()
+        self._reported = held
+        self.unreported = False
+        return held
 
     def hold(self) -> dict[TopicPartitionId, int]:
         """Smallest offset per partition that a restart must re-read to rebuild the next window
@@ -295,6 +321,7 @@ class WindowStore:
         self._assets: dict[str, _Entry] = {}
         self.counters = WindowCounters()
         self._resume: dict[str, int] = {}
+        self._unreported: set[str] = set()  # see `take_unreported`
 
     def __len__(self) -> int:
         return len(self._assets)
@@ -316,9 +343,21 @@ class WindowStore:
             entry = self._assets[reading.asset] = _Entry(window, self._clock())
         entry.last_seen = self._clock()
         entry.partitions.add(tp)
-        return entry.window.add(reading, tp, offset, self.counters)
+        ready = entry.window.add(reading, tp, offset, self.counters)
+        if entry.window.unreported:
+            self._unreported.add(reading.asset)
+        return ready
+
+    def take_unreported(self) -> set[str]:
+        """Assets whose next window may need readings that the offsets last reported by
+        `progress()` do not cover (then none is, until new readings say so): their durable
+        state must be written again before offsets past those readings are committed."""
+        assets, self._unreported = self._unreported, set()
+        return assets
 
     def hold(self) -> dict[TopicPartitionId, int]:
+        """Smallest offset per partition of every asset's next window: a pass over all of
+        them (commits use it only when the changelog does not carry the windows)."""
         held: dict[TopicPartitionId, int] = {}
         for entry in self._assets.values():
             for tp, off in entry.window.hold().items():
@@ -338,15 +377,17 @@ class WindowStore:
         """The asset's last window end handed out (None: none yet) and the offsets its next
         window spans (smallest per partition: where a restore seeks back to rebuild it)."""
         entry = self._assets.get(asset)
+        self._unreported.discard(asset)
         if entry is None:
             return self._resume.get(asset), {}
         end = entry.window.last_end_ns
-        return (end if end is not None else self._resume.get(asset)), entry.window.hold()
+        return (end if end is not None else self._resume.get(asset)), entry.window.report_hold()
 
     def restore_progress(self, asset: str, last_end_ns: int | None) -> None:
         """The asset's windows ending at or before `last_end_ns` were written by a previous
         owner: its window is rebuilt from the readings after them (any window here goes)."""
         self._assets.pop(asset, None)
+        self._unreported.discard(asset)
         if last_end_ns is None:
             self._resume.pop(asset, None)
         else:
@@ -356,16 +397,19 @@ class WindowStore:
         dropped = [a for a, e in self._assets.items() if e.partitions & partitions]
         for asset in dropped:
             self._resume.pop(asset, None)
+            self._unreported.discard(asset)
             del self._assets[asset]
         return dropped
 
     def drop_asset(self, asset: str) -> None:
         self._assets.pop(asset, None)
+        self._unreported.discard(asset)
 
     def evict_idle(self) -> list[str]:
         cutoff = self._clock() - self._s.idle_eviction_s
         idle = [a for a, e in self._assets.items() if e.last_seen < cutoff]
         for asset in idle:
+            self._unreported.discard(asset)  # the caller writes their state: no window now
             entry = self._assets.pop(asset)
             if entry.window.last_end_ns is not None:
                 self._resume[asset] = entry.window.last_end_ns

@@ -10,6 +10,7 @@ owner dies.
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -17,13 +18,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import InfluxV1, Query
+from kafka import KafkaConsumer, TopicPartition
 from test_daemon_service import (
     FAULT,
     FAULTY,
     HEALTHY,
     PERIOD_NS,
+    SAMPLES,
     DaemonProcess,
     expected_ends,
     free_port,
@@ -39,7 +43,7 @@ from test_daemon_service import (
     write_config,
 )
 
-from seqae.synth import DEFAULT_START_NS
+from seqae.synth import DEFAULT_START_NS, generate_asset
 
 pytestmark = pytest.mark.integration
 
@@ -356,3 +360,94 @@ def test_partitions_wait_while_their_changelog_cannot_be_read(
     wait_for_scores(query, want, "all scores once the changelog has its partitions", [member])
     assert member.daemon.signal(signal.SIGTERM) == 0, member.daemon.log()
     assert score_times(query, HEALTHY) == want[HEALTHY]
+
+
+def committed_lag(bootstrap: str, topic: str, group_id: str) -> int:
+    """Records of `topic` past the group's committed offsets, as the broker says (a reader
+    with the group's id that never joins it)."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False
+    )
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        ends = consumer.end_offsets(tps)
+        return sum(ends[tp] - (consumer.committed(tp) or 0) for tp in tps)
+    finally:
+        consumer.close()
+
+
+@pytest.mark.parametrize("restart", ["same-state-folder", "state-folder-deleted"])
+def test_a_stream_stopped_mid_window_is_committed_to_its_end_and_its_window_survives_a_kill(
+    group: Callable[..., Member],
+    kafka_bootstrap: str,
+    unique_topic: str,
+    query: Query,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    restart: str,
+) -> None:
+    """Partial windows pin no offsets: the changelog names the readings each asset's next
+    window spans, so committed lag reaches 0 when the streams stop mid-window (no idle
+    eviction). SIGKILL then, restart: the window that spans the stop is whole, with the readings
+    from before the kill, and every window is scored exactly once."""
+    from daemon.backtest import backtest
+    from daemon.settings import load_settings
+
+    fleet = (FAULTY, HEALTHY)
+    make_topic(kafka_bootstrap, unique_topic, 2)
+    env = {"SEQAE_WINDOWS__IDLE_EVICTION_S": "3600"}
+    (first,) = start_group(group, ["d1"], 2, env)
+    messages = interleave(stream(FAULTY), stream(HEALTHY), assets=fleet)
+    stop = 452  # samples: mid-window for both pumps (window 20, hop 5)
+    produce(kafka_bootstrap, unique_topic, messages[: stop * len(fleet)])
+    before = {a: expected_ends(a, stop) for a in fleet}
+    wait_for_scores(query, before, "scores to the stop", [first])
+    group_id = f"g-{unique_topic}"
+    wait_for(
+        lambda: committed_lag(kafka_bootstrap, unique_topic, group_id) == 0,
+        30,
+        "committed lag 0 with the windows partial",
+        first.daemon,
+    )
+    scored_before = first.metric("seqae_windows_scored_total", profile="pumps")
+    assert scored_before == sum(map(len, before.values()))
+    text = metrics(first.port)
+    for name in ("seqae_changelog_lag_states", "seqae_changelog_lag_seconds"):
+        assert f"\n{name} 0.0" in text, name  # nothing waits for the changelog
+    assert "\nseqae_changelog_restore_lag_records 0.0" in text
+    wait_for(lambda: first.metric("seqae_assets_owned") == 2, 30, "assets owned", first.daemon)
+    assert first.daemon.signal(signal.SIGKILL) == -signal.SIGKILL
+    killed_ready = len(first.ready_lines())
+    if restart == "state-folder-deleted":
+        shutil.rmtree(tmp_path / "state-d1")  # as on a new host: only Kafka has the state
+    again = group("d1", env)  # the same name: config, state folder and log of the first
+    wait_for(
+        lambda: len(again.ready_lines()) > killed_ready and settled([again], 2),
+        60,
+        "the restarted member's partitions",
+        again.daemon,
+    )
+    produce(kafka_bootstrap, unique_topic, messages[stop * len(fleet) :])
+    wait_for_scores(query, {a: expected_ends(a) for a in fleet}, "all scores", [again])
+    scored_after = again.metric("seqae_windows_scored_total", profile="pumps")
+    assert again.daemon.signal(signal.SIGTERM) == 0, again.daemon.log()
+    total = sum(len(expected_ends(a)) for a in fleet)
+    assert scored_after == total - scored_before  # none scored twice, none left out
+    assert committed_lag(kafka_bootstrap, unique_topic, group_id) == 0
+
+    # an uninterrupted run of the same streams through the same core gives the same scores
+    for key, value in (ENV | env).items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings(tmp_path / "d1.toml")
+    faults = {FAULTY: [("cavitation", *FAULT)], HEALTHY: []}
+    series = [generate_asset(a, SAMPLES, seed=0, faults=faults[a], plant_seed=0)[0] for a in fleet]
+    offline = backtest(settings, series).traces
+    for a in fleet:
+        rows = query(f"SELECT score, threshold, state FROM seqae_score WHERE asset = '{a}'")
+        values = rows[0]["values"]
+        assert [r[0] for r in values] == expected_ends(a) == offline[a].end_ns, a
+        spanning = [i for i, r in enumerate(values) if r[0] > before[a][-1]][:3]
+        assert spanning and values[spanning[0]][0] - (20 - 1) * PERIOD_NS < before[a][-1]
+        np.testing.assert_allclose([r[1] for r in values], offline[a].score, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose([r[2] for r in values], offline[a].threshold, rtol=1e-6)
+        assert [r[3] for r in values] == offline[a].state, a

@@ -38,9 +38,10 @@ def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def settings_for(models_root: Path, state_dir: Path) -> DaemonSettings:
+def settings_for(models_root: Path, state_dir: Path, **extra: Any) -> DaemonSettings:
     return DaemonSettings.model_validate(
         {
+            **extra,
             "state_dir": str(state_dir),
             "profiles": {
                 "models_root": str(models_root),
@@ -146,3 +147,94 @@ def test_changelog_records_name_their_asset_and_format() -> None:
         decode_state(b"pump-1", json.dumps({"asset": ASSET}).encode())
     with pytest.raises(ValueError, match="names asset"):
         decode_state(b"pump-2", encode_state(state))
+
+
+class Broker:
+    """Stands in for InfluxDB, Kafka and the changelog: acknowledges everything at once and
+    records what each checkpoint wrote and committed."""
+
+    def __init__(self) -> None:
+        self.tickets: list[int] = []
+        self.written: list[list[str]] = []
+        self.commits: list[dict] = []
+
+    def submit(self, points: list, ticket: int, completed_ms: int) -> None:
+        self.tickets.append(ticket)
+
+    def take_acknowledged(self) -> list[int]:
+        done, self.tickets = self.tickets, []
+        return done
+
+    def write(self, states: dict[str, dict[str, Any]]) -> int:
+        self.written.append(sorted(states))
+        return 1
+
+    def commit(self, offsets: dict) -> bool:
+        self.commits.append(dict(offsets))
+        return True
+
+
+def test_a_checkpoint_writes_only_changed_assets_and_commits_past_partial_windows(
+    models_root: Path, tmp_path: Path
+) -> None:
+    from daemon.app import Daemon
+
+    daemon = Daemon(settings_for(models_root, tmp_path))
+    broker = Broker()
+    daemon.sink = daemon.changelog = daemon.source = broker  # type: ignore[assignment]
+    parts = {"pump-1": ("sensors", 0), "pump-2": ("sensors", 1)}
+    streams = {a: list(readings([generate_asset(a, 200, seed=0)[0]])) for a in parts}
+    fed = dict.fromkeys(parts, 0)
+
+    def feed(asset: str, upto: int) -> int:
+        ready = 0
+        for offset in range(fed[asset], upto):
+            ready += daemon.core.add(streams[asset][offset], parts[asset], offset)
+            daemon.ledger.consumed(parts[asset], offset)
+        fed[asset] = upto
+        return ready
+
+    def checkpoint() -> None:  # what the run loop does each commit interval, twice
+        for _ in range(2):
+            daemon._take_acks()
+            daemon._advance_checkpoint()
+
+    feed("pump-1", 100)
+    feed("pump-2", 100)
+    checkpoint()
+    assert broker.written == [["pump-1", "pump-2"]]
+    # the commit passes the partial windows: the states written name their readings
+    assert broker.commits[-1] == {tp: 100 for tp in parts.values()}
+    assert feed("pump-1", 101) == 0  # a reading that completes no window
+    checkpoint()
+    assert broker.written == [["pump-1", "pump-2"]]  # neither state written again
+    assert broker.commits[-1] == {parts["pump-1"]: 101}
+    assert daemon.core.baseline_snapshot().files == []  # no warm-up file rewritten
+    assert feed("pump-2", 110) > 0
+    checkpoint()
+    assert broker.written[1:] == [["pump-2"]]  # only the asset whose window completed
+    snap = daemon.core.baseline_snapshot()
+    assert snap.files == []  # its warm-up file was written by that checkpoint
+    daemon.core.close()
+
+
+def test_without_the_seek_back_on_assignment_commits_wait_for_partial_windows(
+    models_root: Path, tmp_path: Path
+) -> None:
+    from daemon.app import Daemon
+
+    kafka = {"seek_back_on_assign": False}
+    daemon = Daemon(settings_for(models_root, tmp_path, kafka=kafka))
+    broker = Broker()
+    daemon.sink = daemon.changelog = daemon.source = broker  # type: ignore[assignment]
+    tp = ("sensors", 0)
+    stream = list(readings([generate_asset(ASSET, 100, seed=0)[0]]))
+    for offset, reading in enumerate(stream):
+        daemon.core.add(reading, tp, offset)
+        daemon.ledger.consumed(tp, offset)
+    for _ in range(4):
+        daemon._take_acks()
+        daemon._advance_checkpoint()
+    held = daemon.core.windows.hold()[tp]
+    assert broker.commits and broker.commits[-1] == {tp: held} and held < len(stream)
+    daemon.core.close()

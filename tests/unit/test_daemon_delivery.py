@@ -87,3 +87,32 @@ def test_forget_drops_revoked_partition_state() -> None:
     assert ledger.pending == 1
     ledger.forget([B])
     assert ledger.pending == 0
+
+
+def test_changelog_lag_counts_states_until_acknowledged_and_keeps_the_age_of_a_failure() -> None:
+    from prometheus_client import REGISTRY
+
+    from daemon.changelog import ChangelogLag
+
+    def shown() -> tuple[float | None, float | None]:  # as /metrics shows them
+        return (
+            REGISTRY.get_sample_value("seqae_changelog_lag_states"),
+            REGISTRY.get_sample_value("seqae_changelog_lag_seconds"),
+        )
+
+    now = [100.0]
+    lag = ChangelogLag(clock=lambda: now[0])
+    assert shown() == (0, 0)
+    lag.taken(3)
+    now[0] += 2.5
+    lag.waiting(3)  # its points are not acknowledged yet
+    assert shown() == (3, 2.5)
+    lag.failed(3)  # the changelog refused: taken again by the next checkpoint, age kept
+    lag.taken(4)
+    now[0] += 1.0
+    assert shown() == (4, 3.5)
+    lag.acknowledged()
+    assert shown() == (0, 0)
+    lag.taken(0)  # nothing changed: nothing waits
+    now[0] += 5
+    assert shown() == (0, 0)

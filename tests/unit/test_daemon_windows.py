@@ -242,3 +242,59 @@ def test_late_field_is_written_only_when_readings_were_dropped() -> None:
 
     assert "late" not in point(0)
     assert point(4)["late"] == 4 and isinstance(point(4)["late"], int)
+
+
+def covered(reported: dict, held: dict) -> bool:
+    """Seeking back to `reported` re-reads every reading `held` names."""
+    return all(tp in reported and reported[tp] <= off for tp, off in held.items())
+
+
+@pytest.mark.parametrize(("window", "hop"), [(4, 2), (3, 5), (6, 1)])
+@pytest.mark.parametrize("seed", range(4))
+def test_a_window_not_flagged_unreported_is_rebuilt_from_the_offsets_last_reported(
+    window: int, hop: int, seed: int
+) -> None:
+    """The changelog rewrites an asset's state only when its window completed or it is
+    flagged `unreported`; in between, the offsets it last wrote must still cover its hold."""
+    from daemon.windows import AssetWindow, WindowCounters
+
+    geo = WindowGeometry.of(["a", "b"], period_s=1.0, window=window, hop=hop)
+    rng = np.random.default_rng(seed)
+    w = AssetWindow("pump-b", geo, max_fill=2, lateness_slots=1)
+    counters = WindowCounters()
+    reported: dict = {}
+    offsets = {("sensors", 0): 0, ("sensors", 1): 0}
+    slot, flagged = 0, 0
+    for _ in range(400):
+        slot += int(rng.choice([0, 1, 1, 1, 2, 5]))  # repeats, steps, fills and gaps
+        late = slot - int(rng.integers(0, 3))
+        tp = ("sensors", int(rng.random() < 0.1))  # now and then from another partition
+        channels = ["a", "b"] if rng.random() < 0.7 else [str(rng.choice(["a", "b"]))]
+        reading = Reading("pump-b", max(0, late) * S, {c: 1.0 for c in channels})
+        ready = w.add(reading, tp, offsets[tp], counters)
+        offsets[tp] += 1
+        if not ready and not w.unreported:
+            assert covered(reported, w.hold()), (reported, w.hold())
+        if rng.random() < 0.3:  # a checkpoint: only changed or flagged assets are written
+            flagged += w.unreported
+            if ready or w.unreported:
+                reported = w.report_hold()
+        elif ready:
+            reported = w.report_hold()  # a completed window is a change the core writes
+    assert flagged  # the flag was exercised
+
+
+def test_the_store_lists_an_asset_until_its_progress_is_reported() -> None:
+    store = WindowStore(in_order())
+    feed(store, [0, 1, 2])
+    assert store.take_unreported() == {"pump-b"}  # new: no state names its readings yet
+    assert store.take_unreported() == set()
+    assert store.progress("pump-b")[1] == {TP: 0}
+    feed(store, [3], start_offset=3)  # its partition, above the reported offset: covered
+    assert store.take_unreported() == set()
+    other = ("sensors", 1)
+    store.add(Reading("pump-b", 4 * S, {"a": 1.0, "b": 2.0}), GEO, other, 0)
+    assert store.take_unreported() == {"pump-b"}  # a partition no written state names
+    assert other in store.progress("pump-b")[1]
+    store.drop_partitions({TP})
+    assert store.take_unreported() == set()
