@@ -37,7 +37,8 @@ services-up: install
 services-down:
 	$(PY) deploy/local/devstack.py down
 
-# Build and run the CPU image and the systemd unit for real (root; needs `services-up`).
+# Build and run the CPU image, the compose stack and the systemd unit for real, and the CUDA
+# image when its recipe changed (root; needs `services-up`).
 deploy-check: install
 	$(PY) deploy/local/devstack.py up
 	$(PY) deploy/live_check.py all

@@ -59,7 +59,8 @@ ensure_tools() {
 
 check_shell() {
   step "shellcheck"
-  shellcheck "$ROOT/deploy/check.sh" "$ROOT/deploy/systemd/install.sh" || fail "shellcheck"
+  shellcheck "$ROOT/deploy/check.sh" "$ROOT/deploy/systemd/install.sh" \
+    "$ROOT/deploy/compose/standins/kafka/kafka-broker-api-versions.sh" || fail "shellcheck"
 }
 
 check_systemd() {

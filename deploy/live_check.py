@@ -2,9 +2,14 @@
 """Deployment checks that run the real things (CI runs `all` after `devstack.py up`).
 
     python deploy/live_check.py image        build the CPU image, run it hardened, see it score
+    python deploy/live_check.py compose      compose.yaml up with stand-in images, all healthy,
+                                             scores in InfluxDB, Prometheus scrapes the daemon
+    python deploy/live_check.py cuda         build cuda.Dockerfile if its recipe changed
+                                             (--force: anyway)
     python deploy/live_check.py systemd      boot systemd in systemd-nspawn, install, operate
-    python deploy/live_check.py all          both
-    python deploy/live_check.py self-test    each check against a deliberately broken file:
+    python deploy/live_check.py all          all four (CI)
+    python deploy/live_check.py self-test [image|compose|systemd]...
+                                             each check against a deliberately broken file:
                                              every one of them must fail
 
 image: installs Debian's docker.io and starts a Docker engine of its own (socket, data and
@@ -17,6 +22,17 @@ Kafka and InfluxDB 2.7 with --network host --read-only --tmpfs /tmp --cap-drop A
 --security-opt no-new-privileges:true, waits for its HEALTHCHECK to report healthy, replays a
 plant into Kafka and waits for the scores in InfluxDB, then stops it (exit 0 expected).
 
+compose: builds Compose v2 from the Go module proxy once (cached in $SEQAE_CACHE/tools/bin),
+builds stand-in images for Kafka, InfluxDB and Prometheus (deploy/compose/standins, tagged by
+a hash of their build context, so they are built once), brings deploy/compose/compose.yaml up
+under a project name of its own with those images, the CPU image and free loopback ports (the
+compose file's variables; the devstack's ports are never touched), then checks health, scores,
+Prometheus's scrape and the dashboards' metric names, and takes the project down with -v.
+
+cuda: builds deploy/container/cuda.Dockerfile (base: the CI base image; torch from PyPI) when a
+hash of its recipe differs from the last good build's ($SEQAE_CACHE/deploy/cuda-image.json), in
+an engine of its own on a temporary data root that is removed afterwards.
+
 systemd: boots a Debian bookworm with systemd (debootstrap, cached as a tarball) under
 systemd-nspawn on the host network, runs deploy/systemd/install.sh inside, writes the config
 and token, then: `systemctl start` returns only after READY=1 (Type=notify), scores land,
@@ -24,17 +40,21 @@ SIGSTOP makes the watchdog kill and restart it, `systemctl reload` swaps in a ne
 version, `systemctl stop` ends it cleanly, and `systemd-analyze security` stays <= 2.0.
 
 Everything it downloads or builds is cached under $SEQAE_CACHE/deploy (rootfs tarballs, the
-Docker data root with the torch layers, pip's wheels); images it builds are pruned to the
-current ones. Needs root, the devstack running, and the venv of `make install`.
+Docker data root with the torch layers and the stand-in images, the Kafka jars, pip's wheels,
+the CUDA recipe's marker) and $SEQAE_CACHE/tools/bin (Compose v2); images it builds are pruned
+to the current ones. Needs root, the devstack running, and the venv of `make install`.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
+import importlib.util
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -211,13 +231,13 @@ def seqae(*args: str, env: dict[str, str] | None = None) -> None:
     run([str(VENV / "bin" / "seqae"), *args], env=dict(os.environ) | (env or {}))
 
 
-def train(models: Path, history: Path, seed: int = 0) -> None:
-    """A small PCA profile `pumps`, made readable by any account (see deploy/README.md)."""
+def train(models: Path, history: Path, seed: int = 0, profile: str = "pumps") -> None:
+    """A small PCA profile, made readable by any account (see deploy/README.md)."""
     if not history.exists():
         seqae("synth", "--normal", "--assets", "3", "--samples", "3000", str(history))
     csvs = sorted(str(p) for p in history.glob("pump-*.csv"))
     seqae(
-        "train", *csvs, "--profile", "pumps", "--kind", "pca", "--window", "20", "--hop", "5",
+        "train", *csvs, "--profile", profile, "--kind", "pca", "--window", "20", "--hop", "5",
         "--epochs", "3", "--seed", str(seed), "--models", str(models),
     )  # fmt: skip
     # `seqae train` writes 0600/0700 today; the service account must read the models.
@@ -225,9 +245,15 @@ def train(models: Path, history: Path, seed: int = 0) -> None:
         path.chmod(0o755 if path.is_dir() else 0o644)
 
 
-def replay(stack: Stack, topic: str, plant: Path) -> int:
-    if not plant.exists():
-        seqae("synth", "--assets", "2", "--samples", "1200", "--seed", "1", str(plant.parent))
+def replay(stack: Stack, topic: str, plant: Path, *, recent: bool = False) -> int:
+    """Replay a synthetic plant; `recent`: one made now, starting an hour ago (for a bucket
+    with a retention period, which drops the default 2026-01-01 points)."""
+    if recent or not plant.exists():
+        start = time.strftime("%Y-%m-%dT%H:00:00Z", time.gmtime(time.time() - 3600))
+        when = ["--start", start] if recent else []
+        seqae(
+            "synth", "--assets", "2", "--samples", "1200", "--seed", "1", *when, str(plant.parent)
+        )
     seqae("replay", str(plant), "--topic", topic, "--bootstrap", stack.kafka, "--no-progress")
     return sum(1 for _ in plant.open()) - 1
 
@@ -259,10 +285,17 @@ port = {port}
 
 
 class Engine:
-    """A Docker engine of our own: its own socket, data root (the cache) and run folder."""
+    """A Docker engine of our own: its own socket, data root (the cache) and run folder.
 
-    def __init__(self) -> None:
-        self.run_dir = Path("/run/seqae-live-docker")
+    `isolated=True` is one for builds only, beside the main one: no bridge, no iptables rules.
+    """
+
+    def __init__(
+        self, name: str = "seqae-live-docker", data_root: Path | None = None, isolated: bool = False
+    ) -> None:
+        self.run_dir = Path("/run") / name
+        self.data_root = data_root or WORK / "docker"
+        self.isolated = isolated
         self.socket = self.run_dir / "docker.sock"
         self.env = dict(os.environ, DOCKER_HOST=f"unix://{self.socket}", DOCKER_BUILDKIT="1")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -279,16 +312,20 @@ class Engine:
         if self.answers():
             return self
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        log = (WORK / "dockerd.log").open("ab")
+        log = (WORK / f"{self.run_dir.name}.log").open("ab")
+        isolation = (
+            ["--bridge=none", "--iptables=false", "--ip-masq=false"] if self.isolated else []
+        )
         self.proc = subprocess.Popen(
             [
                 "/usr/sbin/dockerd",
                 f"--host=unix://{self.socket}",
-                f"--data-root={WORK / 'docker'}",
+                f"--data-root={self.data_root}",
                 f"--exec-root={self.run_dir / 'exec'}",
                 f"--pidfile={self.run_dir / 'dockerd.pid'}",
                 "--storage-driver=overlay2",
                 "--exec-opt=native.cgroupdriver=cgroupfs",
+                *isolation,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -425,20 +462,469 @@ def prune(engine: Engine) -> None:
     engine.docker("builder", "prune", "-f", "--keep-storage", "12gb", check=False)
 
 
-def check_image(stack: Stack, timings: dict[str, float]) -> dict[str, object]:
-    with Engine() as engine, tempfile.TemporaryDirectory(dir=WORK) as tmp:
-        with timed("base images", timings):
-            ensure_base_images(engine)
-        with timed("build cpu image", timings):
-            build_image(
-                engine, REPO / "deploy/container/cpu.Dockerfile", CPU_IMAGE, WORK / "build-cpu.log"
-            )
+def build_cpu_image(engine: Engine, timings: dict[str, float]) -> None:
+    with timed("base images", timings):
+        ensure_base_images(engine)
+    with timed("build cpu image", timings):
+        build_image(
+            engine, REPO / "deploy/container/cpu.Dockerfile", CPU_IMAGE, WORK / "build-cpu.log"
+        )
+
+
+def check_image(engine: Engine, stack: Stack, timings: dict[str, float]) -> dict[str, object]:
+    with tempfile.TemporaryDirectory(dir=WORK) as tmp:
+        build_cpu_image(engine, timings)
         size = engine.docker("image", "inspect", "-f", "{{.Size}}", CPU_IMAGE).stdout.strip()
         with timed("run cpu image", timings):
             result = run_image(engine, stack, CPU_IMAGE, Path(tmp))
         result["image_gb"] = round(int(size) / 1e9, 2)
         prune(engine)
         return result
+
+
+# --- the compose stack ------------------------------------------------------------------------
+
+
+COMPOSE_VERSION = "v2.40.3"
+COMPOSE_MODULE = "github.com/docker/compose/v2"
+COMPOSE_BIN = CACHE / "tools" / "bin" / f"docker-compose-{COMPOSE_VERSION}"
+COMPOSE_DIR = REPO / "deploy/compose"
+STANDINS = COMPOSE_DIR / "standins"
+DASHBOARDS = REPO / "deploy/grafana/dashboards"
+# Grafana has no stand-in (no Debian package; its licence rules out building it here).
+COMPOSE_SERVICES = ("kafka", "influxdb", "seqae", "prometheus")
+COMPOSE_PORTS = (
+    "SEQAE_KAFKA_HOST_PORT",
+    "SEQAE_INFLUXDB_HOST_PORT",
+    "SEQAE_METRICS_HOST_PORT",
+    "SEQAE_PROMETHEUS_HOST_PORT",
+    "SEQAE_GRAFANA_HOST_PORT",
+)
+KAFKA_TOOLS_DEPENDENCY = """  <dependency>
+      <groupId>org.apache.kafka</groupId>
+      <artifactId>kafka-tools</artifactId>
+      <version>{kafka}</version>
+    </dependency>
+  </dependencies>"""
+# CI only: the models trained here, mounted where the compose file's models volume is.
+CI_OVERRIDE = """services:
+  seqae:
+    volumes:
+      - {models}:/var/lib/seqae/models:ro
+"""
+# Series Prometheus adds for every target itself; families expand to the series they export.
+PROMETHEUS_SERIES = {"up"}
+FAMILY_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "summary": ("", "_sum", "_count", "_created"),
+}
+
+
+def devstack() -> Any:
+    """deploy/local/devstack.py as a module: its versions and its cached builds."""
+    if "devstack" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("devstack", REPO / "deploy/local/devstack.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["devstack"] = module  # dataclasses look their module up while it loads
+        spec.loader.exec_module(module)
+    return sys.modules["devstack"]
+
+
+def go_command() -> str:
+    go = shutil.which("go") or "/usr/local/go/bin/go"
+    if not Path(go).exists():
+        raise CheckFailed("no Go toolchain (go) to build Compose v2 with")
+    return go
+
+
+def ensure_compose() -> Path:
+    """Compose v2 from the Go module proxy, built once into the cache.
+
+    `go install` refuses the module (its go.mod has exclude directives), so its folder is copied
+    out of the module cache and built as the main module. Go's own caches are used.
+    """
+    if COMPOSE_BIN.exists():
+        return COMPOSE_BIN
+    go = go_command()
+    env = dict(os.environ, GOFLAGS="-buildvcs=false", GOTOOLCHAIN="local", CGO_ENABLED="0")
+    module = f"{COMPOSE_MODULE}@{COMPOSE_VERSION}"
+    info = json.loads(run([go, "mod", "download", "-json", module], env=env).stdout)
+    COMPOSE_BIN.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=WORK) as tmp:
+        src = Path(tmp) / "compose"
+        shutil.copytree(info["Dir"], src)
+        run(["chmod", "-R", "u+w", str(src)])  # the module cache is read-only
+        partial = COMPOSE_BIN.with_suffix(".partial")
+        ldflags = f"-s -w -X {COMPOSE_MODULE}/internal.Version={COMPOSE_VERSION}"
+        stream(
+            [go, "build", "-trimpath", "-ldflags", ldflags, "-o", str(partial), "./cmd"],
+            WORK / "build-compose.log",
+            cwd=src,
+            env=env,
+        )
+        partial.replace(COMPOSE_BIN)
+    return COMPOSE_BIN
+
+
+def kafka_standin_libs() -> Path:
+    """The devstack's Kafka jars plus kafka-tools (the health check's command), from Maven."""
+    ds = devstack()
+    libs = WORK / "standins" / f"kafka-{ds.KAFKA_VERSION}" / "libs"
+    if (libs / ".complete").exists():
+        return libs
+    pom = ds.KAFKA_POM.format(kafka=ds.KAFKA_VERSION, log4j=ds.LOG4J_VERSION).replace(
+        "</dependencies>", KAFKA_TOOLS_DEPENDENCY.format(kafka=ds.KAFKA_VERSION)
+    )
+    libs.parent.mkdir(parents=True, exist_ok=True)
+    (libs.parent / "pom.xml").write_text(pom)
+    shutil.rmtree(libs, ignore_errors=True)
+    stream(
+        ["mvn", "-B", "-q", f"-Dmaven.repo.local={CACHE / 'maven-repo'}",
+         "-f", str(libs.parent / "pom.xml"), "dependency:copy-dependencies",
+         f"-DoutputDirectory={libs}", "-DincludeScope=runtime"],
+        WORK / "maven-standin-kafka.log",
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    (libs / ".complete").write_text(ds.KAFKA_VERSION + "\n")
+    return libs
+
+
+def fill_kafka(ctx: Path) -> None:
+    (ctx / "libs").mkdir()
+    for jar in sorted(kafka_standin_libs().glob("*.jar")):
+        shutil.copy(jar, ctx / "libs" / jar.name)
+
+
+def fill_influxdb(ctx: Path) -> None:
+    ds = devstack()
+    binary = ds.ensure_influxdb2(ds.Paths(home=CACHE / "dev", cache=CACHE))
+    shutil.copy(binary, ctx / "influxd")
+
+
+STANDIN_FILLS: dict[str, Callable[[Path], None]] = {
+    "kafka": fill_kafka,
+    "influxdb": fill_influxdb,
+    "prometheus": lambda ctx: None,
+}
+
+
+def tree_digest(root: Path, *extra: str) -> str:
+    """SHA-256 over every file's path, mode and bytes under root (and `extra` strings)."""
+    h = hashlib.sha256()
+    for item in extra:
+        h.update(item.encode() + b"\0")
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(f"{path.relative_to(root)}\0{path.stat().st_mode & 0o111:o}\0".encode())
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def remove_other_tags(engine: Engine, repository: str, keep: str) -> None:
+    tags = engine.docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", repository)
+    for tag in tags.stdout.split():
+        if tag != keep:
+            engine.docker("rmi", tag, check=False)
+
+
+def ensure_standin(engine: Engine, service: str) -> str:
+    """The stand-in image for `service`, tagged by a hash of its build context and base."""
+    base_id = engine.docker("image", "inspect", "-f", "{{.Id}}", BASE_IMAGE).stdout.strip()
+    repository = f"local/seqae-standin-{service}"
+    with tempfile.TemporaryDirectory(dir=WORK) as tmp:
+        ctx = Path(tmp) / "context"
+        shutil.copytree(STANDINS / service, ctx)
+        STANDIN_FILLS[service](ctx)
+        tag = f"{repository}:{tree_digest(ctx, base_id)[:12]}"
+        if not engine.has_image(tag):
+            stream(
+                [DOCKER, "build", "--network", "host", "--build-arg", f"BASE_IMAGE={BASE_IMAGE}",
+                 "-t", tag, str(ctx)],
+                WORK / f"build-standin-{service}.log",
+                env=engine.env,
+            )  # fmt: skip
+    remove_other_tags(engine, repository, keep=tag)
+    return tag
+
+
+def prometheus_get(url: str, path: str, **params: str) -> Any:
+    query = f"?{urllib.parse.urlencode(params)}" if params else ""
+    with urllib.request.urlopen(f"{url}{path}{query}", timeout=10) as resp:
+        doc = json.loads(resp.read().decode())
+    if doc.get("status") != "success":
+        raise CheckFailed(f"Prometheus {path} {params}: {doc}")
+    return doc["data"]
+
+
+def dashboard_promql(dashboards: Path) -> list[str]:
+    """Every PromQL expression of the Prometheus dashboards, panels and variables."""
+    out = []
+    for path in sorted((dashboards / "prometheus").glob("*.json")):
+        doc = json.loads(path.read_text())
+        for panel in doc["panels"]:
+            out += [t["expr"] for t in panel.get("targets", []) if t.get("expr")]
+        for var in doc.get("templating", {}).get("list", []):
+            if var.get("type") == "query" and isinstance(var.get("query"), str):
+                out.append(var["query"])
+    return out
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """Metric names in an expression: each of ours is written name{...} or label_values(name."""
+    return set(re.findall(r"([A-Za-z_:][A-Za-z0-9_:]*)\{", expr)) | set(
+        re.findall(r"label_values\(\s*([A-Za-z_:][A-Za-z0-9_:]*)", expr)
+    )
+
+
+def prometheus_series_names(url: str) -> set[str]:
+    """Series names Prometheus holds, plus those its scrapes declared (a labelled family may
+    have no sample yet): the families' metadata expanded by type."""
+    names = set(prometheus_get(url, "/api/v1/label/__name__/values"))
+    for family, entries in prometheus_get(url, "/api/v1/metadata").items():
+        names |= expand_family(family, {entry["type"] for entry in entries})
+    return names | PROMETHEUS_SERIES
+
+
+def expand_family(family: str, types: set[str]) -> set[str]:
+    """The series names a metric family of these types can export (the name itself too: the
+    text format declares counters with their _total)."""
+    return {family} | {family + s for kind in types for s in FAMILY_SUFFIXES.get(kind, ())}
+
+
+def missing_metrics(expressions: list[str], known: set[str]) -> dict[str, list[str]]:
+    """expression -> the metric names in it that are not in `known` (only those with some)."""
+    missing = {e: sorted(promql_metric_names(e) - known) for e in expressions}
+    return {e: names for e, names in missing.items() if names}
+
+
+def render_promql(expr: str, job: str) -> str:
+    text = expr.replace("$__rate_interval", "1m").replace("$job", job).replace("$instance", ".*")
+    return text
+
+
+def declared_series(exposition: str) -> set[str]:
+    """Series names a Prometheus text exposition declares (# TYPE), with or without samples."""
+    names = set()
+    for line in exposition.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[:2] == ["#", "TYPE"]:
+            names |= expand_family(parts[2], {parts[3]})
+    return names
+
+
+def check_dashboards_on(url: str, metrics_url: str, dashboards: Path, job: str = "seqae") -> int:
+    """Every dashboard metric is held by Prometheus or declared by the daemon it scrapes (a
+    labelled counter never incremented has no series yet); every panel query evaluates."""
+    expressions = dashboard_promql(dashboards)
+    with urllib.request.urlopen(metrics_url, timeout=10) as resp:
+        declared = declared_series(resp.read().decode())
+    missing = missing_metrics(expressions, prometheus_series_names(url) | declared)
+    if missing:
+        raise CheckFailed(f"dashboard queries on metrics the daemon does not export: {missing}")
+    for expr in expressions:
+        if not expr.startswith("label_values("):
+            prometheus_get(url, "/api/v1/query", query=render_promql(expr, job))
+    return len(expressions)
+
+
+class ComposeProject:
+    """One `docker compose` project of our own name: up with --wait, always down with -v."""
+
+    def __init__(self, engine: Engine, files: list[Path], env: dict[str, str]) -> None:
+        self.name = f"seqae-ci-{uuid.uuid4().hex[:8]}"
+        self.engine = engine
+        self.files = files
+        self.env = engine.env | env
+
+    def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        files = [a for f in self.files for a in ("-f", str(f))]
+        cmd = [str(COMPOSE_BIN), "--project-name", self.name,
+               "--project-directory", str(COMPOSE_DIR), *files, *args]  # fmt: skip
+        return run(cmd, check=check, env=self.env)
+
+    def services(self) -> dict[str, dict[str, Any]]:
+        out = self.compose("ps", "--all", "--format", "json").stdout
+        rows = [json.loads(line) for line in out.splitlines() if line.strip()]
+        return {row["Service"]: row for row in rows}
+
+    def logs(self) -> str:
+        return self.compose("logs", "--no-color", "--tail", "30", check=False).stdout[-6000:]
+
+    def up(self, services: tuple[str, ...], timeout_s: int = 300) -> dict[str, str]:
+        proc = self.compose(
+            "up", "--detach", "--no-build", "--pull", "never", "--wait",
+            "--wait-timeout", str(timeout_s), *services, check=False,
+        )  # fmt: skip
+        health = {name: row.get("Health") or row["State"] for name, row in self.services().items()}
+        if proc.returncode != 0 or any(health.get(s) != "healthy" for s in services):
+            raise CheckFailed(
+                f"compose up: services {health}:\n{proc.stderr[-2000:]}\n{self.logs()}"
+            )
+        return health
+
+    def __enter__(self) -> ComposeProject:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.compose("down", "--volumes", "--remove-orphans", "--timeout", "30", check=False)
+
+
+def standin_images(engine: Engine, timings: dict[str, float]) -> dict[str, str]:
+    with timed("compose v2 binary", timings):
+        ensure_compose()
+    with timed("stand-in images", timings):
+        ensure_base_images(engine)
+        images = {
+            "SEQAE_KAFKA_IMAGE": ensure_standin(engine, "kafka"),
+            "SEQAE_INFLUXDB_IMAGE": ensure_standin(engine, "influxdb"),
+            "SEQAE_PROMETHEUS_IMAGE": ensure_standin(engine, "prometheus"),
+        }
+    if not engine.has_image(CPU_IMAGE):  # `compose` alone; `all` reuses the image step's
+        build_cpu_image(engine, timings)
+    return images | {"SEQAE_IMAGE": CPU_IMAGE}
+
+
+def check_compose(
+    engine: Engine,
+    timings: dict[str, float],
+    compose_file: Path = COMPOSE_DIR / "compose.yaml",
+    dashboards: Path = DASHBOARDS,
+) -> dict[str, object]:
+    """compose.yaml up with stand-in images: every service healthy, scores land in InfluxDB,
+    Prometheus scrapes the daemon and holds every metric the dashboards query; a clean stop."""
+    images = standin_images(engine, timings)
+    result: dict[str, object] = {}
+    with tempfile.TemporaryDirectory(dir=WORK) as tmp:
+        models = Path(tmp) / "models"
+        train(models, WORK / "history", profile="pump")  # compose's daemon.toml routes pump-*
+        override = Path(tmp) / "compose.ci.yaml"
+        override.write_text(CI_OVERRIDE.format(models=models))
+        ports = {var: str(free_port()) for var in COMPOSE_PORTS}
+        token = secrets.token_hex(16)
+        secrets_env = {
+            "SEQAE_INFLUX_TOKEN": token,
+            "INFLUXDB_ADMIN_PASSWORD": secrets.token_hex(12),
+            "GRAFANA_ADMIN_PASSWORD": secrets.token_hex(12),
+        }
+        env = images | ports | secrets_env
+        with ComposeProject(engine, [compose_file, override], env) as project:
+            with timed("compose up", timings):
+                t0 = time.monotonic()
+                result["services"] = project.up(COMPOSE_SERVICES)
+                result["healthy_after_s"] = round(time.monotonic() - t0, 1)
+            with timed("compose scores and scrapes", timings):
+                result |= scores_and_scrapes(project, ports, token, dashboards)
+            project.compose("stop", "--timeout", "60", "seqae")
+            code = project.services()["seqae"]["ExitCode"]
+            if code != 0:
+                raise CheckFailed(f"the daemon exited {code} on SIGTERM:\n{project.logs()}")
+    prune(engine)
+    return result
+
+
+def scores_and_scrapes(
+    project: ComposeProject, ports: dict[str, str], token: str, dashboards: Path
+) -> dict[str, object]:
+    stack = Stack(
+        kafka=f"127.0.0.1:{ports['SEQAE_KAFKA_HOST_PORT']}",
+        influx_url=f"http://127.0.0.1:{ports['SEQAE_INFLUXDB_HOST_PORT']}",
+        org="seqae",
+        token=token,
+    )
+    plant = WORK / "plant-recent" / "plant.csv"  # compose's bucket keeps 90 days
+    result: dict[str, object] = {"messages": replay(stack, "sensors", plant, recent=True)}
+    try:
+        wait_for("scores in the stack's InfluxDB", lambda: stack.scores("seqae") > 0, 180, 2)
+    except CheckFailed as exc:
+        raise CheckFailed(f"{exc}\n{project.logs()}") from None
+    result["windows_scored"] = stack.scores("seqae")
+    prometheus = f"http://127.0.0.1:{ports['SEQAE_PROMETHEUS_HOST_PORT']}"
+
+    def scraped_scores() -> bool:
+        query = 'sum(seqae_windows_scored_total{job="seqae"})'
+        rows = prometheus_get(prometheus, "/api/v1/query", query=query)["result"]
+        return bool(rows) and float(rows[0]["value"][1]) > 0
+
+    wait_for("Prometheus to scrape scored windows from the daemon", scraped_scores, 90, 3)
+    up = prometheus_get(prometheus, "/api/v1/query", query='up{job="seqae"}')["result"]
+    result["prometheus_up"] = [row["value"][1] for row in up]
+    if result["prometheus_up"] != ["1"]:
+        raise CheckFailed(f"Prometheus's target seqae: up = {result['prometheus_up']}")
+    metrics_url = f"http://127.0.0.1:{ports['SEQAE_METRICS_HOST_PORT']}/metrics"
+    result["dashboard_queries"] = check_dashboards_on(prometheus, metrics_url, dashboards)
+    return result
+
+
+# --- the CUDA image: built once per change of what goes into it ------------------------------
+
+
+# What the CUDA build's steps depend on. The package source (seqae/, daemon/, README.md) is
+# left out: cuda.Dockerfile installs it with the same steps as cpu.Dockerfile, which the image
+# check builds and runs on every submission; with it, every change would cost a cold build.
+CUDA_RECIPE = (
+    "deploy/container/cuda.Dockerfile",
+    "deploy/container/cuda.Dockerfile.dockerignore",
+    "deploy/container/healthcheck.py",
+    "pyproject.toml",
+)
+CUDA_MARKER = WORK / "cuda-image.json"
+CUDA_IMAGE = "seqae-ci:cuda"
+
+
+def cuda_recipe_digest(repo: Path = REPO) -> str:
+    h = hashlib.sha256()
+    for rel in CUDA_RECIPE:
+        h.update(rel.encode() + b"\0" + (repo / rel).read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def check_cuda(timings: dict[str, float], *, force: bool = False) -> dict[str, object]:
+    """Build cuda.Dockerfile when its recipe changed since the last good build.
+
+    The build runs in an engine of its own on a temporary data root, removed afterwards: the
+    ~12 GB it takes never pushes the CPU image's build cache out, and nothing of it stays.
+    """
+    digest = cuda_recipe_digest()
+    if CUDA_MARKER.exists() and not force:
+        last = json.loads(CUDA_MARKER.read_text())
+        if last.get("digest") == digest:
+            return {"built": False, "unchanged_since": last["built_at"], "digest": digest[:12]}
+    data_root = WORK / "docker-cuda"
+    shutil.rmtree(data_root, ignore_errors=True)
+    try:
+        with Engine("seqae-live-docker-cuda", data_root, isolated=True) as engine:
+            with timed("cuda base images", timings):
+                ensure_base_images(engine)
+            with timed("build cuda image", timings):
+                cmd = [
+                    DOCKER, "build", "--network", "host",
+                    "-f", str(REPO / "deploy/container/cuda.Dockerfile"),
+                    "--build-arg", f"CUDA_IMAGE={CI_BASE_IMAGE}",
+                    "--build-arg", f"TORCH_INDEX={PYPI}", "-t", CUDA_IMAGE, str(REPO),
+                ]  # fmt: skip
+                stream(cmd, WORK / "build-cuda.log", env=engine.env)
+            size = engine.docker("image", "inspect", "-f", "{{.Size}}", CUDA_IMAGE).stdout
+            with timed("cuda image imports", timings):
+                probe = engine.docker(
+                    "run", "--rm", "--network", "none", "--entrypoint", "python3", CUDA_IMAGE,
+                    "-c", "import torch, seqae, daemon; print(torch.__version__)",
+                ).stdout.strip()  # fmt: skip
+    finally:
+        with timed("cuda engine removed", timings):
+            run(["rm", "-rf", str(data_root)])
+    result: dict[str, object] = {
+        "built": True,
+        "digest": digest[:12],
+        "image_gb": round(int(size) / 1e9, 2),
+        "torch": probe,
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seconds": timings["build cuda image"],
+    }
+    CUDA_MARKER.write_text(json.dumps(result | {"digest": digest}) + "\n")
+    return result
 
 
 # --- systemd under systemd-nspawn -------------------------------------------------------------
@@ -637,7 +1123,62 @@ def expect_failure(what: str, check: Callable[[], object]) -> str:
     raise SystemExit(f"live_check: self-test: {what}: the check PASSED on a broken file")
 
 
-def self_test(stack: Stack, timings: dict[str, float]) -> dict[str, str]:
+SELF_TEST_PARTS = ("image", "compose", "systemd")
+BROKEN_PANEL = {
+    "title": "self-test: a metric the daemon does not export",
+    "type": "timeseries",
+    "targets": [{"expr": 'sum(rate(seqae_e2e_latency_seconds_bucket{job=~"$job"}[1m]))'}],
+}
+
+
+def broken_compose_health(tmp: Path) -> Path:
+    """compose.yaml with Prometheus's health check calling a command that does not exist."""
+    text = (COMPOSE_DIR / "compose.yaml").read_text()
+    health = '["CMD", "wget", "-q", "-O", "/dev/null", "http://localhost:9090/-/healthy"]'
+    assert text.count(health) == 1, "compose.yaml's Prometheus healthcheck changed: update me"
+    broken = tmp / "compose-wrong-health.yaml"
+    broken.write_text(text.replace(health, health.replace('"wget"', '"no-such-wget"')))
+    return broken
+
+
+def broken_dashboards(tmp: Path) -> Path:
+    """The dashboards with one more panel, on a metric the daemon does not export."""
+    out = tmp / "dashboards"
+    shutil.copytree(DASHBOARDS, out)
+    path = out / "prometheus/seqae-daemon-health.json"
+    doc = json.loads(path.read_text())
+    doc["panels"].append(BROKEN_PANEL)
+    path.write_text(json.dumps(doc))
+    return out
+
+
+def self_test_compose(engine: Engine, timings: dict[str, float]) -> dict[str, str]:
+    results = {}
+    with tempfile.TemporaryDirectory(dir=WORK) as tmp, timed("self-test compose", timings):
+        results["compose: wrong health command"] = expect_failure(
+            "compose file with a wrong health command",
+            lambda: check_compose(engine, timings, compose_file=broken_compose_health(Path(tmp))),
+        )
+        results["compose: dashboard query on a metric that does not exist"] = expect_failure(
+            "dashboard query on a metric that does not exist",
+            lambda: check_compose(engine, timings, dashboards=broken_dashboards(Path(tmp))),
+        )
+    return results
+
+
+def self_test(stack: Stack, timings: dict[str, float], parts: tuple[str, ...]) -> dict[str, str]:
+    results: dict[str, str] = {}
+    if "image" in parts:
+        results |= self_test_image(stack, timings)
+    if "compose" in parts:
+        with Engine() as engine:
+            results |= self_test_compose(engine, timings)
+    if "systemd" in parts:
+        results |= self_test_systemd(stack, timings)
+    return results
+
+
+def self_test_image(stack: Stack, timings: dict[str, float]) -> dict[str, str]:
     results = {}
     with Engine() as engine, tempfile.TemporaryDirectory(dir=WORK) as tmp:
         ensure_base_images(engine)
@@ -658,6 +1199,11 @@ def self_test(stack: Stack, timings: dict[str, float]) -> dict[str, str]:
             )
         engine.docker("rmi", "seqae-ci:broken", check=False)
         prune(engine)
+    return results
+
+
+def self_test_systemd(stack: Stack, timings: dict[str, float]) -> dict[str, str]:
+    results = {}
     topic = f"live-broken-{uuid.uuid4().hex[:8]}"
     with (
         booted_machine(timings) as machine,
@@ -676,8 +1222,12 @@ def self_test(stack: Stack, timings: dict[str, float]) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("what", choices=["image", "systemd", "all", "self-test"])
+    parser.add_argument("what", choices=["image", "compose", "cuda", "systemd", "all", "self-test"])
+    parser.add_argument("parts", nargs="*", help=f"self-test: some of {SELF_TEST_PARTS}")
+    parser.add_argument("--force", action="store_true", help="cuda: build even if unchanged")
     args = parser.parse_args(argv)
+    if set(args.parts) - set(SELF_TEST_PARTS) or (args.parts and args.what != "self-test"):
+        parser.error(f"parts: only after self-test, and only {', '.join(SELF_TEST_PARTS)}")
     if os.geteuid() != 0:
         print(
             "live_check: needs root (a Docker engine, debootstrap, systemd-nspawn)", file=sys.stderr
@@ -690,12 +1240,18 @@ def main(argv: list[str] | None = None) -> int:
         with timed("packages", timings):
             ensure_debs()
         stack = Stack.from_devstack()
-        if args.what in ("image", "all"):
-            report["image"] = check_image(stack, timings)
+        if args.what in ("image", "compose", "all"):
+            with Engine() as engine:
+                if args.what in ("image", "all"):
+                    report["image"] = check_image(engine, stack, timings)
+                if args.what in ("compose", "all"):
+                    report["compose"] = check_compose(engine, timings)
+        if args.what in ("cuda", "all"):
+            report["cuda"] = check_cuda(timings, force=args.force)
         if args.what in ("systemd", "all"):
             report["systemd"] = check_systemd(stack, timings)
         if args.what == "self-test":
-            report["self-test"] = self_test(stack, timings)
+            report["self-test"] = self_test(stack, timings, tuple(args.parts) or SELF_TEST_PARTS)
     except CheckFailed as exc:
         print(f"live_check: FAILED: {exc}", file=sys.stderr)
         return 1
