@@ -4,39 +4,52 @@
     chunks of `--batch` windows;
 (b) daemon: `ScoringEngine.add` of `ReadyWindow`s for many assets, then `run(force=True)`:
     micro-batching, per-asset baselines, `Scorer` (scaling, masking, forward, errors, scores,
-    `shifted`), `ScoredWindow`s, and the InfluxDB points (`to_point` + line protocol `encode`)
-    that the run loop makes of them.
-Both score the same windows with the same batch size, alternating, median of the repeats.
-Prints windows/s for each and the ratio daemon / plain (target >= 1.0).
+    `shifted`), `ScoredWindow`s, the alert rule (`AlertBook.observe`) and the InfluxDB points
+    (`to_point` + line protocol `encode`) that the streaming core makes of them;
+(c) with `--before DIR`: the same with `DIR/engine.py` and `DIR/alerting.py` in place of
+    `daemon/engine.py` and `seqae/alerting.py` (an older version's, e.g. extracted with
+    `git archive`), so "before" and "after" run in the same process on the same windows.
+All score the same windows with the same batch size, alternating, median of the repeats.
+Prints windows/s for each and the ratio daemon / plain (target >= 0.8, issue 15).
 
 The profile is a small LSTM autoencoder trained here on a synthetic 8-channel plant (the
 product's default detector), saved and served through `ProfileRegistry` like in the daemon.
 
     python benchmarks/bench_scoring.py
     python benchmarks/bench_scoring.py --assets 1000 --batch 256 --threads 1 --profile
+    mkdir -p /tmp/before && git archive HEAD daemon/engine.py seqae/alerting.py \
+        | tar -x --strip-components=1 -C /tmp/before
+    python benchmarks/bench_scoring.py --before /tmp/before
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import importlib.util
 import os
 import platform
 import pstats
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
 
+from daemon import engine as engine_module
+from daemon.alerts import alert_point
 from daemon.baselines import AssetBaselines
-from daemon.engine import ProfileRegistry, ScoringEngine
+from daemon.engine import ProfileRegistry
 from daemon.lineprotocol import encode
-from daemon.settings import BaselineSettings, EngineSettings
+from daemon.settings import AlertSettings, BaselineSettings, EngineSettings
 from daemon.windows import ReadyWindow
+from seqae import alerting as alerting_module
 from seqae.data import RobustScaler, Series, nan_to_mask
 from seqae.train import train_profile
 
@@ -114,13 +127,30 @@ def ready_windows(x: np.ndarray, assets: int, hop: int, period_ns: int) -> list[
     return [out[i] for i in order]
 
 
-def daemon_path(engine: ScoringEngine, windows: list[ReadyWindow]) -> int:
+def daemon_path(engine: Any, windows: list[ReadyWindow], alerts: Any) -> int:
+    """What `StreamCore.score` and `_finish` do with each batch, and the sink's `encode`."""
     engine.add("bench", windows)
     lines = []
     engine.hand_out(everything=True)
     for out in engine.results(wait=True):  # like the run loop: write one, score the next
-        lines += [encode(w.to_point()) for w in out.scored]
+        events = []
+        for w in out.scored:
+            lines.append(encode(w.to_point()))
+            if w.state != "calibrating":
+                events += alerts.observe(
+                    w.asset, w.profile, w.end_ns, w.score, w.threshold, w.contributions, w.channels
+                )
+        lines += [encode(alert_point(e)) for e in events]
     return len(lines)
+
+
+def load_module(path: Path, name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def plain_path(model: torch.nn.Module, x: torch.Tensor, m: torch.Tensor, batch: int) -> None:
@@ -129,10 +159,12 @@ def plain_path(model: torch.nn.Module, x: torch.Tensor, m: torch.Tensor, batch: 
             model(x[i : i + batch], m[i : i + batch])
 
 
-def timed(fn: Callable[[], object]) -> float:
-    started = time.perf_counter()
+def timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """(wall seconds, this thread's CPU seconds): the run loop's own Python, apart from the
+    scoring thread's forward and from other jobs on a shared machine."""
+    started, cpu = time.perf_counter(), time.thread_time()
     fn()
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.thread_time() - cpu
 
 
 def main() -> None:
@@ -149,6 +181,11 @@ def main() -> None:
         "--threads", type=int, default=1, help="torch intra-op threads (0: default)"
     )
     parser.add_argument("--profile", action="store_true", help="cProfile one daemon run")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="folder with an older engine.py and alerting.py to measure beside the current",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -160,52 +197,80 @@ def main() -> None:
         served = registry.get("bench")
         served.scorer.batch_size = args.batch
         default = served.loaded.baseline
-        baselines = AssetBaselines(
-            BaselineSettings(mode=args.baselines, warmup_windows=WARMUP), Path(tmp) / "state"
-        )
-        engine = ScoringEngine(
-            EngineSettings(device="cpu", max_batch=args.batch, max_wait_ms=0), registry, baselines
-        )
         x = make_windows_for(args.assets, args.per_asset, args.window, seed=3)
         windows = ready_windows(x, args.assets, args.hop, served.geometry.period_ns)
-        if args.baselines == "per_asset":
-            # Warm every asset up first: the measured runs score with each asset's own baseline.
-            warm = make_windows_for(args.assets, WARMUP, args.window, seed=4)
-            daemon_path(engine, ready_windows(warm, args.assets, args.hop, 10**8))
-            assert baselines.fitted == args.assets, baselines.fitted
+
+        def make_daemon(engine_module: Any, alerting_module: Any, state: str) -> Callable[[], int]:
+            baselines = AssetBaselines(
+                BaselineSettings(mode=args.baselines, warmup_windows=WARMUP), Path(tmp) / state
+            )
+            engine = engine_module.ScoringEngine(
+                EngineSettings(device="cpu", max_batch=args.batch, max_wait_ms=0),
+                registry,
+                baselines,
+            )
+            if args.baselines == "per_asset":
+                # Warm every asset up first: the measured runs score with each asset's own
+                # baseline.
+                warm = make_windows_for(args.assets, WARMUP, args.window, seed=4)
+                books = alerting_module.AlertBook(AlertSettings())
+                daemon_path(engine, ready_windows(warm, args.assets, args.hop, 10**8), books)
+                assert baselines.fitted == args.assets, baselines.fitted
+            # A fresh alert book per run: every run replays the same window ends, which a
+            # tracker that saw them would skip (creating 1 tracker per asset is in the cost).
+            return lambda: daemon_path(engine, windows, alerting_module.AlertBook(AlertSettings()))
+
+        paths: dict[str, Callable[[], object]] = {}
+        if args.before:
+            paths["before"] = make_daemon(
+                load_module(args.before / "engine.py", "engine_before"),
+                load_module(args.before / "alerting.py", "alerting_before"),
+                "state-before",
+            )
+        run_daemon = make_daemon(engine_module, alerting_module, "state")
+        paths["daemon"] = run_daemon
         # The plain forward gets pre-made model input: scaled windows, zeros where missing.
         x_np, m_np = nan_to_mask(RobustScaler(default.center, default.scale).transform(x))
         xt, mt = torch.from_numpy(x_np), torch.from_numpy(m_np)
         detector = served.scorer.detector
 
-        def run_daemon() -> int:
-            return daemon_path(engine, windows)
-
         def run_plain() -> None:
             plain_path(detector, xt, mt, args.batch)
 
-        run_plain()
-        run_daemon()
-        t_plain, t_daemon = [], []
+        paths = {"plain": run_plain, **paths}
+        times: dict[str, list[float]] = {name: [] for name in paths}
+        cpu: dict[str, list[float]] = {name: [] for name in paths}
+        for fn in paths.values():
+            fn()
         for _ in range(args.repeats):
-            t_plain.append(timed(run_plain))
-            t_daemon.append(timed(run_daemon))
+            for name, fn in paths.items():
+                wall, thread = timed(fn)
+                times[name].append(wall)
+                cpu[name].append(thread)
         n = len(windows)
-        plain, ours = n / statistics.median(t_plain), n / statistics.median(t_daemon)
-        best = min(t_plain) / min(t_daemon)
+        rate = {name: n / statistics.median(t) for name, t in times.items()}
         print(
             f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs,"
-            f" {platform.processor() or platform.machine()}"
+            f" {platform.processor() or platform.machine()}, load average"
+            f" {' '.join(f'{v:.2f}' for v in os.getloadavg())}"
         )
         print(
             f"{args.kind} profile: window {args.window}, hop {args.hop}, {len(CHANNELS)} channels;"
             f" {args.assets} assets x {args.per_asset} windows = {n}; batch {args.batch};"
             f" baselines {args.baselines}; median of {args.repeats}"
         )
-        print(f"plain torch forward        : {plain:10.0f} windows/s")
-        print(f"daemon engine + points     : {ours:10.0f} windows/s")
-        print(f"ratio daemon/plain (median): {ours / plain:10.2f}")
-        print(f"ratio daemon/plain (best)  : {best:10.2f}")
+        print(f"plain torch forward          : {rate['plain']:10.0f} windows/s")
+        if "before" in rate:
+            print(f"daemon before ({args.before}): {rate['before']:10.0f} windows/s")
+        print(f"daemon engine+alerts+points  : {rate['daemon']:10.0f} windows/s")
+        for name in [k for k in ("before", "daemon") if k in rate]:
+            best = min(times["plain"]) / min(times[name])
+            print(
+                f"ratio {name}/plain: median {rate[name] / rate['plain']:.2f},"
+                f" best {best:.2f}; main-thread CPU"
+                f" {statistics.median(cpu[name]) / n * 1e6:.1f} us/window"
+                f" (plain {statistics.median(cpu['plain']) / n * 1e6:.1f})"
+            )
         if args.profile:
             prof = cProfile.Profile()
             prof.runcall(run_daemon)

@@ -10,6 +10,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch
 from daemon.baselines import AssetBaselines, ScoreState, ShiftEvent
 from daemon.device_history import DeviceFeed, device_features
 from daemon.health import RateLimitedLog
-from daemon.lineprotocol import Point
+from daemon.lineprotocol import LineProtocolError, Point, key_text, tag_value
 from daemon.settings import EngineSettings
 from daemon.windows import ReadyWindow, TopicPartitionId, WindowGeometry
 from seqae.artifacts import ArtifactError, LoadedProfile, current_version, load_profile
@@ -59,6 +60,10 @@ class ServedProfile:
         scale_t = torch.from_numpy(np.stack([b.scale for b in used])).to(device)
         feats = device_features(self.scorer, raw, center_t, scale_t)
         return feats.float().cpu().numpy().astype(np.float64)
+
+    @cached_property
+    def score_lines(self) -> ScoreLines | None:
+        return ScoreLines.of(self.name, self.version, self.geometry.channels)
 
     def release(self, assets: set[str]) -> None:
         if self.feed is not None:
@@ -212,7 +217,7 @@ class ProfileRegistry:
         return swapped
 
 
-@dataclass
+@dataclass(slots=True)
 class ScoredWindow:
     asset: str
     profile: str
@@ -229,6 +234,7 @@ class ScoredWindow:
     clean: np.ndarray | None = None  # [hop, C] reconstructed raw values of the newest slots
     period_ns: int = 0
     late: int = 0  # the asset's readings dropped as too late since its previous window
+    line: str | None = None  # `to_point()`'s line, made with its batch's (ScoreLines)
 
     def clean_points(self) -> list[Point]:
         """`seqae_clean`: the model's reconstruction of the window's newest `hop` slots, so
@@ -263,7 +269,63 @@ class ScoredWindow:
             if math.isfinite(err):  # a channel with no observed sample has no error
                 fields[f"err_{name}"] = err
         tags = {"asset": self.asset, "profile": self.profile, "model_version": self.version}
-        return Point("seqae_score", tags, fields, self.end_ns)
+        return Point("seqae_score", tags, fields, self.end_ns, self.line)
+
+
+class ScoreLines:
+    """The `seqae_score` lines of one served profile version, made for a batch at once: the
+    text `encode` gives of `ScoredWindow.to_point()`, without its per-field type checks. Only
+    for windows whose score, threshold and errors are all finite (the others are encoded point
+    by point, which drops a missing channel's error and refuses a non-finite score)."""
+
+    MEASUREMENT = "seqae_score"
+
+    def __init__(self, profile: str, version: str, channels: Sequence[str]) -> None:
+        m = self.MEASUREMENT
+        # tags sorted: asset, model_version, profile; one `%` per line (most of its time is
+        # the shortest repr of each float, which the text needs)
+        version_text = tag_value(version, "model_version", m)
+        profile_text = tag_value(profile, "profile", m)
+        errors = "".join(f",{key_text('err_' + c, m)}=%r" for c in channels)
+        self._template = (
+            f"{m},asset=%s,model_version={version_text},profile={profile_text}"
+            f' score=%r,threshold=%r,anomalous=%s,state="%s",gap=%s%s{errors} %d'
+        )
+
+    @classmethod
+    def of(cls, profile: str, version: str, channels: Sequence[str]) -> ScoreLines | None:
+        try:
+            return cls(profile, version, channels)
+        except LineProtocolError:
+            return None  # an empty or unwritable tag: encoded point by point (and refused)
+
+    def line(
+        self,
+        asset: str,
+        end_ns: int,
+        score: float,
+        threshold: float,
+        anomalous: bool,
+        state: str,
+        gap: bool,
+        late: int,
+        errors: Sequence[float],
+    ) -> str | None:
+        try:
+            asset_text = tag_value(asset, "asset", self.MEASUREMENT)
+        except LineProtocolError:
+            return None
+        return self._template % (
+            asset_text,
+            score,
+            threshold,
+            "true" if anomalous else "false",
+            state,
+            "true" if gap else "false",
+            f",late={late}i" if late else "",
+            *errors,
+            end_ns,
+        )
 
 
 @dataclass
@@ -437,43 +499,67 @@ class ScoringEngine:
         rows = list(range(len(batch)))  # row of each window in `result`
         states: list[tuple[ScoreState, ShiftEvent | None] | None] = [None] * len(batch)
         stale = []
+        shifted = result.shifted.tolist()
         for i, w in enumerate(batch):
             if self._baselines.changed_since(
                 served.name, served.version, w.asset, used[i], lp.baseline
             ):
                 stale.append(i)  # its baseline changed after hand-out
                 continue
-            states[i] = self._observe(served, w, bool(result.shifted[i]))
+            states[i] = self._observe(served, w, shifted[i])
         if stale:
             again = served.scorer.score(x[stale], self._baselines_of(served, batch, stale))
             for j, i in enumerate(stale):
                 rows[i] = len(batch) + j
                 states[i] = self._observe(served, batch[i], bool(again.shifted[j]))
             result = _concat(result, again)
+        # Per batch, not per window: gather each window's row, test finiteness, go to Python.
+        at = np.asarray(rows)
+        score, threshold, errors = result.score[at], result.threshold[at], result.errors[at]
+        anomalous = result.anomalous[at].tolist()
+        lines = served.score_lines
+        finite = (np.isfinite(score) & np.isfinite(threshold) & np.isfinite(errors).all(1)).tolist()
+        score_l, threshold_l, errors_l = score.tolist(), threshold.tolist(), errors.tolist()
+        contributions = result.contributions[at]
+        geometry = served.geometry
         for i, w in enumerate(batch):
             entry = states[i]
             assert entry is not None
             state, shift = entry
             if shift is not None:
                 out.shifts.append(shift)
-            r = rows[i]
+            alarm = anomalous[i] and state != "calibrating"
+            line = None
+            if lines is not None and finite[i]:
+                line = lines.line(
+                    w.asset,
+                    w.end_ns,
+                    score_l[i],
+                    threshold_l[i],
+                    alarm,
+                    state,
+                    w.gap,
+                    w.late,
+                    errors_l[i],
+                )
             out.scored.append(
                 ScoredWindow(
                     asset=w.asset,
                     profile=served.name,
                     version=served.version,
-                    channels=served.geometry.channels,
+                    channels=geometry.channels,
                     end_ns=w.end_ns,
-                    score=float(result.score[r]),
-                    threshold=float(result.threshold[r]),
-                    anomalous=bool(result.anomalous[r]) and state != "calibrating",
+                    score=score_l[i],
+                    threshold=threshold_l[i],
+                    anomalous=alarm,
                     state=state,
                     gap=w.gap,
                     late=w.late,
-                    errors=result.errors[r],
-                    contributions=result.contributions[r],
+                    errors=errors[i],
+                    contributions=contributions[i],
                     clean=None if clean is None else clean[i],
-                    period_ns=served.geometry.period_ns,
+                    period_ns=geometry.period_ns,
+                    line=line,
                 )
             )
             for tp, off in w.offsets.items():

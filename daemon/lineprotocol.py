@@ -12,7 +12,7 @@ import functools
 import math
 import numbers
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -30,6 +30,9 @@ class Point:
     tags: dict[str, str]
     fields: dict[str, FieldValue]
     time_ns: int
+    # The point's line, when made in bulk by the code that made its tags and fields from the
+    # same values (the score points of a batch); `encode` returns it as is.
+    line: str | None = field(default=None, compare=False, repr=False)
 
 
 _MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ "})
@@ -70,6 +73,18 @@ def _series(measurement: str, tags: tuple[tuple[str, str], ...]) -> str:
     return ",".join(parts)
 
 
+def key_text(name: str, measurement: str) -> str:
+    """A tag or field key, checked and escaped."""
+    return _field_key(name, measurement)[:-1]
+
+
+def tag_value(value: str, key: str, measurement: str) -> str:
+    """A non-empty tag value, checked and escaped (uncached: one per asset would grow with the
+    fleet)."""
+    _check_name(value, f"tag {key!r} value", measurement)
+    return value.translate(_KEY_ESCAPES)
+
+
 def _field_value(value: object, key: str, measurement: str) -> str:
     if type(value) is float and math.isfinite(value):  # most fields: skip the checks below
         return repr(value)
@@ -94,6 +109,8 @@ def _field_value(value: object, key: str, measurement: str) -> str:
 
 def encode(point: Point) -> str:
     """Encode one point as a line (without the trailing newline); raises LineProtocolError."""
+    if point.line is not None:
+        return point.line
     measurement = point.measurement
     if not isinstance(measurement, str):
         raise LineProtocolError(f"measurement {measurement!r} is not a string")

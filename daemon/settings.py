@@ -34,7 +34,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-_ROUTES_REMEMBERED = 100_000
+_ROUTES_REMEMBERED = 1_000_000  # one route per asset (~100 B); cleared when full: above the fleet
 _TOML_FILE: ContextVar[Path | None] = ContextVar("seqae_settings_toml_file", default=None)
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -84,7 +84,7 @@ class AlertEvent:
         return event
 
 
-@dataclass
+@dataclass(slots=True)  # one per asset: no per-instance __dict__
 class AlertTracker:
     """One asset's alert state machine: idle -> pending (above enter) -> open -> idle.
 
@@ -131,6 +131,9 @@ class AlertTracker:
         ratio = float(score) / float(threshold) if threshold > 0 else float("inf")
         if math.isnan(ratio):
             return []  # no observed sample in the window: no evidence either way
+        if self.phase != "open" and ratio < settings.enter_level:
+            self.phase = "idle"  # most windows: nothing to rank the channels for
+            return []
         top = _top_channels(contributions, channels, settings.top_channels)
         if self.phase == "open":
             return self._observe_open(settings, time_ns, ratio, score, threshold, top)
@@ -234,6 +237,18 @@ def _top_channels(contributions: np.ndarray, channels: Sequence[str], k: int) ->
     return [channels[i] for i in order]
 
 
+_TRACKER_FIELDS = tuple(f.name for f in fields(AlertTracker))
+
+
+def _tracker_dict(t: AlertTracker) -> dict[str, Any]:
+    """A tracker's fields, lists copied; not asdict(): this runs for every changed asset at
+    every checkpoint."""
+    state = {name: getattr(t, name) for name in _TRACKER_FIELDS}
+    state["peak_channels"] = list(t.peak_channels)
+    state["pending_peak_channels"] = list(t.pending_peak_channels)
+    return state
+
+
 def _upgrade(state: dict[str, Any]) -> dict[str, Any]:
     """State written before trackers kept a pending excursion apart from the alert's peak:
     a pending excursion's peak then lived in `peak_*`."""
@@ -279,26 +294,12 @@ class AlertBook:
             self._trackers.pop(asset, None)
 
     def to_dict(self) -> dict[str, Any]:
-        # vars() rather than asdict(): this runs for every asset at every commit
-        return {
-            asset: {
-                **vars(t),
-                "peak_channels": list(t.peak_channels),
-                "pending_peak_channels": list(t.pending_peak_channels),
-            }
-            for asset, t in self._trackers.items()
-        }
+        return {asset: _tracker_dict(t) for asset, t in self._trackers.items()}
 
     def tracker_state(self, asset: str) -> dict[str, Any] | None:
         """One asset's tracker as `to_dict` writes it (None: no tracker yet)."""
         t = self._trackers.get(asset)
-        if t is None:
-            return None
-        return {
-            **vars(t),
-            "peak_channels": list(t.peak_channels),
-            "pending_peak_channels": list(t.pending_peak_channels),
-        }
+        return None if t is None else _tracker_dict(t)
 
     def restore_tracker(self, asset: str, state: dict[str, Any] | None) -> None:
         """Replace one asset's tracker by `tracker_state`'s dict (None: no tracker); raises
