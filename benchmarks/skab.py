@@ -82,6 +82,7 @@ class DetectorSpec:
     per_file_calib_rows: int = 100  # per-file protocol: the last rows of the 400 calibrate
     baseline_scaler: Literal["refit", "center", "train"] = "refit"  # per-asset baselines
     log_errors: bool = False  # score log(error) features (closer to Gaussian for Mahalanobis)
+    weight_decay: float = 0.0  # AdamW weight decay of the network
 
     def describe(self) -> dict[str, Any]:
         d = asdict(self)
@@ -246,6 +247,7 @@ def train_config(spec: DetectorSpec, seed: int, calib_fraction: float) -> TrainC
         epochs=spec.epochs,
         batch_size=spec.batch_size,
         lr=spec.lr,
+        weight_decay=spec.weight_decay,
         seed=seed,
         device="cpu",
         calib_fraction=calib_fraction,
@@ -275,7 +277,8 @@ def fit_detector(
         spec.epochs,
         spec.batch_size,
         spec.lr,
-        seed if spec.kind == "lstm" else 0,  # PCA has no randomness
+        spec.weight_decay,
+        seed if spec.kind != "pca" else 0,  # PCA has no randomness
         calib_fraction,
     )
     if cache is not None and ident in cache:
@@ -369,9 +372,7 @@ def run_protocols(
         raise BenchmarkError(f"unknown protocols {sorted(unknown)}; expected {PROTOCOLS}")
     names = list(data.files) if names is None else list(names)
     # PCA is deterministic: one seed says all there is.
-    jobs = [
-        (spec, seed) for spec in specs for seed in (seeds if spec.kind == "lstm" else seeds[:1])
-    ]
+    jobs = [(spec, seed) for spec in specs for seed in (seeds if spec.kind != "pca" else seeds[:1])]
     out: list[RunResult] = []
     cache: NetworkCache = {}
     bar = tqdm(jobs, desc="skab", unit="run", disable=not progress)
@@ -434,10 +435,26 @@ def summarise(
         "median_delay_s": report.median_detection_delay_s,
         "false_alarms_per_hour": report.false_alarms_per_hour,
         "alarm_rate": float(np.mean(score > 1.0)),
+        "oracle_f1_far10": oracle_f1(labels, score),
         "files": len(files),
         "rows": len(labels),
         "train_seconds": run.train_seconds,
     }
+
+
+def oracle_f1(labels: np.ndarray, score: np.ndarray, max_far: float = 0.1) -> float:
+    """The best point-wise F1 over every threshold whose false-alarm rate is at most `max_far`:
+    a diagnostic of the ranking (the bar's "F1 at FAR <= 10%"), never used to set a threshold."""
+    y = np.asarray(labels, bool)
+    order = np.argsort(-np.asarray(score, np.float64), kind="stable")
+    tp = np.cumsum(y[order])  # alarms on the top k+1 rows
+    fp = np.cumsum(~y[order])
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    ok = fp / n_neg <= max_far
+    f1 = 2 * tp / (tp + fp + n_pos)
+    return float(f1[ok].max()) if ok.any() else 0.0
 
 
 def references(run: RunResult, subset: str, seed: int) -> dict[str, dict[str, float]]:
@@ -573,6 +590,7 @@ COLUMNS = (
     ("VUS/file", "vus_pr_file_mean", 1.0, 3),
     ("AUC-PR", "auc_pr", 1.0, 3),
     ("F1", "f1", 1.0, 3),
+    ("F1@10", "oracle_f1_far10", 1.0, 3),
     ("FAR%", "far", 100.0, 1),
     ("MAR%", "mar", 100.0, 1),
     ("ev.rec", "event_recall", 1.0, 2),
@@ -627,6 +645,7 @@ def plot_results(
     data: SkabData,
     out_dir: Path,
     example_detector: str = "lstm-tuned",
+    prefix: str = "skab",
 ) -> list[Path]:
     """Per protocol, bars of VUS-PR and F1 (mean ± std over seeds) for every detector and the
     references on the report set; and one file's score / threshold for `example_detector`'s
@@ -654,7 +673,7 @@ def plot_results(
         if rows:
             title = f"SKAB {proto}, 30 non-tuning files, mean ± std over seeds"
             paths.append(
-                plot_summary(out_dir / f"skab_{proto.replace('+', '_')}.png", rows, title=title)
+                plot_summary(out_dir / f"{prefix}_{proto.replace('+', '_')}.png", rows, title=title)
             )
     candidates = [r for r in runs if r.protocol == "global+baseline"]
     example = next((r for r in candidates if r.detector == example_detector), None)
@@ -665,7 +684,7 @@ def plot_results(
         rows_idx = np.arange(HEAD_ROWS, len(s))
         paths.append(
             plot_series(
-                out_dir / "skab_example.png",
+                out_dir / f"{prefix}_example.png",
                 s.timestamps[rows_idx],
                 s.values[rows_idx],
                 s.channels,
@@ -728,21 +747,94 @@ def default_specs() -> dict[str, DetectorSpec]:
         ),
         "pca": DetectorSpec("pca", "pca", {}, score_kind="mahalanobis"),
         "pca-tuned": DetectorSpec("pca-tuned", "pca", {}, **tuned),
+        # Issue 10, chosen on valve2 only (`f-margin3` in issue10_specs): LSTM-AE errors, the
+        # code's distance, PCA Q and T² in one Mahalanobis score; lstm-tuned's network and
+        # scoring, threshold margin 3.
+        "fused": DetectorSpec(
+            "fused",
+            "fused",
+            {"ae": {"hidden_size": 32, "latent_size": 8}},
+            **{**tuned, "policy": ThresholdPolicy(quantile=0.995, margin=3.0)},
+        ),
+    }
+
+
+# --- the attempts of issue 10 (valve2 only) ------------------------------------------------
+
+
+def issue10_specs() -> dict[str, DetectorSpec]:
+    """What was tried for issue 10 on valve2 (RESULTS.md "Detector quality on SKAB"). Each
+    changes one thing from `f-tuned`: the fused detector (LSTM-AE + latent code + PCA) with
+    `lstm-tuned`'s network and scoring settings."""
+    net = {"hidden_size": 32, "latent_size": 8}
+    tuned: dict[str, Any] = {
+        "window": 20,
+        "score_kind": "mahalanobis",
+        "policy": ThresholdPolicy(quantile=0.995, margin=5.0),
+        "stats_fraction": 0.7,
+        "baseline_scaler": "train",
+    }
+    m3: dict[str, Any] = {"policy": ThresholdPolicy(quantile=0.995, margin=3.0)}
+
+    def fused(name: str, cfg: dict[str, Any] | None = None, **kw: Any) -> DetectorSpec:
+        settings = {**tuned, **kw}
+        return DetectorSpec(name, "fused", {"ae": dict(net), **(cfg or {})}, **settings)
+
+    return {
+        "lstm+code": fused("lstm+code", {"use_pca": False}),
+        "ae+pca": fused("ae+pca", {"code_distance": False}),
+        "f-tuned": fused("f-tuned"),
+        "f-w10": fused("f-w10", window=10),
+        "f-latent16": fused("f-latent16", {"ae": {"hidden_size": 32, "latent_size": 16}}),
+        "f-refit": fused("f-refit", baseline_scaler="refit"),
+        "f-stats50": fused("f-stats50", stats_fraction=0.5),
+        "f-margin1": fused("f-margin1", policy=ThresholdPolicy(quantile=0.995)),
+        "f-margin3": fused("f-margin3", policy=ThresholdPolicy(quantile=0.995, margin=3.0)),
+        "f-wd": fused("f-wd", weight_decay=1e-3),
+        "f-noise": fused(
+            "f-noise", {"ae": {**net, "variant": "denoising", "noise_std": 0.1, "mask_prob": 0.0}}
+        ),
+        "f-30ep": fused("f-30ep", epochs=30),
+        "f-margin3-b16": fused("f-margin3-b16", batch_size=16, **m3),
+        "f-margin3-b16-30ep": fused("f-margin3-b16-30ep", batch_size=16, epochs=30, **m3),
+        "f-margin3-aetotal": fused("f-margin3-aetotal", {"ae_total": True}, **m3),
+        "f-margin3-nocode-aetotal": fused(
+            "f-margin3-nocode-aetotal", {"ae_total": True, "code_distance": False}, **m3
+        ),
+        "f-margin3-w10": fused("f-margin3-w10", window=10, **m3),
+        "f-margin3-calib150": fused("f-margin3-calib150", per_file_calib_rows=150, **m3),
+        "pca-train": DetectorSpec("pca-train", "pca", {}, **tuned),
     }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    specs = default_specs()
+    specs = {**default_specs(), **issue10_specs()}
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--data", type=Path, default=DEFAULT_ROOT, help="the SKAB folder")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--detectors", nargs="+", default=list(specs), choices=list(specs))
+    ap.add_argument(
+        "--detectors",
+        nargs="+",
+        default=list(default_specs()),
+        choices=list(specs),
+        help="default: the named detectors (issue 10's valve2 attempts only when named)",
+    )
     ap.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
     ap.add_argument("--files", choices=("all", "tuning"), default="all", help="tuning: valve2 only")
     ap.add_argument(
         "--no-concat-vus", action="store_true", help="skip the slow concatenated VUS-PR"
     )
     ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for skab.json and plots")
+    ap.add_argument(
+        "--tag", default="", help="write skab_<tag>.json and skab_<tag>_*.png (default: skab.json)"
+    )
+    ap.add_argument(
+        "--subsets",
+        nargs="+",
+        choices=("report", "all"),
+        default=["report", "all"],
+        help="file subsets to tabulate when --files all",
+    )
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument(
         "--threads",
@@ -760,8 +852,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = subset_names(data.files, args.files)
     chosen = [specs[d] for d in args.detectors]
     runs = run_protocols(chosen, args.seeds, data, args.protocols, names)
-    subsets = ("tuning",) if args.files == "tuning" else ("report", "all", "tuning")
-    concat: tuple[str, ...] = ("report", "all") if args.files == "all" else ("tuning",)
+    subsets = ("tuning",) if args.files == "tuning" else (*args.subsets, "tuning")
+    concat: tuple[str, ...] = tuple(args.subsets) if args.files == "all" else ("tuning",)
     if args.no_concat_vus:
         concat = ()
     table = build_table(runs, subsets, concat_vus_subsets=concat, file_vus_seeds=args.seeds[:1])
@@ -796,10 +888,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tuning_files": subset_names(data.files, "tuning"),
         "table": table,
     }
-    json_name = "skab.json" if args.files == "all" else "skab_tuning.json"
+    stem = f"skab_{args.tag}" if args.tag else "skab"
+    json_name = f"{stem}.json" if args.files == "all" else f"{stem}_tuning.json"
     (args.out / json_name).write_text(json.dumps(_clean(payload), indent=1) + "\n")
     if not args.no_plots and args.files == "all":
-        for p in plot_results(table, runs, data, args.out):
+        for p in plot_results(table, runs, data, args.out, prefix=stem):
             print(f"plot: {p}")
     print(f"json: {args.out / json_name}")
     return 0

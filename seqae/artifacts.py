@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from seqae import __version__
 from seqae.calibrate import Baseline, CalibrationError
+from seqae.fused import FusedConfig, build_fused
 from seqae.model import ModelConfig, SequenceAutoencoder
 from seqae.pca import PCAConfig, PCADetector
 
@@ -125,6 +126,8 @@ def build_detector(kind: str, config: dict[str, Any]) -> Any:
         return SequenceAutoencoder(ModelConfig.from_dict(config))
     if kind == "pca":
         return PCADetector(PCAConfig.from_dict(config))
+    if kind == "fused":
+        return build_fused(FusedConfig.from_dict(config))
     raise ArtifactError(f"unknown model kind {kind!r}")
 
 

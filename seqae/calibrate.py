@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from seqae.channels import DEGENERATE_UNIT_SCORE, FLOAT_RESOLUTION
 from seqae.data import RobustScaler
 
 if TYPE_CHECKING:
@@ -26,6 +27,12 @@ SCORE_KINDS: tuple[str, ...] = ("mse", "mahalanobis", "likelihood")
 ThresholdMethod = Literal["quantile", "pot"]
 OPERATING_DIMS = 1  # directions of the operating envelope: the plant's main knob (load, speed)
 MIN_CALIBRATION_WINDOWS = 20
+# An error feature varying less than this (a standard deviation of 1e-6 scaled units) has no
+# spread to weigh it by: it is weighed as a degenerate channel's is.
+NO_ERROR_SPREAD = 1e-12
+# A threshold sits at least this far above the median held-out score: scores with no spread
+# (a profile whose channels never moved) cannot set a threshold their own rounding crosses.
+MIN_THRESHOLD_MARGIN = 1e-3
 
 
 class CalibrationError(ValueError):
@@ -60,6 +67,8 @@ class Baseline:
     info: dict[str, Any] = field(default_factory=dict)
     # "likelihood" only: the variational decoder's per-channel log-variance [C] (scaled units)
     obs_log_var: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
+    # [C] True for a channel the scaler found degenerate (seqae.channels); empty: none
+    degenerate: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
 
     def displacement(self, windows: np.ndarray) -> np.ndarray:
         """[N, C] raw-unit move of each window's channel means along the operating envelope,
@@ -72,6 +81,25 @@ class Baseline:
         along = (z @ self.env_basis.T) @ self.env_basis
         return np.asarray(along * self.scale, np.float32)
 
+    def out_of_range(self, windows: np.ndarray) -> np.ndarray:
+        """[N, C] True where a degenerate channel (constant, flag-like, mostly or nearly
+        constant in training) takes a value in the window outside the range its normal data
+        covered: a change the score may weigh lightly (one unit adds at most
+        DEGENERATE_UNIT_SCORE), shown whatever its size. False for every other channel."""
+        n, c = windows.shape[0], windows.shape[2]
+        out = np.zeros((n, c), bool)
+        if not self.degenerate.any() or self.range_low.shape != (c,):
+            return out
+        idx = np.flatnonzero(self.degenerate)
+        low, high = self.range_low[idx], self.range_high[idx]
+        # float32 rounding of the level is not a change
+        tol = FLOAT_RESOLUTION * np.maximum(np.abs(low), np.abs(high))
+        part = windows[:, :, idx]
+        with np.errstate(invalid="ignore"):  # NaN (missing) compares False: not out of range
+            beyond = (part < low - tol) | (part > high + tol)
+        out[:, idx] = beyond.any(axis=1)
+        return out
+
     def moved(self, displacement: np.ndarray) -> Baseline:
         """This baseline with its scaler centre moved by `displacement` [C] (raw units): the
         same asset at another operating point."""
@@ -83,7 +111,7 @@ class Baseline:
 
     @property
     def scaler(self) -> RobustScaler:
-        return RobustScaler(self.center, self.scale)
+        return RobustScaler(self.center, self.scale, self.degenerate)
 
     def scores(self, errors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(score [N], contribution per feature [N, F]); contributions sum to the score."""
@@ -112,6 +140,12 @@ class Baseline:
             "env_basis": self.env_basis.tolist(),
             "info": self.info,
             **({"obs_log_var": self.obs_log_var.tolist()} if self.obs_log_var.size else {}),
+            # written only when there is one, so a profile without keeps its model.json
+            **(
+                {"degenerate": np.flatnonzero(self.degenerate).tolist()}
+                if self.degenerate.any()
+                else {}
+            ),
         }
 
     @classmethod
@@ -136,7 +170,8 @@ class Baseline:
                 info=dict(d.get("info", {})),
                 obs_log_var=np.asarray(d.get("obs_log_var", []), np.float64),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+            b.degenerate = _channel_mask(d.get("degenerate", []), len(b.center))
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise CalibrationError(f"baseline is malformed: {exc!r}") from exc
         f = len(b.err_mean)
         if b.precision.shape != (f, f) or b.center.shape != b.scale.shape:
@@ -146,6 +181,18 @@ class Baseline:
         if b.score_kind == "likelihood" and b.obs_log_var.shape != b.err_mean.shape:
             raise CalibrationError("score kind 'likelihood' needs obs_log_var, one per channel")
         return b
+
+
+def _channel_mask(indices: Sequence[int], n_channels: int) -> np.ndarray:
+    """[C] bool mask from channel indices (empty without any)."""
+    if not len(indices):
+        return np.zeros(0, bool)
+    index = np.asarray(indices, np.int64)
+    if index.min() < 0 or index.max() >= n_channels:
+        raise ValueError(f"degenerate channel indices {list(indices)} outside 0..{n_channels - 1}")
+    mask = np.zeros(n_channels, bool)
+    mask[np.asarray(indices, np.int64)] = True
+    return mask
 
 
 def likelihood_scores(errors: np.ndarray, log_var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -235,25 +282,98 @@ def pot_threshold(scores: np.ndarray, risk: float, initial_quantile: float = 0.9
 
 
 def set_threshold(scores: np.ndarray, policy: ThresholdPolicy) -> float:
+    """The threshold `policy` sets on held-out normal scores: finite, at least
+    MIN_THRESHOLD_MARGIN above their median, and never exactly 0. Non-finite scores are a
+    CalibrationError: they would make any threshold meaningless."""
+    scores = np.asarray(scores, np.float64)
+    if scores.size == 0:
+        raise CalibrationError("no held-out scores to set a threshold on")
+    bad = int((~np.isfinite(scores)).sum())
+    if bad:
+        raise CalibrationError(f"{bad} of {scores.size} held-out scores are not finite")
     if policy.method == "pot":
         level = pot_threshold(scores, policy.pot_risk, policy.pot_initial_quantile)
+        if not np.isfinite(level):  # a degenerate tail fit: the highest normal score instead
+            level = float(scores.max())
     else:
         level = float(np.quantile(scores, policy.quantile))
-    return float(level * policy.margin)
+    level = max(float(level * policy.margin), float(np.median(scores)) + MIN_THRESHOLD_MARGIN)
+    if not np.isfinite(level):
+        raise CalibrationError(f"threshold {level} is not finite (margin {policy.margin})")
+    # Only a likelihood (a log-density, which may be negative) can land on 0, and then by
+    # accident; 0 must never be a threshold, since an idle channel's score is exactly 0.
+    return level if level != 0.0 else MIN_THRESHOLD_MARGIN
 
 
 def fit_error_stats(
-    errors: np.ndarray,
+    errors: np.ndarray, degenerate: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(mean, mean of squares, Ledoit-Wolf precision) of error features [N, F]."""
+    """(mean, mean of squares, Ledoit-Wolf precision) of error features [N, F].
+
+    Features marked in `degenerate` [F] (the errors of channels that did not vary in training,
+    seqae.channels), and features whose error does not vary at all here (variance at most
+    NO_ERROR_SPREAD: PCA's T² on windows without variance), are left out of the Ledoit-Wolf fit,
+    get no covariance with the others, and a bounded weight: a deviation of u units adds at most
+    DEGENERATE_UNIT_SCORE * u**2 to the score (Mahalanobis and mse alike), where their own
+    near-zero variance made it 1e8. Without such features the result is what it always was."""
     from sklearn.covariance import LedoitWolf
+
+    def shrunk(e: np.ndarray) -> np.ndarray:
+        cov = LedoitWolf().fit(e).covariance_
+        # A feature with no spread (a stuck sensor) would make the covariance singular.
+        cov += np.eye(e.shape[1]) * max(1e-9, 1e-6 * float(np.trace(cov)) / e.shape[1])
+        return np.asarray(cov)
 
     mean = errors.mean(axis=0)
     sq_mean = (errors**2).mean(axis=0)
-    cov = LedoitWolf().fit(errors).covariance_
-    # A feature with no spread (a stuck sensor) would make the covariance singular.
-    cov += np.eye(len(mean)) * max(1e-9, 1e-6 * float(np.trace(cov)) / len(mean))
-    return mean, sq_mean, np.linalg.inv(cov)
+    weak = errors.var(axis=0) <= NO_ERROR_SPREAD
+    if degenerate is not None and len(degenerate):
+        weak[: len(degenerate)] |= np.asarray(degenerate, bool)
+    if not weak.any():
+        return mean, sq_mean, np.linalg.inv(shrunk(errors))
+    ok = ~weak
+    precision = np.zeros((len(mean), len(mean)))
+    if ok.any():
+        precision[np.ix_(ok, ok)] = np.linalg.inv(shrunk(errors[:, ok]))
+    # contribution = u * (u @ P) / F, so P_jj = F * bound gives at most bound * u**2
+    least_var = 1.0 / (len(mean) * DEGENERATE_UNIT_SCORE)
+    idx = np.flatnonzero(weak)
+    precision[idx, idx] = 1.0 / np.maximum(errors[:, weak].var(axis=0), least_var)
+    sq_mean = sq_mean.copy()
+    sq_mean[weak] = np.maximum(sq_mean[weak], least_var)
+    return mean, sq_mean, precision
+
+
+def degenerate_features(detector: Any, degenerate: np.ndarray, n_features: int) -> np.ndarray:
+    """[F] True for the error features of degenerate channels [C]. Features are one per channel
+    (then a window-wide one, PCA's T²), or, for a detector with `feature_channels()` (the fused
+    kind: autoencoder and PCA errors per channel), as it maps them."""
+    weak = np.zeros(n_features, bool)
+    if not degenerate.any():
+        return weak
+    channels_of = getattr(getattr(detector, "detector", detector), "feature_channels", None)
+    if callable(channels_of):
+        which = np.asarray(channels_of())
+    else:  # one feature per channel, then window-wide ones (PCA's T²)
+        c = len(degenerate)
+        which = np.r_[np.arange(min(c, n_features)), np.full(max(n_features - c, 0), -1)]
+    if len(which) != n_features:
+        raise CalibrationError(
+            f"the detector names the channels of {len(which)} error features, but there are "
+            f"{n_features}"
+        )
+    known = which >= 0
+    weak[known] = degenerate[which[known]]
+    return weak
+
+
+def bound_log_var(log_var: np.ndarray, degenerate: np.ndarray) -> np.ndarray:
+    """The "likelihood" kind's per-channel log-variance with the same bound for degenerate
+    channels: 0.5 * err**2 / exp(log_var) adds at most DEGENERATE_UNIT_SCORE * err**2."""
+    if not degenerate.any() or len(degenerate) != len(log_var):
+        return log_var
+    floor = float(np.log(0.5 / DEGENERATE_UNIT_SCORE))
+    return np.where(degenerate, np.maximum(log_var, floor), log_var)
 
 
 def split_for_calibration(n: int, gap: int) -> tuple[slice, slice]:
@@ -305,7 +425,8 @@ def fit_baseline(
         scaler = RobustScaler.fit(windows)
     if errors is None:
         errors = scorer.features(windows, scaler.center, scaler.scale)
-    mean, sq_mean, precision = fit_error_stats(errors[stats_part])
+    weak = degenerate_features(scorer.detector, scaler.degenerate, errors.shape[1])
+    mean, sq_mean, precision = fit_error_stats(errors[stats_part], weak)
     flat = windows.reshape(-1, windows.shape[-1])
     baseline = Baseline(
         center=scaler.center,
@@ -317,9 +438,10 @@ def fit_baseline(
         score_kind=score_kind,
         range_low=known_range[0] if known_range else input_range(flat)[0],
         range_high=known_range[1] if known_range else input_range(flat)[1],
+        degenerate=scaler.degenerate,
     )
     if score_kind == "likelihood":
-        baseline.obs_log_var = decoder_log_var(scorer.detector)
+        baseline.obs_log_var = bound_log_var(decoder_log_var(scorer.detector), scaler.degenerate)
     baseline.env_mean, baseline.env_basis = fit_envelope(
         windows if envelope is None else envelope, scaler.center, scaler.scale
     )
@@ -441,6 +563,7 @@ def fit_asset_baseline(
         env_mean=default.env_mean if keep and default.env_basis.size else own.env_mean,
         env_basis=default.env_basis if keep and default.env_basis.size else own.env_basis,
         obs_log_var=own.obs_log_var,
+        degenerate=own.degenerate,
     )
     gap = -(-windows.shape[1] // hop) - 1
     _, thr_part = split_for_calibration(len(windows), gap=gap)

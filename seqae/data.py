@@ -8,11 +8,23 @@ the model input, where `nan_to_mask` turns them into a mask: nothing is silently
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+from seqae.channels import (
+    ChannelNote,
+    channel_notes,
+    channel_stats,
+    classify,
+    degenerate_unit,
+    ordinary_scale,
+)
+
+if TYPE_CHECKING:  # pandas costs the daemon 75 MB and 1.7 s at start: imported where used
+    import pandas as pd
 
 TIMESTAMP_CANDIDATES = ("timestamp", "datetime", "time", "ts", "date")
 LABEL_CANDIDATES = ("label", "anomaly")
@@ -54,6 +66,8 @@ class Series:
 
 
 def _read_table(path: Path, sep: str | None) -> pd.DataFrame:
+    import pandas as pd
+
     if not path.exists():
         raise DataError(f"{path}: no such file")
     if path.stat().st_size == 0:
@@ -67,6 +81,8 @@ def _read_table(path: Path, sep: str | None) -> pd.DataFrame:
 
 
 def _parse_timestamps(column: pd.Series, where: str) -> np.ndarray:
+    import pandas as pd
+
     if pd.api.types.is_numeric_dtype(column):
         # Numbers are epoch milliseconds, as in the daemon's message format.
         ts = pd.to_datetime(column, unit="ms", utc=True, errors="coerce")
@@ -89,6 +105,8 @@ def frame_to_series(
     allow_extra: bool = True,
 ) -> Series:
     """Validate a table and turn it into a Series (see `read_series`)."""
+    import pandas as pd
+
     if frame.empty:
         raise DataError(f"{where}: no rows")
     columns = [str(c) for c in frame.columns]
@@ -262,6 +280,8 @@ def regularize(series: Series, period_s: float, max_fill: int = 0) -> Series:
 
 def forward_fill(values: np.ndarray, max_fill: int) -> np.ndarray:
     """Carry each channel's last observation forward over at most `max_fill` NaN rows."""
+    import pandas as pd
+
     out = values.copy()
     frame = pd.DataFrame(out)
     return frame.ffill(limit=max_fill).to_numpy(dtype=np.float32)
@@ -293,24 +313,46 @@ def nan_to_mask(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class RobustScaler:
-    """Per-channel median and interquartile range, fitted on training data only."""
+    """Per-channel median and interquartile range, fitted on training data only.
+
+    Degenerate channels (constant, flag-like, mostly or nearly constant: `seqae.channels`) are
+    scaled by a unit instead of a spread they do not have, and marked in `degenerate`, so that
+    calibration bounds the weight of their error. Every other channel keeps the scale it always
+    had (`channels.ordinary_scale`)."""
 
     center: np.ndarray
     scale: np.ndarray
+    # [C] bool, True for a degenerate channel; empty: none known (a scaler from before issue 10)
+    degenerate: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    notes: list[ChannelNote] = field(default_factory=list)  # what `fit` found worth reporting
 
     @classmethod
-    def fit(cls, values: np.ndarray) -> RobustScaler:
+    def fit(cls, values: np.ndarray, channels: Sequence[str] | None = None) -> RobustScaler:
         flat = values.reshape(-1, values.shape[-1]).astype(np.float64)
         if not np.isfinite(flat).any(axis=0).all():
             raise DataError("cannot fit a scaler: a channel has no finite value")
         center = np.nanmedian(flat, axis=0)
         q75, q25 = np.nanpercentile(flat, [75, 25], axis=0)
         iqr = (q75 - q25) / 1.349  # IQR of a unit normal, so scale ~ standard deviation
-        std = np.nanstd(flat, axis=0)
-        # A channel that barely moves (a stuck or quantised sensor) must not divide by ~0.
-        floor = np.maximum(1e-3 * np.maximum(np.abs(center), 1.0), 1e-6)
-        scale = np.maximum(np.where(iqr > 0, iqr, std), floor)
-        return cls(center.astype(np.float32), scale.astype(np.float32))
+        spread = np.where(iqr > 0, iqr, np.nanstd(flat, axis=0))
+        names = list(channels) if channels is not None else [str(i) for i in range(flat.shape[1])]
+        stats = [
+            channel_stats(flat[:, c], center[c], q75[c] - q25[c], spread[c])
+            for c in range(flat.shape[1])
+        ]
+        kinds = [classify(st) for st in stats]
+        scale = np.array(
+            [
+                ordinary_scale(st) if kind is None else degenerate_unit(kind, st)
+                for st, kind in zip(stats, kinds, strict=True)
+            ]
+        )
+        return cls(
+            center.astype(np.float32),
+            scale.astype(np.float32),
+            np.array([kind is not None for kind in kinds], bool),
+            channel_notes(stats, scale.tolist(), names),
+        )
 
     def transform(self, values: np.ndarray) -> np.ndarray:
         return ((values - self.center) / self.scale).astype(np.float32)

@@ -57,7 +57,10 @@ class PCADetector(nn.Module):
         self.cfg.n_components = k
         self.mean = torch.tensor(mean, dtype=torch.float32)
         self.components = torch.tensor(vt[:k], dtype=torch.float32)
-        self.eigenvalues = torch.tensor(np.maximum(eig[:k], 1e-9), dtype=torch.float32)
+        # A principal axis with almost no variance (channels that never moved) must not turn
+        # noise into T² of 1e9: floor it at a millionth of the total variance.
+        floor = max(1e-6 * float(eig.sum()), 1e-9) if eig.sum() > 0 else 1.0
+        self.eigenvalues = torch.tensor(np.maximum(eig[:k], floor), dtype=torch.float32)
         return self
 
     def _project(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

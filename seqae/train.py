@@ -37,6 +37,7 @@ from seqae.data import (
     nan_to_mask,
     regularize,
 )
+from seqae.fused import build_fused, fused_config
 from seqae.model import ModelConfig, SequenceAutoencoder
 from seqae.pca import PCAConfig, PCADetector
 from seqae.score import Scorer, pick_device
@@ -44,7 +45,7 @@ from seqae.score import Scorer, pick_device
 if TYPE_CHECKING:
     from seqae.alerting import AlertRule
 
-DetectorKind = Literal["lstm", "pca"]
+DetectorKind = Literal["lstm", "pca", "fused"]
 MAX_MISSING_SHARE = 0.5  # training refuses a series with more of its grid samples missing
 
 
@@ -86,6 +87,7 @@ def prepare(
     """Regular grid, time-ordered split, scaler fitted on the training span only, windows."""
     if not series:
         raise DataError("no training series given")
+    check_geometry(window, hop, cfg)
     channels = series[0].channels
     grids = []
     for s in series:
@@ -116,7 +118,7 @@ def prepare(
         half = max((len(calib) - gap) // 2, 0)
         calib_stats.append(calib[:half])
         calib_thr.append(calib[half + gap :])
-    scaler = RobustScaler.fit(np.concatenate(fit_rows))
+    scaler = RobustScaler.fit(np.concatenate(fit_rows), channels)
     train = np.concatenate(train_raw)
     val = np.concatenate(val_raw)
     stats = np.concatenate(calib_stats)
@@ -129,6 +131,8 @@ def prepare(
         "start": min(int(s.timestamps[0]) for s in series),
         "end": max(int(s.timestamps[-1]) for s in series),
         "assets": [s.asset for s in series],
+        # constant, flag-like, mostly or nearly constant channels, and ones on another scale
+        "degenerate_channels": [note.to_dict() for note in scaler.notes],
     }
     return PreparedData(
         train=scaler.transform(train),
@@ -139,6 +143,16 @@ def prepare(
         scaler=scaler,
         summary=summary,
     )
+
+
+def check_geometry(window: int, hop: int, cfg: TrainConfig) -> None:
+    """Refuse a window, hop or split that no amount of data can satisfy, before any row is
+    counted (a zero hop or fraction would otherwise fail deep inside, or never finish)."""
+    if window < 2 or hop < 1:
+        raise DataError(f"window must be >= 2 and hop >= 1, got window={window} hop={hop}")
+    for name, value in (("val_fraction", cfg.val_fraction), ("calib_fraction", cfg.calib_fraction)):
+        if not 0.0 < value < 1.0:
+            raise DataError(f"{name} must be between 0 and 1 (exclusive), got {value}")
 
 
 def split_rows(n: int, cfg: TrainConfig) -> tuple[int, int]:
@@ -330,6 +344,10 @@ def fit_profile(
         detector = PCADetector(PCAConfig(len(channels), window, **(model_cfg or {})))
         detector.fit(nan_to_mask(np.concatenate([data.train, data.val]))[0])
         fit_info: dict[str, Any] = {"n_components": detector.cfg.n_components}
+    elif kind == "fused":
+        detector = build_fused(fused_config(len(channels), window, model_cfg))
+        fit_info = train_network(detector.ae, data.train, data.val, cfg, progress)
+        fit_info.update(detector.fit_linear(*nan_to_mask(np.concatenate([data.train, data.val]))))
     else:
         detector = SequenceAutoencoder(ModelConfig(len(channels), window, **(model_cfg or {})))
         fit_info = train_network(detector, data.train, data.val, cfg, progress)

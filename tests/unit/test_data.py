@@ -230,7 +230,7 @@ def test_make_windows_bad_arguments() -> None:
         make_windows(np.zeros((8, 1), np.float32), window=4, hop=0)
 
 
-def test_robust_scaler_ignores_nan_and_floors_constant_channel() -> None:
+def test_robust_scaler_ignores_nan_and_scales_a_constant_channel_by_its_level() -> None:
     rng = np.random.default_rng(0)
     a = rng.normal(5.0, 2.0, 4000)
     a[::7] = np.nan
@@ -239,7 +239,11 @@ def test_robust_scaler_ignores_nan_and_floors_constant_channel() -> None:
     sc = RobustScaler.fit(values)
     assert np.isfinite(sc.center).all() and np.isfinite(sc.scale).all()
     assert abs(sc.center[0] - 5.0) < 0.15 and abs(sc.scale[0] - 2.0) < 0.15
-    assert sc.center[1] == 100.0 and sc.scale[1] == pytest.approx(0.1)  # 1e-3 * |centre|
+    # constant: a change as large as its level is one unit (it was 1e-3 * |centre|, so that a
+    # change to 0 read as 1000 units)
+    assert sc.center[1] == 100.0 and sc.scale[1] == 100.0
+    assert sc.degenerate.tolist() == [False, True]
+    assert [(n.channel, n.kind) for n in sc.notes] == [("1", "constant")]
     out = sc.transform(values)
     assert np.isnan(out[0, 0]) and np.isfinite(out[1]).all()
     assert np.abs(out[:, 1]).max() == 0.0
@@ -289,3 +293,85 @@ def test_resolve_period_infers_checks_and_compares_files() -> None:
 def test_missing_share_counts_nan_samples() -> None:
     values = np.array([[1.0, np.nan], [np.nan, np.nan]], dtype=np.float32)
     assert missing_share(values) == 0.75
+
+
+def _legacy_scale(values: np.ndarray) -> np.ndarray:
+    """The scaler's rule before issue 10, for channels that move."""
+    flat = values.astype(np.float64)
+    center = np.nanmedian(flat, axis=0)
+    q75, q25 = np.nanpercentile(flat, [75, 25], axis=0)
+    iqr = (q75 - q25) / 1.349
+    floor = np.maximum(1e-3 * np.maximum(np.abs(center), 1.0), 1e-6)
+    return np.maximum(np.where(iqr > 0, iqr, np.nanstd(flat, axis=0)), floor).astype(np.float32)
+
+
+def test_robust_scaler_keeps_the_scale_of_ordinary_channels_bit_for_bit() -> None:
+    """Channels that move (every synthetic pump channel, and a noisy one near 0 with a spread
+    above 1e-3) get exactly the scale they had before degenerate channels were handled."""
+    from seqae.synth import generate_asset
+
+    series, _ = generate_asset("pump-1", 3000, seed=0)
+    rng = np.random.default_rng(1)
+    near_zero = rng.normal(0.0, 0.01, (3000, 1)).astype(np.float32)
+    values = np.concatenate([series.values, near_zero], axis=1)
+    values[::13, 2] = np.nan
+    sc = RobustScaler.fit(values)
+    assert not sc.degenerate.any() and sc.notes == []
+    assert sc.scale.tobytes() == _legacy_scale(values).tobytes()
+
+
+@pytest.mark.parametrize("factor", [1e6, 1e-6])
+def test_robust_scaler_is_unit_free(factor: float) -> None:
+    """The same channel in units 1e6 larger or smaller scales to the same values; before, the
+    absolute floor of 1e-3 flattened the 1e-6 version to a fifth of its size."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(0.3, 0.05, (2000, 2))
+    sc = RobustScaler.fit(x.astype(np.float32))
+    y = x.copy()
+    y[:, 1] *= factor
+    sc_y = RobustScaler.fit(y.astype(np.float32))
+    np.testing.assert_allclose(
+        sc_y.transform(y.astype(np.float32)), sc.transform(x.astype(np.float32)), atol=1e-4
+    )
+    assert [(n.channel, n.kind) for n in sc_y.notes] == [("0", "scale"), ("1", "scale")]
+    if factor < 1:
+        assert _legacy_scale(y)[1] / sc_y.scale[1] > 4  # what the old floor did
+
+
+def test_a_quantised_sensor_at_one_level_half_the_time_is_ordinary() -> None:
+    """SKAB's Pressure: 5-9 levels 0.33 apart, over half of the samples at one (an IQR of 0), a
+    swing of about 5 standard deviations. Not a flag: it keeps its scale (the std) exactly."""
+    rng = np.random.default_rng(0)
+    pressure = np.round(rng.normal(0.0, 0.2, (1200, 1)) / 0.328) * 0.328
+    sc = RobustScaler.fit(pressure.astype(np.float32))
+    assert np.subtract(*np.percentile(pressure, [75, 25])) == 0
+    assert not sc.degenerate.any() and sc.notes == []
+    assert sc.scale.tobytes() == _legacy_scale(pressure.astype(np.float32)).tobytes()
+
+
+def test_robust_scaler_units_of_degenerate_channels() -> None:
+    """A rarely switching flag is scaled by its swing, a constant at 0 by 1, a mostly constant
+    channel by its range, a nearly constant one by 1e-3 of its level; all are marked
+    degenerate."""
+    rng = np.random.default_rng(0)
+    n = 5000
+    rare_flag = np.zeros(n)
+    rare_flag[100:103] = 1.0  # on for 3 samples in 5000
+    idle = np.zeros(n)
+    idle[::500] = rng.uniform(0.5, 2.0, n // 500)  # excursions on 0.2 % of the samples
+    near = 230.0 + rng.normal(0, 0.01, n)  # spread 4e-5 of its level
+    zero = np.zeros(n)
+    moving = rng.normal(1.0, 0.2, n)
+    values = np.stack([rare_flag, idle, near, zero, moving], axis=1).astype(np.float32)
+    sc = RobustScaler.fit(values, ["flag", "idle", "near", "zero", "moving"])
+    assert sc.degenerate.tolist() == [True, True, True, True, False]
+    kinds = {n.channel: n.kind for n in sc.notes}
+    assert kinds == {
+        "flag": "flag",
+        "idle": "mostly_constant",
+        "near": "nearly_constant",
+        "zero": "constant",
+    }
+    assert sc.scale[0] == 1.0 and sc.scale[3] == 1.0
+    assert sc.scale[1] == pytest.approx(values[:, 1].max(), rel=1e-6)
+    assert sc.scale[2] == pytest.approx(0.23, rel=1e-3)

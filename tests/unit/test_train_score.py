@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -178,3 +179,110 @@ def test_cpu_features_match_the_eager_model_at_any_batch_size(variant: str) -> N
             features, eager.features(windows[:n], center, scale), rtol=1e-5, atol=1e-6
         )
     assert (scorer._traced is not None) == (variant != "variational")
+
+
+def _no_training(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record any call of the training loop: the checks below must fail before it."""
+    import seqae.train
+
+    calls: list[int] = []
+    monkeypatch.setattr(seqae.train, "train_network", lambda *a, **k: calls.append(1))
+    return calls
+
+
+def _fit(series: list, window: int = WINDOW, hop: int = HOP, **cfg: float) -> None:  # type: ignore[type-arg]
+    from seqae.train import TrainConfig, fit_profile
+
+    fit_profile(
+        series,
+        profile="p",
+        window=window,
+        hop=hop,
+        period_s=1.0,
+        train_cfg=TrainConfig(device="cpu", epochs=1, **cfg),  # type: ignore[arg-type]
+        model_cfg=TINY,
+        progress=False,
+    )
+
+
+def test_a_series_too_short_to_calibrate_fails_before_training_with_both_counts(
+    monkeypatch: pytest.MonkeyPatch, normal_history
+) -> None:  # type: ignore[no-untyped-def]
+    from seqae.train import TrainConfig, rows_needed
+
+    calls = _no_training(monkeypatch)
+    need = rows_needed(WINDOW, HOP, TrainConfig())
+    with pytest.raises(DataError) as err:
+        _fit([normal_history.slice(0, need - 1)])
+    message = str(err.value)
+    assert re.search(rf"\b{need - 1}\b", message) and f"needs at least {need} samples" in message
+    assert "window 10, hop 2, calibration fraction 0.2 and validation fraction 0.15" in message
+    assert calls == []
+
+
+def test_short_pieces_whose_calibration_windows_add_up_too_few_fail_before_training(
+    monkeypatch: pytest.MonkeyPatch, normal_history
+) -> None:  # type: ignore[no-untyped-def]
+    """Three pieces each long enough for a window in every part, but whose held-out parts
+    hold too few calibration windows together: the daemon's retrain hands such pieces over."""
+    calls = _no_training(monkeypatch)
+    pieces = [normal_history.slice(i * 100, i * 100 + 80) for i in range(3)]
+    for i, piece in enumerate(pieces):
+        piece.asset = f"piece-{i}"
+    with pytest.raises(DataError, match=r"gives \d+ \+ \d+ windows, 10 are needed") as err:
+        _fit(pieces)
+    assert "(given: 80, 80, 80)" in str(err.value)
+    assert calls == []
+
+
+@pytest.mark.parametrize(
+    ("window", "hop", "cfg", "message"),
+    [
+        (WINDOW, 0, {}, "hop >= 1, got window=10 hop=0"),
+        (1, HOP, {}, "window must be >= 2"),
+        (WINDOW, HOP, {"val_fraction": 0.0}, "val_fraction must be between 0 and 1"),
+        (WINDOW, HOP, {"calib_fraction": 1.0}, "calib_fraction must be between 0 and 1"),
+    ],
+)
+def test_an_impossible_geometry_is_refused_before_rows_are_counted(
+    monkeypatch: pytest.MonkeyPatch,
+    normal_history,  # type: ignore[no-untyped-def]
+    window: int,
+    hop: int,
+    cfg: dict,  # type: ignore[type-arg]
+    message: str,
+) -> None:
+    """A zero hop divided by zero while rows were counted, a zero validation fraction never
+    stopped counting; both are now an error naming the setting."""
+    calls = _no_training(monkeypatch)
+    with pytest.raises(DataError, match=message):
+        _fit([normal_history], window=window, hop=hop, **cfg)
+    assert calls == []
+
+
+def test_seqae_train_on_a_short_file_says_how_many_rows_and_trains_nothing(
+    tmp_path: Path, normal_history
+) -> None:  # type: ignore[no-untyped-def]
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from seqae.cli import cli
+    from seqae.train import TrainConfig, rows_needed
+
+    need = rows_needed(30, 5, TrainConfig())  # the command's default window and hop
+    short = normal_history.slice(0, need - 1)
+    frame = pd.DataFrame(short.values, columns=short.channels)
+    frame.insert(0, "timestamp", pd.to_datetime(short.timestamps, utc=True))
+    path = tmp_path / "short.csv"
+    frame.to_csv(path, index=False)
+    models = tmp_path / "models"
+    runner = CliRunner()
+    result = runner.invoke(cli, ["train", str(path), "--profile", "p", "--models", str(models)])
+    assert result.exit_code == 2
+    assert re.search(rf"\b{need - 1}\b", result.output)
+    assert f"needs at least {need} samples" in result.output
+    assert not models.exists()
+    result = runner.invoke(
+        cli, ["train", str(path), "--profile", "p", "--models", str(models), "--hop", "0"]
+    )
+    assert result.exit_code == 2 and "hop >= 1, got window=30 hop=0" in result.output

@@ -1,0 +1,221 @@
+"""LSTM-AE + PCA fused: one detector whose error features are both models' and the code's T².
+
+PCA's Q (the residual off the principal subspace) and T² (the distance inside it) see linear
+structure and slow shifts of the whole window; the autoencoder's per-channel reconstruction
+error sees what a nonlinear sequence model learnt of the dynamics, and the distance of its latent
+code from the training codes (whitened, as PCA's T² is on its scores) sees windows that the
+decoder reconstructs well but that sit where no training window's code was. Calibration fits one
+Mahalanobis distance over all of them, so each feature is weighed by how much it varies, and
+co-varies with the others, on held-out normal windows.
+
+Error features of a window, in this order (`feature_names`):
+
+    ae:<channel> x C    the autoencoder's RMS scaled residual per channel
+    code                sqrt(mean of the squared whitened code), when `code_distance`
+    pca:<channel> x C   PCA's Q as an RMS residual per channel, when `use_pca`
+    pca:T2              sqrt(T² / k), when `use_pca` (offered as the Scorer's latent feature)
+
+The whole detector is one module: its weights (the autoencoder's, PCA's mean and components,
+the code statistics) go to one safetensors file and its config to model.json under kind "fused".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from seqae.model import ModelConfig, SequenceAutoencoder, channel_errors
+from seqae.pca import PCAConfig, PCADetector
+
+CODE_SHRINKAGE = 0.05  # share of the mean code variance added to the diagonal before whitening
+
+
+@dataclass
+class FusedConfig:
+    n_channels: int
+    window: int
+    ae: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields but the two above
+    pca: dict[str, Any] = field(default_factory=dict)  # PCAConfig fields but the two above
+    code_distance: bool = True
+    use_pca: bool = True
+    ae_total: bool = False  # the autoencoder's error as one feature (RMS over channels)
+
+    def __post_init__(self) -> None:
+        for part, d in (("ae", self.ae), ("pca", self.pca)):
+            clash = {"n_channels", "window"} & set(d)
+            if clash:
+                raise ValueError(
+                    f"fused config {part}: {sorted(clash)} are set once for the whole detector"
+                )
+        self.ae_config()  # raises ValueError naming a bad field
+        self.pca_config()
+
+    def ae_config(self) -> ModelConfig:
+        cfg = ModelConfig.from_dict(
+            {"n_channels": self.n_channels, "window": self.window, **self.ae}
+        )
+        if cfg.variant == "variational":
+            raise ValueError("fused config ae.variant='variational': use --kind lstm for the VAE")
+        return cfg
+
+    def pca_config(self) -> PCAConfig:
+        known = {"n_components", "variance"}
+        unknown = set(self.pca) - known
+        if unknown:
+            raise ValueError(f"fused config pca: unknown keys {sorted(unknown)}")
+        return PCAConfig(self.n_channels, self.window, **self.pca)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n_channels": self.n_channels,
+            "window": self.window,
+            "ae": dict(self.ae),
+            "pca": dict(self.pca),
+            "code_distance": self.code_distance,
+            "use_pca": self.use_pca,
+            "ae_total": self.ae_total,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FusedConfig:
+        known = {"n_channels", "window", "ae", "pca", "code_distance", "use_pca", "ae_total"}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown fused config keys {sorted(unknown)}")
+        return cls(**d)
+
+
+class FusedDetector(nn.Module):
+    kind = "fused"
+    code_mean: torch.Tensor  # [k] mean of the training codes
+    code_whiten: torch.Tensor  # [k, k] (z - mean) @ code_whiten is white on them
+
+    def __init__(self, cfg: FusedConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.ae = SequenceAutoencoder(cfg.ae_config())
+        self.pca = PCADetector(cfg.pca_config())
+        k = self.ae.cfg.latent_size
+        self.register_buffer("code_mean", torch.zeros(k))
+        self.register_buffer("code_whiten", torch.eye(k))
+
+    def feature_names(self, channels: list[str]) -> list[str]:
+        names = ["ae"] if self.cfg.ae_total else [f"ae:{c}" for c in channels]
+        if self.cfg.code_distance:
+            names.append("code")
+        if self.cfg.use_pca:
+            names += [f"pca:{c}" for c in channels] + ["pca:T2"]
+        return names
+
+    # --- fitting (the autoencoder itself is trained by seqae.train.train_network) ----------
+
+    def fit_linear(self, x: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+        """After the autoencoder is trained: fit PCA and the code statistics on scaled
+        training windows [N, W, C] (missing samples zero) and their mask. Returns what was
+        fitted."""
+        info: dict[str, Any] = {}
+        if self.cfg.use_pca:
+            self.pca.fit(x)
+            self.cfg.pca = {**self.cfg.pca, "n_components": self.pca.cfg.n_components}
+            info["n_components"] = self.pca.cfg.n_components
+        if self.cfg.code_distance:
+            self.fit_code_stats(x, mask)
+        return info
+
+    @torch.no_grad()
+    def fit_code_stats(self, x: np.ndarray, mask: np.ndarray, batch: int = 4096) -> None:
+        """Mean and whitening of the autoencoder's codes of the windows [N, W, C]."""
+        self.ae.eval()
+        device = self.code_mean.device
+        xt = torch.as_tensor(x, dtype=torch.float32)
+        mt = torch.as_tensor(mask, dtype=torch.bool)
+        codes = []
+        for i in range(0, len(xt), batch):
+            xb, mb = xt[i : i + batch].to(device), mt[i : i + batch].to(device)
+            codes.append(self.ae.encode(xb, mb).double().cpu())
+        z = torch.cat(codes).numpy()
+        mean = z.mean(axis=0)
+        cov = np.cov(z - mean, rowvar=False).reshape(len(mean), len(mean))
+        cov += np.eye(len(mean)) * (CODE_SHRINKAGE * np.trace(cov) / len(mean) + 1e-9)
+        inv_chol = np.linalg.inv(np.linalg.cholesky(cov))  # cov = L L^T; L^-1 whitens
+        self.code_mean = torch.tensor(mean, dtype=torch.float32, device=device)
+        # Contiguous, as a reloaded tensor is: the same layout gives bit-identical scores.
+        whiten = np.ascontiguousarray(inv_chol.T)
+        self.code_whiten = torch.tensor(whiten, dtype=torch.float32, device=device)
+
+    # --- scoring -----------------------------------------------------------------------------
+
+    def reconstruct(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The autoencoder's reconstruction (what `seqae denoise` and plots show)."""
+        return self.ae.reconstruct(x, mask)
+
+    def code_distance(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """RMS of the whitened code [N]: the code's T² / k, square-rooted (an error's scale)."""
+        u = (self.ae.encode(x, mask).float() - self.code_mean) @ self.code_whiten
+        return (u**2).mean(dim=1).sqrt()
+
+    def channel_errors(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Error features [N, F] but the last (PCA's T², `latent_distance`)."""
+        ae = channel_errors(self.ae.reconstruct(x, mask), x, mask)  # [N, C]
+        parts = [(ae**2).mean(dim=1, keepdim=True).sqrt() if self.cfg.ae_total else ae]
+        if self.cfg.code_distance:
+            parts.append(self.code_distance(x, mask)[:, None])  # [N, 1]
+        if self.cfg.use_pca:
+            parts.append(channel_errors(self.pca.reconstruct(x, mask), x, mask))  # [N, C]
+        return torch.cat(parts, dim=1)
+
+    def feature_channels(self) -> np.ndarray:
+        """The channel of each error feature [F], -1 for a feature of the whole window (the
+        code's distance, PCA's T², the autoencoder's total error)."""
+        c = np.arange(self.cfg.n_channels)
+        parts = [np.array([-1]) if self.cfg.ae_total else c]
+        if self.cfg.code_distance:
+            parts.append(np.array([-1]))
+        if self.cfg.use_pca:
+            parts += [c, np.array([-1])]
+        return np.concatenate(parts)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_channels())
+
+    def fold_contributions(self, contrib: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-feature score contributions [N, F] as (per channel [N, C], whole window [N]):
+        a channel's autoencoder and PCA terms added, the window-wide terms added; the two
+        parts sum to the score."""
+        which = self.feature_channels()
+        per_channel = np.zeros((len(contrib), self.cfg.n_channels), contrib.dtype)
+        for j, ch in enumerate(which):
+            if ch >= 0:
+                per_channel[:, ch] += contrib[:, j]
+        return per_channel, contrib[:, which < 0].sum(axis=1)
+
+    def compact(self) -> None:
+        self.ae.compact()
+
+
+class FusedWithT2(FusedDetector):
+    """The fused detector with PCA: PCA's T² is the Scorer's latent feature (the last one).
+    `build_fused` picks this class when `use_pca` is on, since the Scorer looks for the
+    method by name."""
+
+    def latent_distance(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.pca.latent_distance(x, mask)
+
+
+def build_fused(cfg: FusedConfig) -> FusedDetector:
+    return FusedWithT2(cfg) if cfg.use_pca else FusedDetector(cfg)
+
+
+def fused_config(n_channels: int, window: int, model_cfg: dict[str, Any] | None) -> FusedConfig:
+    """A FusedConfig from `seqae train`-style options: the autoencoder's keys at the top level
+    (hidden_size, latent_size, ...), or nested under "ae"; "pca", "code_distance", "use_pca"
+    and "ae_total" as in FusedConfig."""
+    d = dict(model_cfg or {})
+    own = {k: d.pop(k) for k in ("pca", "code_distance", "use_pca", "ae_total") if k in d}
+    ae = {**d.pop("ae", {}), **d}
+    return FusedConfig(n_channels, window, ae=ae, **own)
