@@ -61,6 +61,30 @@ ALERTS_FROM = click.option(
 @click.option(
     "--start", default="2026-01-01T00:00:00Z", show_default=True, help="First timestamp (RFC 3339)."
 )
+@click.option(
+    "--difficulty",
+    type=click.Choice(["default", "hard"]),
+    default="default",
+    show_default=True,
+    help="hard: wider speed range, resonance, motor and loss curves (nonlinear couplings).",
+)
+@click.option(
+    "--channels",
+    "n_channels",
+    type=click.IntRange(5, 50),
+    default=5,
+    show_default=True,
+    help="Channels per pump: the five base ones, then derived sensors (line pressures, "
+    "bearing and winding temperatures, ...).",
+)
+@click.option(
+    "--fault-kinds",
+    default=None,
+    help="Comma-separated fault kinds to draw from [default: the five classic kinds; with "
+    "--difficulty hard also the slow ones: sensor_drift, noise_growth, stuck_normal, "
+    "impeller_wear, efficiency_loss, slow_bearing_wear].",
+)
+@click.option("--max-faults", default=2, show_default=True, help="Most faults per faulty asset.")
 def synth(
     out_dir: Path,
     assets: int,
@@ -70,23 +94,34 @@ def synth(
     normal: bool,
     healthy: int,
     start: str,
+    difficulty: str,
+    n_channels: int,
+    fault_kinds: str | None,
+    max_faults: int,
 ) -> None:
     """Write a synthetic pump plant (one CSV per asset, plant.csv, faults.json).
 
     The pumps are the same for every --seed; the seed picks the hours they run through."""
     import pandas as pd
 
-    from seqae.synth import generate_plant, write_plant
+    from seqae.synth import SynthError, generate_plant, write_plant
 
-    plant = generate_plant(
-        assets,
-        samples,
-        period_s=period_s,
-        seed=seed,
-        with_faults=not normal,
-        healthy_assets=healthy,
-        start_ns=pd.Timestamp(start).value,
-    )
+    try:
+        plant = generate_plant(
+            assets,
+            samples,
+            period_s=period_s,
+            seed=seed,
+            with_faults=not normal,
+            healthy_assets=healthy,
+            start_ns=pd.Timestamp(start).value,
+            difficulty="hard" if difficulty == "hard" else "default",
+            n_channels=n_channels,
+            fault_kinds=None if fault_kinds is None else fault_kinds.split(","),
+            max_faults_per_asset=max_faults,
+        )
+    except SynthError as exc:
+        raise click.BadParameter(str(exc)) from exc
     paths = write_plant(out_dir, plant)
     for asset, (_, faults) in plant.items():
         kinds = ", ".join(f"{f.kind} [{f.start}:{f.end}]" for f in faults) or "healthy"
@@ -98,7 +133,15 @@ def synth(
 @click.argument("data", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--profile", required=True, help="Model profile name (a family of like assets).")
 @MODELS_OPTION
-@click.option("--kind", type=click.Choice(["lstm", "pca"]), default="lstm", show_default=True)
+@click.option(
+    "--kind",
+    type=click.Choice(["lstm", "pca", "fused"]),
+    default="lstm",
+    show_default=True,
+    help="lstm: the sequence autoencoder; pca: PCA T²+Q; fused: the autoencoder and PCA in one "
+    "model, scored by one Mahalanobis distance over both errors and both T²s (the "
+    "autoencoder options apply to its autoencoder).",
+)
 @click.option("--window", default=30, show_default=True, help="Samples per window.")
 @click.option("--hop", default=5, show_default=True, help="Score a window every N samples.")
 @click.option("--period", "period_s", type=float, default=None, help=PERIOD_HELP)
@@ -215,7 +258,7 @@ def train(
         series = [s.select(first) for s in series]
         period_s = resolve_period(series, period_s, names=[str(p) for p in data])
         model_cfg: dict[str, Any] = {}
-        if kind == "lstm":
+        if kind in ("lstm", "fused"):
             variant_knobs = {
                 "noise_std": noise_std,
                 "mask_prob": mask_prob,
@@ -237,7 +280,7 @@ def train(
                 **{k: v for k, v in variant_knobs.items() if v is not None},
             }
         elif variant != "plain":
-            raise ValueError(f"--variant {variant} applies to --kind lstm, not {kind}")
+            raise ValueError(f"--variant {variant} applies to --kind lstm or fused, not {kind}")
         version = train_profile(
             series,
             models_root=models_root,
@@ -268,6 +311,9 @@ def train(
         f"threshold {lp.baseline.threshold:.4g} ({lp.baseline.score_kind}, {info.get('threshold_method')})"
     )
     click.echo(false_alert_line(info))
+    # constant, flag-like, mostly or nearly constant channels, and ones on another scale
+    for note in lp.meta.training.get("degenerate_channels", []):
+        click.echo(f"channel {note['channel']!r} ({note['kind']}): {note['detail']}")
 
 
 def alert_rule(path: Path | None) -> Any:

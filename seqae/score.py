@@ -181,7 +181,7 @@ class Scorer:
         for i in range(0, len(x), self.batch_size):
             parts.append(chunk_features(x[i : i + self.batch_size], mask[i : i + self.batch_size]))
         if not parts:
-            n_features = mask.shape[-1] + int(self.has_latent)
+            n_features = getattr(self.detector, "n_features", mask.shape[-1] + int(self.has_latent))
             return torch.zeros(0, n_features, device=x.device)
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
@@ -245,12 +245,17 @@ class Scorer:
         feats = self._operating_shifts(
             feats, windows, groups, unique, score, threshold, contrib, shifted
         )
-        latent = contrib[:, c] if feats.shape[1] > c else np.zeros(n, np.float32)
+        fold = getattr(self.detector, "fold_contributions", None)
+        if fold is not None:  # several error features per channel (kind "fused")
+            per_channel, latent = fold(contrib)
+        else:
+            per_channel = contrib[:, :c]
+            latent = contrib[:, c] if feats.shape[1] > c else np.zeros(n, np.float32)
         return ScoreBatch(
             score=score,
             threshold=threshold,
             anomalous=(score > threshold) & ~shifted,
-            contributions=contrib[:, :c],
+            contributions=per_channel,
             errors=feats[:, :c].astype(np.float32),
             shifted=shifted,
             latent=latent,

@@ -260,3 +260,15 @@ def test_seqae_train_kind_fused(history, tmp_path: Path) -> None:  # type: ignor
     lp = load_profile(tmp_path / "m", "pumps")
     assert lp.meta.kind == "fused" and lp.meta.config["ae"]["hidden_size"] == 8
     assert len(lp.baseline.err_mean) == 2 * len(lp.meta.channels) + 2
+
+
+def test_the_scorer_folds_contributions_into_channels_that_sum_to_the_score(
+    fitted: FittedProfile, windows: np.ndarray
+) -> None:
+    scorer = Scorer(fitted, device="cpu")
+    batch = scorer.score(windows[-50:], fitted.baseline)
+    assert batch.contributions.shape == (50, len(fitted.meta.channels))
+    total = batch.contributions.sum(axis=1) + batch.latent
+    np.testing.assert_allclose(total, batch.score, rtol=1e-4, atol=1e-5)
+    empty = scorer.score(windows[:0], fitted.baseline)
+    assert len(empty.score) == 0 and empty.contributions.shape == (0, len(fitted.meta.channels))
