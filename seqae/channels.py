@@ -162,11 +162,13 @@ def _detail(kind: ChannelKind, s: ChannelStats, scale: float, ratio: float) -> s
 
 
 def channel_notes(
-    stats: Sequence[ChannelStats], scales: Sequence[float], names: Sequence[str]
+    stats: Sequence[ChannelStats],
+    kinds: Sequence[ChannelKind | None],
+    scales: Sequence[float],
+    names: Sequence[str],
 ) -> list[ChannelNote]:
     """The channels worth reporting, in channel order: degenerate ones, and ordinary ones on a
     scale SCALE_RATIO away from the median of the other ordinary channels'."""
-    kinds = [classify(s) for s in stats]
     ordinary = [i for i, k in enumerate(kinds) if k is None]
     notes = []
     for i, (s, kind) in enumerate(zip(stats, kinds, strict=True)):

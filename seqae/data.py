@@ -351,7 +351,7 @@ class RobustScaler:
             center.astype(np.float32),
             scale.astype(np.float32),
             np.array([kind is not None for kind in kinds], bool),
-            channel_notes(stats, scale.tolist(), names),
+            channel_notes(stats, kinds, scale.tolist(), names),
         )
 
     def transform(self, values: np.ndarray) -> np.ndarray:
