@@ -429,6 +429,15 @@ def existing_cluster_id(paths: Paths) -> str | None:
     return None
 
 
+def new_cluster_id() -> str:
+    """A random cluster id as Kafka's `Uuid.randomUuid` makes one: never starting with "-",
+    which the storage tool's argument parser would read as an option (1 id in 64)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def start_kafka(paths: Paths, ports: Ports) -> dict[str, Any]:
     libs = ensure_kafka_jars(paths)
     claim_port("kafka", ports.kafka, "SEQAE_DEV_KAFKA_PORT")
@@ -436,9 +445,7 @@ def start_kafka(paths: Paths, ports: Ports) -> dict[str, Any]:
     cfg = kafka_config(paths, ports)
     log = paths.log_file("kafka")
     log.parent.mkdir(parents=True, exist_ok=True)
-    cluster_id = existing_cluster_id(paths) or (
-        base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-    )
+    cluster_id = existing_cluster_id(paths) or new_cluster_id()
     fmt = java_cmd(
         paths, libs, ["-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"], "kafka.tools.StorageTool", "format", "--ignore-formatted",
         "-t", cluster_id, "-c", str(cfg),
