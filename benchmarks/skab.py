@@ -118,6 +118,14 @@ class RunResult:
     seed: int
     train_seconds: float
     files: list[FileScores]
+    # training data -> the feature set a fused detector with select "auto" kept ("ae+pca", "pca")
+    selections: dict[str, str] = field(default_factory=dict)
+
+
+def selected_as(fitted: FittedProfile, data_name: str) -> dict[str, str]:
+    """{data_name: the feature set kept} for a detector that selected one, else {}."""
+    chosen = fitted.meta.training.get("selection")
+    return {} if chosen is None else {data_name: chosen["selected"]}
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -328,9 +336,10 @@ def run_global(
         head = s.values[:HEAD_ROWS]
         own = calibrate(scorer, head, spec, asset_scaler(head, fitted.baseline.scaler, spec))
         refit.append(score_test_rows(scorer, s, own, spec, name))
+    chosen = selected_as(fitted, "anomaly-free")
     return (
-        RunResult(spec.name, "global", seed, seconds, plain),
-        RunResult(spec.name, "global+baseline", seed, seconds, refit),
+        RunResult(spec.name, "global", seed, seconds, plain, chosen),
+        RunResult(spec.name, "global+baseline", seed, seconds, refit, chosen),
     )
 
 
@@ -343,6 +352,7 @@ def run_per_file(
 ) -> RunResult:
     """One model per file, trained and calibrated on its first 400 rows only."""
     results, seconds = [], 0.0
+    chosen: dict[str, str] = {}
     calib_fraction = spec.per_file_calib_rows / HEAD_ROWS
     for name in names:
         if name in CONTAMINATED:
@@ -351,11 +361,12 @@ def run_per_file(
         head = s.slice(0, HEAD_ROWS)  # fit_profile refuses a head with labelled anomalies
         fitted, t = fit_detector(spec, head, seed, calib_fraction, cache, name)
         seconds += t
+        chosen.update(selected_as(fitted, name))
         scorer = make_scorer(fitted.detector, spec)
         calib_rows = head.values[HEAD_ROWS - spec.per_file_calib_rows :]
         baseline = calibrate(scorer, calib_rows, spec, fitted.baseline.scaler)
         results.append(score_test_rows(scorer, s, baseline, spec, name))
-    return RunResult(spec.name, "per-file", seed, seconds, results)
+    return RunResult(spec.name, "per-file", seed, seconds, results, chosen)
 
 
 def run_protocols(
@@ -804,6 +815,14 @@ def issue10_specs() -> dict[str, DetectorSpec]:
         "f-margin3-w10": fused("f-margin3-w10", window=10, **m3),
         "f-margin3-calib150": fused("f-margin3-calib150", per_file_calib_rows=150, **m3),
         "pca-train": DetectorSpec("pca-train", "pca", {}, **tuned),
+        # Session 5: label-free selection. `f-margin3` whose training keeps the autoencoder's
+        # features only if its error on the held-out calibration windows is at most 1.1x that
+        # of a PCA with as many components as its code (`FusedConfig.select`); PCA's features
+        # alone otherwise.
+        "f-auto": fused("f-auto", {"select": "auto"}, **m3),
+        # The same, keeping the autoencoder when it explains at least 40 % of the held-out
+        # windows' variation about the mean training window (select_by "explained").
+        "f-auto-r2": fused("f-auto-r2", {"select": "auto", "select_by": "explained"}, **m3),
     }
 
 
@@ -874,6 +893,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"flagged {flagged.name} ({run.detector}, {run.protocol}, seed {run.seed}): "
                 f"F1 {pm.f1:.3f} FAR {100 * pm.far:.1f}% MAR {100 * pm.mar:.1f}%"
             )
+    selections = {
+        f"{r.detector} {r.protocol} seed {r.seed}": r.selections for r in runs if r.selections
+    }
+    for key, kept in selections.items():
+        counts = {v: list(kept.values()).count(v) for v in sorted(set(kept.values()))}
+        print(f"selected ({key}): {counts}")
     print(f"\nwall time {elapsed:.0f} s")
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -886,6 +911,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "detectors": {s.name: s.describe() for s in chosen},
         "excluded_from_per_file": list(CONTAMINATED),
         "tuning_files": subset_names(data.files, "tuning"),
+        "selections": selections,
         "table": table,
     }
     stem = f"skab_{args.tag}" if args.tag else "skab"

@@ -142,6 +142,15 @@ def synth(
     "model, scored by one Mahalanobis distance over both errors and both T²s (the "
     "autoencoder options apply to its autoencoder).",
 )
+@click.option(
+    "--select",
+    type=click.Choice(["fixed", "auto"]),
+    default="fixed",
+    show_default=True,
+    help="fused: auto keeps the autoencoder's features only if its error on held-out normal "
+    "windows is at most 1.1x that of a PCA with as many components as its code; otherwise "
+    "PCA's alone are scored.",
+)
 @click.option("--window", default=30, show_default=True, help="Samples per window.")
 @click.option("--hop", default=5, show_default=True, help="Score a window every N samples.")
 @click.option("--period", "period_s", type=float, default=None, help=PERIOD_HELP)
@@ -214,6 +223,7 @@ def train(
     profile: str,
     models_root: Path,
     kind: str,
+    select: str,
     window: int,
     hop: int,
     period_s: float | None,
@@ -281,6 +291,10 @@ def train(
             }
         elif variant != "plain":
             raise ValueError(f"--variant {variant} applies to --kind lstm or fused, not {kind}")
+        if kind == "fused":
+            model_cfg["select"] = select
+        elif select != "fixed":
+            raise ValueError(f"--select {select} applies to --kind fused, not {kind}")
         version = train_profile(
             series,
             models_root=models_root,

@@ -347,7 +347,11 @@ def fit_profile(
     elif kind == "fused":
         detector = build_fused(fused_config(len(channels), window, model_cfg))
         fit_info = train_network(detector.ae, data.train, data.val, cfg, progress)
-        fit_info.update(detector.fit_linear(*nan_to_mask(np.concatenate([data.train, data.val]))))
+        fit_x, fit_mask = nan_to_mask(np.concatenate([data.train, data.val]))
+        fit_info.update(detector.fit_linear(fit_x, fit_mask))
+        if detector.cfg.select == "auto":  # judged on the calibration windows, unseen by both
+            held_out = nan_to_mask(data.scaler.transform(data.calib))
+            fit_info["selection"] = detector.select_features(fit_x, *held_out)
     else:
         detector = SequenceAutoencoder(ModelConfig(len(channels), window, **(model_cfg or {})))
         fit_info = train_network(detector, data.train, data.val, cfg, progress)
