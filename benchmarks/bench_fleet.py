@@ -3,9 +3,10 @@
 Each fleet size runs in its own process (resident memory is then the fleet's, not the previous
 one's), in three steps:
 
-1. set-up: every asset gets a fitted per-asset baseline restored from one asset's durable state
-   (`StreamCore.restore_assets`, as after a rebalance), and one window of readings (`core.add`),
-   so each asset holds a full window ring, its baseline, its alert tracker and its caches;
+1. set-up: every asset gets a fitted per-asset baseline: one asset's durable state, as a
+   changelog record under each asset's name, decoded and restored (`StreamCore.restore_assets`)
+   a thousand at a time as after a rebalance; then one window of readings (`core.add`), so each
+   asset holds a full window ring, its baseline, its alert tracker and its caches;
 2. measured pass: the same number of messages whatever the fleet size (`--messages`, round robin
    over the assets, each asset's readings one sampling period apart: the fleet shares a fixed
    total message rate), as the run loop handles them: pre-encoded JSON bytes through the
@@ -23,20 +24,28 @@ CPU in `score` and `encode` per scored window; the scoring thread's CPU (the pro
 run loop's) per window is given apart. Memory per asset is the resident memory the set-up added,
 divided by the assets (so it holds a full window ring, fitted baselines and caches each).
 With `--breakdown N` a further process traces allocations (tracemalloc) while N assets are set
-up and prints bytes per asset by the line that allocated them.
+up and prints what each asset holds: bytes per asset by the line of the project that allocated
+them (the innermost frame in daemon/, seqae/ or benchmarks/, with its source text).
+`--memory-only` stops each size after its set-up (resident memory, no measured pass; also
+resident memory after glibc's `malloc_trim`, which shows how much is freed but kept).
+`--before ROOT` runs every size also on the code of another checkout of the project (ROOT: its
+root, e.g. a copy with older files), alternating before and after, and prints both.
 
     python benchmarks/bench_fleet.py                               # 100 ... 100,000
     python benchmarks/bench_fleet.py --sizes 100 1000 --messages 20000
     python benchmarks/bench_fleet.py --breakdown 2000 --sizes
-Writes benchmarks/results/fleet.json and fleet.png.
+    python benchmarks/bench_fleet.py --memory-only --sizes 1000 10000 30000 --before /tmp/old
+Writes benchmarks/results/fleet.json and fleet.png (`--out`).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import itertools
 import json
+import linecache
 import os
 import platform
 import subprocess
@@ -48,8 +57,19 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+
+
+def _code_root() -> Path:
+    """The checkout whose code runs: `--root ROOT` of a size's process, else this one."""
+    if "--root" in sys.argv:
+        return Path(sys.argv[sys.argv.index("--root") + 1]).resolve()
+    return HERE.parent
+
+
+ROOT = _code_root()
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
+RESTORE_CHUNK = 1000  # assets decoded and restored at a time (a rebalance reads records so)
 
 START_MS = 1_795_723_200_000  # 2026-11-17: inside the decoder's accepted time range
 TP = ("sensors", 0)
@@ -61,6 +81,17 @@ def rss_bytes() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def trimmed_rss_bytes() -> int | None:
+    """Resident memory once glibc's malloc has handed its free pages back (`malloc_trim`):
+    what is held, less what was freed but kept by the allocator. None without glibc."""
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim(0)
+    return rss_bytes()
 
 
 def settings_for(models_root: Path, state_dir: Path, warmup: int) -> Any:
@@ -124,7 +155,7 @@ def one_size(args: argparse.Namespace, n: int, trace: bool) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from daemon.changelog import encode_state
+    from daemon.changelog import decode_state, encode_state
     from daemon.codec import MessageDecoder, Reading
     from daemon.core import StreamCore
     from daemon.engine import ProfileRegistry
@@ -132,7 +163,13 @@ def one_size(args: argparse.Namespace, n: int, trace: bool) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     models_root = Path(args.models_root)
+    # one asset's record with its own baseline and no window progress or alert: each asset
+    # restores its own copy of it, decoded from bytes as a changelog record is
     template = json.loads(Path(args.template).read_text())
+    template.update(asset="asset-0", last_end_ns=None, window_offsets=[], alert=None)
+    record = encode_state(template)
+    named = b'"asset":"asset-0"'
+    assert named in record, "the template's record does not name its asset first"
     state_dir = Path(tempfile.mkdtemp(prefix="fleet-state-"))
     settings = settings_for(models_root, state_dir, args.warmup)
     registry = ProfileRegistry(models_root, ["bench"], "cpu", "never")
@@ -144,19 +181,18 @@ def one_size(args: argparse.Namespace, n: int, trace: bool) -> dict[str, Any]:
     gc.collect()
     rss_before = rss_bytes()
     if trace:
-        tracemalloc.start(1)
+        tracemalloc.start(TRACE_FRAMES)
         traced_before = tracemalloc.take_snapshot()
 
     # 1. set-up: fitted baselines, then one full window per asset
-    states = {}
-    for a in range(n):
-        # its own baseline; no window progress or alert of the template asset's
-        s = {**template, "asset": f"asset-{a}", "last_end_ns": None, "window_offsets": []}
-        s["alert"] = None
-        states[s["asset"]] = s
     started = time.perf_counter()
-    failed = core.restore_assets(states)
-    assert not failed, failed[:3]
+    for first in range(0, n, RESTORE_CHUNK):
+        states = {}
+        for a in range(first, min(n, first + RESTORE_CHUNK)):
+            key = f"asset-{a}".encode()
+            states[key.decode()] = decode_state(key, record.replace(named, b'"asset":"%s"' % key))
+        failed = core.restore_assets(states)
+        assert not failed, failed[:3]
     restore_s = time.perf_counter() - started
     del states
     offset = 0
@@ -182,6 +218,23 @@ def one_size(args: argparse.Namespace, n: int, trace: bool) -> dict[str, Any]:
     if trace:
         breakdown = _breakdown(traced_before, tracemalloc.take_snapshot(), n)
         tracemalloc.stop()
+    setup = {
+        "assets": n,
+        "restore_s": restore_s,
+        "setup_s": setup_s,
+        "rss_before_mb": rss_before / 2**20,
+        "rss_setup_mb": rss_setup / 2**20,
+        "rss_per_asset_bytes": (rss_setup - rss_before) / n,
+        "window_buffer_bytes": _window_buffer_bytes(core, np),
+        "breakdown": breakdown,
+    }
+    if args.memory_only:
+        # only here: trimming would change what the measured pass starts from
+        trimmed = trimmed_rss_bytes()
+        if trimmed is not None:
+            setup["rss_trimmed_mb"] = trimmed / 2**20
+        core.close()
+        return setup
 
     # 2. measured pass: the same messages whatever n, pre-encoded as a producer sends them
     messages = []
@@ -226,7 +279,7 @@ def one_size(args: argparse.Namespace, n: int, trace: bool) -> dict[str, Any]:
     unchanged = _checkpoint(core, encode_state)
     core.close()
     return {
-        "assets": n,
+        **setup,
         "messages": args.messages,
         "windows": windows,
         "lines": lines,
@@ -235,23 +288,19 @@ def one_size(args: argparse.Namespace, n: int, trace: bool) -> dict[str, Any]:
         "forward_per_window_us": forward_s / max(windows, 1) * 1e6,
         "scoring_thread_per_window_us": (pass_process_cpu - pass_cpu) / max(windows, 1) * 1e6,
         "pass_wall_s": pass_wall,
-        "restore_s": restore_s,
-        "setup_s": setup_s,
         "checkpoint": after_pass,
         "checkpoint_unchanged": unchanged,
-        "rss_before_mb": rss_before / 2**20,
-        "rss_setup_mb": rss_setup / 2**20,
         "rss_after_mb": rss_after / 2**20,
-        "rss_per_asset_bytes": (rss_setup - rss_before) / n,
-        "window_buffer_bytes": _window_buffer_bytes(core, np),
-        "breakdown": breakdown,
     }
 
 
 def _window_buffer_bytes(core: Any, np: Any) -> int:
     """The ring arrays of one asset's window (what "beyond its window buffer" leaves out)."""
-    w = next(iter(core.windows._assets.values())).window
-    arrays = [w._raw, w._filled, *w._offsets.values()]
+    w = next(iter(core.windows._assets.values()))
+    w = getattr(w, "window", w)  # an `_Entry` around the window before session 5
+    # offsets per slot: a tuple per partition since session 5, a dict of them before
+    per_partition = w._per_tp if hasattr(w, "_per_tp") else w._offsets.values()
+    arrays = [w._raw, w._filled, *per_partition]
     return int(sum(a.nbytes for a in arrays if isinstance(a, np.ndarray)))
 
 
@@ -287,25 +336,61 @@ def _checkpoint(core: Any, encode_state: Any) -> dict[str, Any]:
     }
 
 
-def _breakdown(before: Any, after: Any, n: int) -> dict[str, list[dict[str, Any]]]:
-    """Bytes per asset by allocating line (the top 25) and by file (all)."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for key in ("lineno", "filename"):
-        rows = []
-        for s in after.compare_to(before, key)[:25]:
-            if s.size_diff <= 0:
-                continue
-            frame = s.traceback[0]
-            where = Path(frame.filename).name + (f":{frame.lineno}" if key == "lineno" else "")
-            rows.append(
-                {
-                    "where": where,
-                    "bytes_per_asset": s.size_diff / n,
-                    "blocks_per_asset": s.count_diff / n,
-                }
-            )
-        out[key] = rows
-    return out
+TRACE_FRAMES = 12  # deep enough to reach the project's frame under numpy, json and dataclasses
+PROJECT_DIRS = ("daemon", "seqae", "benchmarks")
+
+
+def _project_frame(traceback: Any) -> tuple[str, int]:
+    """(path relative to the code root, line) of the innermost frame in the project: the line
+    of ours that made the allocation (numpy's np.full is then the window's line that called it)."""
+    for frame in reversed(traceback):  # tracemalloc lists the oldest frame first
+        path = Path(frame.filename)
+        for root in (ROOT, HERE.parent):  # the code measured; this benchmark
+            if path.is_relative_to(root) and path.relative_to(root).parts[0] in PROJECT_DIRS:
+                return str(path.relative_to(root)), frame.lineno
+    innermost = traceback[-1]
+    return Path(innermost.filename).name, innermost.lineno
+
+
+def _breakdown(before: Any, after: Any, n: int) -> dict[str, Any]:
+    """What each asset holds: bytes and blocks per asset by the project line that allocated
+    them (all lines above 8 bytes an asset), and by file."""
+    lines: dict[tuple[str, int], list[float]] = {}
+    for sign, snapshot in ((-1, before), (1, after)):
+        for stat in snapshot.statistics("traceback"):
+            totals = lines.setdefault(_project_frame(stat.traceback), [0.0, 0.0])
+            totals[0] += sign * stat.size
+            totals[1] += sign * stat.count
+    rows: list[dict[str, Any]] = []
+    for (where, lineno), (size, count) in sorted(lines.items(), key=lambda kv: -kv[1][0]):
+        if size / n < 8:
+            continue
+        source = ""
+        if "/" in where:
+            root = HERE.parent if where.startswith("benchmarks/") else ROOT
+            source = linecache.getline(str(root / where), lineno).strip()
+        rows.append(
+            {
+                "where": f"{where}:{lineno}",
+                "source": source[:90],
+                "bytes_per_asset": size / n,
+                "blocks_per_asset": count / n,
+            }
+        )
+    files: dict[str, list[float]] = {}
+    for row in rows:
+        f = files.setdefault(row["where"].rsplit(":", 1)[0], [0.0, 0.0])
+        f[0] += row["bytes_per_asset"]
+        f[1] += row["blocks_per_asset"]
+    return {
+        "lineno": rows,
+        "filename": [
+            {"where": k, "bytes_per_asset": v[0], "blocks_per_asset": v[1]}
+            for k, v in sorted(files.items(), key=lambda kv: -kv[1][0])
+        ],
+        "total_bytes_per_asset": sum(r["bytes_per_asset"] for r in rows),
+        "total_blocks_per_asset": sum(r["blocks_per_asset"] for r in rows),
+    }
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
@@ -351,6 +436,61 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def plot_memory(by_code: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    """Resident memory per added asset against fleet size, one line per code."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for code, results in by_code.items():
+        x = [r["assets"] for r in results[1:]]
+        ax.plot(x, [r["rss_marginal_per_asset_bytes"] / 1e3 for r in results[1:]], "o-", label=code)
+    buffer_kb = next(iter(by_code.values()))[-1]["window_buffer_bytes"] / 1e3
+    ax.axhline(buffer_kb + 4.096, ls="--", c="k", label="target: window buffer + 4 KB")
+    ax.axhline(buffer_kb, ls=":", c="grey", label="window buffer")
+    ax.set_xscale("log")
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("assets")
+    ax.set_title("resident memory per added asset (kB)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def _run_size(args: argparse.Namespace, n: int, trace: bool, root: Path, files: Path) -> Any:
+    """One fleet size in a process of its own, on the code under `root`."""
+    cmd = [sys.executable, __file__, "--one", str(n), "--messages", str(args.messages)]
+    cmd += ["--warmup", str(args.warmup), "--models-root", str(files / "models")]
+    cmd += ["--template", str(files / "template.json"), "--root", str(root)]
+    cmd += (["--trace"] if trace else []) + (["--memory-only"] if args.memory_only else [])
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode:
+        sys.exit(f"{n} assets failed ({root}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _print_breakdown(code: str, n: int, breakdown: dict[str, Any], buffer_bytes: int) -> None:
+    total = breakdown["total_bytes_per_asset"]
+    print(
+        f"\n{code}: what each asset holds, {n} assets set up (tracemalloc, bytes per asset):"
+        f" {total:.0f} B in {breakdown['total_blocks_per_asset']:.1f} blocks, of which the"
+        f" window buffer's arrays {buffer_bytes} B"
+    )
+    for row in breakdown["filename"]:
+        print(
+            f"  {row['bytes_per_asset']:7.0f} B {row['blocks_per_asset']:5.1f} blk  {row['where']}"
+        )
+    print("  by line:")
+    for row in breakdown["lineno"]:
+        print(
+            f"  {row['bytes_per_asset']:7.0f} B {row['blocks_per_asset']:5.1f} blk"
+            f"  {row['where']:32s} {row['source']}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -359,16 +499,23 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--warmup", type=int, default=24, help="warm-up windows of the template")
     parser.add_argument("--breakdown", type=int, default=0, help="trace allocations at N assets")
+    parser.add_argument("--memory-only", action="store_true", help="set-up only: memory")
+    parser.add_argument("--before", type=Path, help="root of a checkout to compare against")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "fleet.json")
     parser.add_argument("--plot-only", action="store_true", help="plot --out's JSON again")
-    # internal: one size in this process
+    # internal: one size in this process, on the code under --root
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--models-root", help=argparse.SUPPRESS)
     parser.add_argument("--template", help=argparse.SUPPRESS)
+    parser.add_argument("--root", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one_size(args, args.one, args.trace)))
+        import daemon.windows
+
+        result = one_size(args, args.one, args.trace)
+        result["code"] = str(Path(daemon.windows.__file__).resolve().parent.parent)
+        print(json.dumps(result))
         return
     if args.plot_only:
         plot(json.loads(args.out.read_text())["results"], args.out.with_suffix(".png"))
@@ -376,62 +523,80 @@ def main() -> None:
 
     from bench_scoring import train_small_profile
 
-    tmp = Path(tempfile.mkdtemp(prefix="fleet-"))
-    models_root = tmp / "models"
-    train_small_profile(models_root)
-    template = tmp / "template.json"
-    template.write_text(json.dumps(fitted_state(models_root, tmp / "state0", args.warmup)))
-    results = []
+    files = Path(tempfile.mkdtemp(prefix="fleet-"))
+    train_small_profile(files / "models")
+    state = fitted_state(files / "models", files / "state0", args.warmup)
+    (files / "template.json").write_text(json.dumps(state))
+    codes = {"after": ROOT} if not args.before else {"before": args.before, "after": ROOT}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    by_code: dict[str, list[dict[str, Any]]] = {code: [] for code in codes}
     runs = [(n, False) for n in args.sizes] + ([(args.breakdown, True)] if args.breakdown else [])
     for n, trace in runs:
-        cmd = [sys.executable, __file__, "--one", str(n), "--messages", str(args.messages)]
-        cmd += ["--warmup", str(args.warmup), "--models-root", str(models_root)]
-        cmd += ["--template", str(template)] + (["--trace"] if trace else [])
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if done.returncode:
-            sys.exit(f"{n} assets failed:\n{done.stderr[-3000:]}")
-        r = json.loads(done.stdout.strip().splitlines()[-1])
-        if trace:
-            print(f"\nallocations while {n} assets were set up, per asset (tracemalloc):")
-            for row in r["breakdown"]["filename"] + r["breakdown"]["lineno"]:
-                print(
-                    f"  {row['bytes_per_asset']:9.0f} B  {row['blocks_per_asset']:6.1f} blocks"
-                    f"  {row['where']}"
+        for code, root in codes.items():  # alternating: the machine's load hits both alike
+            r = _run_size(args, n, trace, root, files)
+            assert Path(r["code"]) == Path(root).resolve(), (r["code"], root)
+            if trace:
+                _print_breakdown(code, n, r["breakdown"], r["window_buffer_bytes"])
+                suffix = ".breakdown.json" if code == "after" else f".breakdown.{code}.json"
+                where = args.out.with_suffix(suffix)
+                where.write_text(
+                    json.dumps({"assets": n, "code": code, **r["breakdown"]}, indent=1)
                 )
-            where = args.out.with_suffix(".breakdown.json")
-            where.write_text(json.dumps({"assets": n, **r["breakdown"]}, indent=1))
-            continue
-        results.append(r)
-        c, u = r["checkpoint"], r["checkpoint_unchanged"]
-        print(
-            f"{n:>7} assets: {r['per_message_us']:6.1f} us/msg  {r['per_window_us']:6.1f} us/window"
-            f" (+{r['scoring_thread_per_window_us']:.1f} scoring thread)  checkpoint {c['total_s'] * 1e3:7.1f} ms"
-            f" for {c['changed_assets']} changed, {u['total_s'] * 1e3:6.1f} ms unchanged"
-            f" (window pass {c['window_hold_pass_s'] * 1e3:.1f} ms);"
-            f" RSS {r['rss_before_mb']:.0f} -> {r['rss_after_mb']:.0f} MB,"
-            f" {r['rss_per_asset_bytes']:.0f} B/asset (window buffer {r['window_buffer_bytes']} B)",
-            flush=True,
-        )
-    if not results:
+                continue
+            by_code[code].append(r)
+            memory = (
+                f"RSS {r['rss_before_mb']:.0f} -> {r['rss_setup_mb']:.0f} MB,"
+                f" {r['rss_per_asset_bytes']:.0f} B/asset (window buffer"
+                f" {r['window_buffer_bytes']} B), restore {r['restore_s']:.1f} s"
+            )
+            if args.memory_only:
+                if "rss_trimmed_mb" in r:
+                    memory += f", {r['rss_trimmed_mb']:.0f} MB after malloc_trim"
+                print(f"{code:>6} {n:>7} assets: {memory}", flush=True)
+                continue
+            c, u = r["checkpoint"], r["checkpoint_unchanged"]
+            print(
+                f"{code:>6} {n:>7} assets: {r['per_message_us']:6.1f} us/msg"
+                f"  {r['per_window_us']:6.1f} us/window"
+                f" (+{r['scoring_thread_per_window_us']:.1f} scoring thread)"
+                f"  checkpoint {c['total_s'] * 1e3:7.1f} ms for {c['changed_assets']} changed,"
+                f" {u['total_s'] * 1e3:6.1f} ms unchanged"
+                f" (window pass {c['window_hold_pass_s'] * 1e3:.1f} ms); {memory}",
+                flush=True,
+            )
+    if not any(by_code.values()):
         return
-    for prev, r in itertools.pairwise(results):
-        # resident memory one more asset adds, between two fleet sizes: the fixed part (the
-        # first batches' buffers, allocator arenas) cancels out
-        grown = (r["rss_setup_mb"] - prev["rss_setup_mb"]) * 2**20
-        r["rss_marginal_per_asset_bytes"] = grown / (r["assets"] - prev["assets"])
-        print(
-            f"  {prev['assets']} -> {r['assets']} assets: {r['rss_marginal_per_asset_bytes']:.0f}"
-            " B resident per added asset"
-        )
+    for code, results in by_code.items():
+        for prev, r in itertools.pairwise(results):
+            # resident memory one more asset adds, between two fleet sizes: the fixed part (the
+            # first batches' buffers, allocator arenas) cancels out
+            grown = (r["rss_setup_mb"] - prev["rss_setup_mb"]) * 2**20
+            r["rss_marginal_per_asset_bytes"] = grown / (r["assets"] - prev["assets"])
+            trimmed = ""
+            if "rss_trimmed_mb" in r and "rss_trimmed_mb" in prev:
+                grown = (r["rss_trimmed_mb"] - prev["rss_trimmed_mb"]) * 2**20
+                r["rss_trimmed_marginal_per_asset_bytes"] = grown / (r["assets"] - prev["assets"])
+                trimmed = f" ({r['rss_trimmed_marginal_per_asset_bytes']:.0f} B after malloc_trim)"
+            print(
+                f"  {code}: {prev['assets']} -> {r['assets']} assets:"
+                f" {r['rss_marginal_per_asset_bytes']:.0f} B resident per added asset{trimmed}"
+            )
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}",
         "load_average": os.getloadavg(),
         "command": " ".join(sys.argv),
+        "codes": {code: str(root) for code, root in codes.items()},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    plot(results, args.out.with_suffix(".png"))
+    body: dict[str, Any] = {"meta": meta, "results": by_code["after"]}
+    if args.before:
+        body["results_before"] = by_code["before"]
+    args.out.write_text(json.dumps(body, indent=1))
+    if args.memory_only:
+        if len(args.sizes) > 1:
+            plot_memory(by_code, args.out.with_suffix(".png"))
+    else:
+        plot(by_code["after"], args.out.with_suffix(".png"))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
 
 

@@ -18,6 +18,7 @@ to it, and the baseline is run again last to show how much the shared machine dr
     python benchmarks/bench_group.py                        # 1000 assets x 600 samples, 1-3
     python benchmarks/bench_group.py --members 1 2 3 1 --assets 500
     python benchmarks/bench_group.py --checkpoint-cost 1000 10000 100000   # in process
+    python benchmarks/bench_group.py --parts-cost 200     # changelog bytes/CPU, in process
 
 Writes benchmarks/results/group.json.
 """
@@ -190,8 +191,11 @@ class _Acknowledger:
     states are encoded as the changelog would, not sent."""
 
     def __init__(self) -> None:
+        from daemon.changelog import PartWriter
+
         self.tickets: list[int] = []
         self.states = 0
+        self.parts = PartWriter()  # what the changelog would send: records and new parts
 
     def submit(self, points: list[Any], ticket: int, completed_ms: int) -> None:
         self.tickets.append(ticket)
@@ -201,10 +205,10 @@ class _Acknowledger:
         return done
 
     def write(self, states: dict[str, dict[str, Any]]) -> int:
-        from daemon.changelog import encode_state
-
         self.states += len(states)
-        return sum(len(encode_state(s)) for s in states.values())
+        batch = self.parts.encode(states)
+        self.parts.acknowledged(batch)
+        return batch.part_bytes + batch.record_bytes
 
     def commit(self, offsets: dict[Any, int]) -> bool:
         return True
@@ -281,6 +285,155 @@ def _checkpoint_row(tmp: Path, count: int, changed: int) -> None:
     daemon.core.close()
 
 
+def parts_cost(count: int, warmup: int) -> dict[str, Any]:
+    """In process: `count` assets of 8 channels at 10 Hz (window 50, hop 10: a window per asset
+    per second, as bench_load), per-asset baselines with a `warmup`-window warm-up; one
+    checkpoint per second of readings, each asset changed. Per checkpoint, the changelog bytes
+    and CPU of the split (`changed_states` + `PartWriter.encode` + `acknowledged`) against what
+    a checkpoint did before, on the same states in the same process: every state taken and
+    encoded whole (`asset_state` as it was, baselines' JSON cached per asset, + `encode_state`)
+    and every changed warm-up file rewritten with fsync (`snapshot` + `saved`)."""
+    from bench_scoring import plant_series
+
+    from daemon.backtest import readings
+    from daemon.changelog import PartWriter, encode_state
+    from daemon.codec import Reading
+    from daemon.core import StreamCore
+    from daemon.engine import ProfileRegistry
+    from daemon.settings import DaemonSettings
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-parts-"))
+    train_small_profile(tmp / "models", kind="pca", window=50, hop=10)
+    settings = DaemonSettings.model_validate(
+        {
+            "state_dir": str(tmp / "state"),
+            "profiles": {
+                "models_root": str(tmp / "models"),
+                "routes": [{"pattern": "asset-*", "profile": "bench"}],
+            },
+            "baselines": {"mode": "per_asset", "warmup_windows": warmup},
+            "engine": {"device": "cpu"},
+        }
+    )
+    core = StreamCore(settings, ProfileRegistry(tmp / "models", ["bench"], "cpu", "never"))
+    seconds = warmup + 12
+    template = list(readings([plant_series("asset-0", 10 * seconds + 50, 0.1, seed=3)]))
+    assets = [f"asset-{i}" for i in range(count)]
+    writer = PartWriter()
+    fed = 0
+    rows: list[dict[str, Any]] = []
+
+    def feed(upto: int) -> None:
+        nonlocal fed
+        for k in range(fed, upto):
+            for i, asset in enumerate(assets):
+                r = template[k]
+                core.add(Reading(asset, r.ts_ns, r.values), ("bench", i % 6), k)
+        fed = upto
+        list(core.score(everything=True, wait=True))
+
+    cache: dict[tuple[str, str], tuple[Any, Any, list[Any]]] = {}
+
+    def old_asset_state(asset: str) -> dict[str, Any]:
+        """`asset_state` as it was: the baselines' JSON cached per asset (the removed
+        `_AssetCalibration.encoded`), warm-up and shift run encoded whole each time."""
+        state = core._taken_state(asset)
+        items = []
+        for c in state["baselines"]:
+            hit = cache.get((asset, c.profile))
+            if hit is None or hit[0] is not c.baseline or hit[1] is not c.moved:
+                encoded = [c.baseline_json(c.baseline), c.baseline_json(c.moved)]
+                hit = cache[(asset, c.profile)] = (c.baseline, c.moved, encoded)
+            items.append(
+                {
+                    "profile": c.profile,
+                    "version": c.version,
+                    "baseline": hit[2][0],
+                    "moved": hit[2][1],
+                    "warmup": c.warmup_json(),
+                    "shift_run": c.shift_run_json(),
+                    "shifted": c.shifted,
+                }
+            )
+        return state | {"baselines": items}
+
+    feed(50)
+    writer.acknowledged(writer.encode(core.changed_states()))
+    core.baselines.checkpoint()
+    for second in range(1, seconds):
+        feed(50 + 10 * second)
+        changed = sorted(core._changed)
+        t0 = time.process_time()
+        states = core.changed_states()
+        after_take_s = time.process_time() - t0
+        batch = writer.encode(states)
+        writer.acknowledged(batch)
+        after_s = time.process_time() - t0
+        warming = [a for a in changed if core.asset_state(a)["baselines"][0]["baseline"] is None]
+        started = time.perf_counter(), time.process_time()
+        inline = [encode_state(old_asset_state(a)) for a in changed]
+        snapshot = core.baselines.snapshot()
+        core.baselines.saved(snapshot)
+        before_wall = time.perf_counter() - started[0]
+        before_s = time.process_time() - started[1]
+        rows.append(
+            {
+                "second": second,
+                "warming": len(warming),
+                "assets": len(changed),
+                "after_bytes": batch.part_bytes + batch.record_bytes,
+                "after_records": len(batch.records),
+                "after_parts": sum(1 for m in batch.parts if m.value is not None),
+                "after_cpu_s": after_s,
+                "after_take_cpu_s": after_take_s,
+                "before_bytes": sum(map(len, inline)),
+                "before_files": sum(1 for _, data in snapshot.files if data is not None),
+                "before_cpu_s": before_s,
+                "before_wall_s": before_wall,
+            }
+        )
+    core.close()
+    print(f"{count} assets, warm-up {warmup} windows: per checkpoint (one window per asset)")
+    print("second | warming | after: bytes, CPU ms | before: bytes, CPU ms, wall ms (fsync)")
+    for r in rows:
+        print(
+            f"{r['second']:>6} | {r['warming']:>7} | {r['after_bytes']:>9} "
+            f"{r['after_cpu_s'] * 1e3:7.1f} | {r['before_bytes']:>10} "
+            f"{r['before_cpu_s'] * 1e3:7.1f} {r['before_wall_s'] * 1e3:8.1f} "
+            f"(bytes x{r['before_bytes'] / max(1, r['after_bytes']):.0f}, "
+            f"CPU x{r['before_cpu_s'] / max(1e-9, r['after_cpu_s']):.1f})",
+            flush=True,
+        )
+    return {"assets": count, "warmup_windows": warmup, "rows": rows}
+
+
+def plot_parts_cost(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["rows"] if r["assets"]]
+    seconds = [r["second"] for r in rows]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    per = result["assets"]
+    top.plot(seconds, [r["before_bytes"] / per / 1e3 for r in rows], label="before: whole states")
+    top.plot(seconds, [r["after_bytes"] / per / 1e3 for r in rows], label="after: record + parts")
+    top.set_ylabel("changelog kB per asset\nper checkpoint")
+    top.legend()
+    bottom.plot(seconds, [r["before_cpu_s"] * 1e3 for r in rows], label="before (+ fsync'd files)")
+    bottom.plot(seconds, [r["after_cpu_s"] * 1e3 for r in rows], label="after")
+    bottom.set_ylabel(f"checkpoint CPU ms\n({per} assets)")
+    bottom.set_xlabel(
+        f"seconds of readings (a window per asset per second; fit at window "
+        f"{result['warmup_windows']})"
+    )
+    bottom.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bootstrap", default="127.0.0.1:19092", help="devstack's Kafka")
@@ -298,9 +451,24 @@ def main() -> None:
         help="instead: time a checkpoint in process at these asset counts (no Kafka)",
     )
     parser.add_argument("--changed", type=int, default=100, help="with --checkpoint-cost")
+    parser.add_argument(
+        "--parts-cost",
+        type=int,
+        metavar="ASSETS",
+        help="instead: the changelog bytes and CPU of a checkpoint through a warm-up and after "
+        "it, split into parts against whole states (in process, no Kafka)",
+    )
+    parser.add_argument("--warmup", type=int, default=64, help="with --parts-cost")
     args = parser.parse_args()
     if args.checkpoint_cost:
         checkpoint_cost(args.checkpoint_cost, args.changed)
+        return
+    if args.parts_cost:
+        result = parts_cost(args.parts_cost, args.warmup)
+        out = RESULTS / "changelog_parts.json"
+        out.write_text(json.dumps(result | {"machine": platform.platform()}, indent=1))
+        plot_parts_cost(result, out.with_suffix(".png"))
+        print(f"wrote {out} and its .png")
         return
     # what daemon_config reads from bench_load's arguments
     args.max_poll_records, args.baselines, args.max_batch, args.max_wait_ms = 2000, "model", 256, 50

@@ -2,13 +2,16 @@
 
 (a) plain: `model(x, mask)` under `torch.inference_mode` on pre-made, pre-scaled tensors, in
     chunks of `--batch` windows;
-(b) daemon: `ScoringEngine.add` of `ReadyWindow`s for many assets, then `run(force=True)`:
-    micro-batching, per-asset baselines, `Scorer` (scaling, masking, forward, errors, scores,
-    `shifted`), `ScoredWindow`s, the alert rule (`AlertBook.observe`) and the InfluxDB points
-    (`to_point` + line protocol `encode`) that the streaming core makes of them;
+(b) daemon: a `StreamCore`'s engine given `ReadyWindow`s for many assets, then
+    `StreamCore.score(everything=True, wait=True)`: micro-batching, per-asset baselines,
+    `Scorer` (scaling, masking, forward, errors, scores, `shifted`), `ScoredWindow`s, the alert
+    rule and the InfluxDB points that the streaming core makes of them, and the line protocol
+    `encode` of every point;
 (c) with `--before DIR`: the same with `DIR/engine.py` and `DIR/alerting.py` in place of
     `daemon/engine.py` and `seqae/alerting.py` (an older version's, e.g. extracted with
-    `git archive`), so "before" and "after" run in the same process on the same windows.
+    `git archive`), and the per-window loop of `StreamCore._finish` as it was before the alert
+    rule ran per batch (`finish_per_window` below), so "before" and "after" run in the same
+    process on the same windows.
 All score the same windows with the same batch size, alternating, median of the repeats.
 Prints windows/s for each and the ratio daemon / plain (target >= 0.8, issue 15).
 
@@ -20,6 +23,7 @@ product's default detector), saved and served through `ProfileRegistry` like in 
     mkdir -p /tmp/before && git archive HEAD daemon/engine.py seqae/alerting.py \
         | tar -x --strip-components=1 -C /tmp/before
     python benchmarks/bench_scoring.py --before /tmp/before
+    python benchmarks/bench_scoring.py --before /tmp/before --serial   # run-loop CPU alone
 """
 
 from __future__ import annotations
@@ -42,14 +46,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from daemon import engine as engine_module
-from daemon.alerts import alert_point
+from daemon.alerts import AlertBook, alert_point
 from daemon.baselines import AssetBaselines
+from daemon.core import StreamCore
 from daemon.engine import ProfileRegistry
 from daemon.lineprotocol import encode
-from daemon.settings import AlertSettings, BaselineSettings, EngineSettings
+from daemon.settings import AlertSettings, BaselineSettings, DaemonSettings, EngineSettings
 from daemon.windows import ReadyWindow
-from seqae import alerting as alerting_module
 from seqae.data import RobustScaler, Series, nan_to_mask
 from seqae.train import train_profile
 
@@ -127,11 +130,23 @@ def ready_windows(x: np.ndarray, assets: int, hop: int, period_ns: int) -> list[
     return [out[i] for i in order]
 
 
-def daemon_path(engine: Any, windows: list[ReadyWindow], alerts: Any) -> int:
-    """What `StreamCore.score` and `_finish` do with each batch, and the sink's `encode`."""
+# With --serial: every forward finishes before the first result is taken, so the run loop's
+# CPU is measured without the scoring thread beside it (the wall ratio then means nothing).
+SERIAL = False
+
+
+def settle(engine: Any) -> None:
+    while SERIAL and engine.busy:
+        time.sleep(0.001)
+
+
+def finish_per_window(engine: Any, windows: list[ReadyWindow], alerts: Any) -> int:
+    """The "before": what `StreamCore.score` and its `_finish` did with each batch up to
+    session 5 (a point and the alert rule per window), and the sink's `encode`."""
     engine.add("bench", windows)
     lines = []
     engine.hand_out(everything=True)
+    settle(engine)
     for out in engine.results(wait=True):  # like the run loop: write one, score the next
         events = []
         for w in out.scored:
@@ -142,6 +157,34 @@ def daemon_path(engine: Any, windows: list[ReadyWindow], alerts: Any) -> int:
                 )
         lines += [encode(alert_point(e)) for e in events]
     return len(lines)
+
+
+def core_path(core: StreamCore, windows: list[ReadyWindow], forward_s: list[float]) -> int:
+    """What the streaming core does with windows once they are ready, and the sink's `encode`;
+    appends the scoring thread's time in `features` (scaling, forward, errors) to `forward_s`."""
+    core.engine.add("bench", windows)
+    lines, seconds = 0, 0.0
+    core.engine.hand_out(everything=True)
+    settle(core.engine)
+    for out in core.score(everything=True, wait=True):  # the run loop: write one, score the next
+        lines += len([encode(p) for p in out.points])
+        seconds += out.seconds
+    forward_s.append(seconds)
+    return lines
+
+
+def daemon_settings(models_root: Path, state_dir: Path, args: argparse.Namespace) -> DaemonSettings:
+    return DaemonSettings.model_validate(
+        {
+            "state_dir": str(state_dir),
+            "profiles": {
+                "models_root": str(models_root),
+                "routes": [{"pattern": "*", "profile": "bench"}],
+            },
+            "baselines": {"mode": args.baselines, "warmup_windows": WARMUP},
+            "engine": {"device": "cpu", "max_batch": args.batch, "max_wait_ms": 0},
+        }
+    )
 
 
 def load_module(path: Path, name: str) -> ModuleType:
@@ -180,13 +223,22 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch intra-op threads (0: default)"
     )
-    parser.add_argument("--profile", action="store_true", help="cProfile one daemon run")
+    parser.add_argument(
+        "--profile", action="store_true", help="cProfile one daemon run (thread CPU time)"
+    )
     parser.add_argument(
         "--before",
         type=Path,
         help="folder with an older engine.py and alerting.py to measure beside the current",
     )
+    parser.add_argument(
+        "--serial",
+        action="store_true",
+        help="take results only once every forward is done: the run loop's CPU alone",
+    )
     args = parser.parse_args()
+    global SERIAL
+    SERIAL = args.serial
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -200,9 +252,14 @@ def main() -> None:
         x = make_windows_for(args.assets, args.per_asset, args.window, seed=3)
         windows = ready_windows(x, args.assets, args.hop, served.geometry.period_ns)
 
-        def make_daemon(engine_module: Any, alerting_module: Any, state: str) -> Callable[[], int]:
+        warm = ready_windows(
+            make_windows_for(args.assets, WARMUP, args.window, seed=4), args.assets, args.hop, 10**8
+        )
+
+        def make_before(engine_module: Any, alerting_module: Any) -> Callable[[], int]:
             baselines = AssetBaselines(
-                BaselineSettings(mode=args.baselines, warmup_windows=WARMUP), Path(tmp) / state
+                BaselineSettings(mode=args.baselines, warmup_windows=WARMUP),
+                Path(tmp) / "state-before",
             )
             engine = engine_module.ScoringEngine(
                 EngineSettings(device="cpu", max_batch=args.batch, max_wait_ms=0),
@@ -212,22 +269,35 @@ def main() -> None:
             if args.baselines == "per_asset":
                 # Warm every asset up first: the measured runs score with each asset's own
                 # baseline.
-                warm = make_windows_for(args.assets, WARMUP, args.window, seed=4)
-                books = alerting_module.AlertBook(AlertSettings())
-                daemon_path(engine, ready_windows(warm, args.assets, args.hop, 10**8), books)
+                finish_per_window(engine, warm, alerting_module.AlertBook(AlertSettings()))
                 assert baselines.fitted == args.assets, baselines.fitted
             # A fresh alert book per run: every run replays the same window ends, which a
             # tracker that saw them would skip (creating 1 tracker per asset is in the cost).
-            return lambda: daemon_path(engine, windows, alerting_module.AlertBook(AlertSettings()))
+            return lambda: finish_per_window(
+                engine, windows, alerting_module.AlertBook(AlertSettings())
+            )
+
+        features_s: list[float] = []  # the scoring thread's, per daemon run
+
+        def make_core() -> Callable[[], int]:
+            core = StreamCore(daemon_settings(root, Path(tmp) / "state", args), registry)
+            if args.baselines == "per_asset":
+                core_path(core, warm, [])
+                assert core.baselines.fitted == args.assets, core.baselines.fitted
+
+            def run() -> int:
+                core.alerts = AlertBook(core.settings.alerts)  # fresh, as for the "before"
+                return core_path(core, windows, features_s)
+
+            return run
 
         paths: dict[str, Callable[[], object]] = {}
         if args.before:
-            paths["before"] = make_daemon(
+            paths["before"] = make_before(
                 load_module(args.before / "engine.py", "engine_before"),
                 load_module(args.before / "alerting.py", "alerting_before"),
-                "state-before",
             )
-        run_daemon = make_daemon(engine_module, alerting_module, "state")
+        run_daemon = make_core()
         paths["daemon"] = run_daemon
         # The plain forward gets pre-made model input: scaled windows, zeros where missing.
         x_np, m_np = nan_to_mask(RobustScaler(default.center, default.scale).transform(x))
@@ -271,10 +341,17 @@ def main() -> None:
                 f" {statistics.median(cpu[name]) / n * 1e6:.1f} us/window"
                 f" (plain {statistics.median(cpu['plain']) / n * 1e6:.1f})"
             )
+        print(
+            f"daemon's scoring thread in features (scaling, forward, errors):"
+            f" {statistics.median(features_s) / n * 1e6:.1f} us/window wall"
+            f" (plain forward {statistics.median(times['plain']) / n * 1e6:.1f})"
+        )
         if args.profile:
-            prof = cProfile.Profile()
+            # this thread's CPU time: wall time would count the waits for the GIL and for
+            # the scoring thread into whatever function was running
+            prof = cProfile.Profile(time.thread_time)
             prof.runcall(run_daemon)
-            pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
+            pstats.Stats(prof).sort_stats("tottime").print_stats(25)
 
 
 if __name__ == "__main__":

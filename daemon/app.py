@@ -32,6 +32,7 @@ from daemon.windows import TopicPartitionId
 from seqae.artifacts import ArtifactError, write_atomic
 
 log = logging.getLogger(__name__)
+_DUE_CHECK_STRIDE = 255  # records between checks for a scored batch (a mask: 2**k - 1)
 _STATE_FORMAT = "seqae-daemon-state/1"
 
 
@@ -101,6 +102,7 @@ class Daemon:
             torch.set_num_threads(s.engine.cpu_threads)
         self.core = StreamCore(s, self.profiles)
         self.ledger = CommitLedger()
+        self._profile_for = s.profiles.router.profile_for
         self.decoder = MessageDecoder(s.input, self._channels_for)
         self.health_state = health.HealthState()
         self._state_path = Path(s.state_dir) / f"checkpoint-{s.kafka.group_id}.json"
@@ -126,7 +128,7 @@ class Daemon:
     # -- wiring ------------------------------------------------------------------------------
 
     def _channels_for(self, asset: str) -> tuple[str, ...] | None:
-        profile = self.settings.profiles.profile_for(asset)
+        profile = self._profile_for(asset)
         if profile is None:
             return None
         if profile in self.profiles.missing:
@@ -195,6 +197,8 @@ class Daemon:
         self.core.drop_assets(self.core.windows.drop_partitions(partitions))
         self.core.drop_assets(self.core.assets_on(partitions))
         self.ledger.forget(partitions)
+        if self.changelog is not None:
+            self.changelog.forget(partitions)
         self._checkpoint = None
         self._unrestored -= partitions
         for tp in partitions:
@@ -343,15 +347,14 @@ class Daemon:
         self.health_state.set_ready(True)
         while not self._stop:
             records = self.source.poll(self._poll_timeout(), s.kafka.max_poll_records)
-            for record in records:
+            for i, record in enumerate(records):
                 if self._waiting and (record.topic, record.partition) in self._waiting:
                     continue  # fetched after a message that waits for its model: read again
                 if self._unrestored and (record.topic, record.partition) in self._unrestored:
                     continue  # its assets' state is not restored: read again after the restore
                 # A full batch goes to the scoring thread at once, and a scored one is written
-                # at once, not after the rest of the poll.
-                self._handle(record)
-                if self.core.due():
+                # within a few milliseconds, not after the rest of the poll.
+                if (self._handle(record) or not i & _DUE_CHECK_STRIDE) and self.core.due():
                     self._score_due()
             # With the poll's readings handled, an idle scoring thread takes what is queued:
             # waiting `max_wait_ms` for a fuller batch only pays while it is busy.
@@ -448,14 +451,14 @@ class Daemon:
 
     # -- stages ------------------------------------------------------------------------------
 
-    def _handle(self, record: Record) -> None:
-        """Decode, window and queue one record."""
+    def _handle(self, record: Record) -> int:
+        """Decode, window and queue one record; returns how many windows it queued."""
         tp = (record.topic, record.partition)
         try:
             reading = self.decoder.decode(record.value)
         except _NoModelYet as exc:
             self._wait_for_model(record, exc.profile)
-            return
+            return 0
         except DecodeError as exc:
             self.ledger.consumed(tp, record.offset)
             health.bad_messages.labels(reason=exc.reason).inc()
@@ -464,12 +467,12 @@ class Daemon:
             )
             if self.publisher is not None:
                 self.publisher.dead_letter(record, exc.reason)
-            return
+            return 0
         self.ledger.consumed(tp, record.offset)
         counters = self.core.windows.counters
         before = counters.late_dropped, counters.gap_resets
         try:
-            self.core.add(reading, tp, record.offset, record.timestamp_ms)
+            queued = self.core.add(reading, tp, record.offset, record.timestamp_ms)
         except Exception as exc:  # one reading never stops the loop: a dead letter, and a bug
             self._unexpected.log(
                 logging.ERROR,
@@ -484,11 +487,13 @@ class Daemon:
             health.bad_messages.labels(reason="undecodable").inc()
             if self.publisher is not None:
                 self.publisher.dead_letter(record, "undecodable")
-            return
+            return 0
         if (counters.late_dropped, counters.gap_resets) != before:
             health.late_readings.inc(counters.late_dropped - before[0])
             health.gap_resets.inc(counters.gap_resets - before[1])
-        self._newest_ts_ms = max(self._newest_ts_ms, record.timestamp_ms)
+        if record.timestamp_ms > self._newest_ts_ms:
+            self._newest_ts_ms = record.timestamp_ms
+        return queued
 
     def _wait_for_model(self, record: Record, profile: str) -> None:
         """A message whose profile has no model yet is neither scored nor consumed: its
@@ -602,7 +607,7 @@ class Daemon:
         self._checkpoint = _Checkpoint(
             self.ledger.mark(hold),
             None,
-            self.core.baseline_snapshot(),
+            WarmupSnapshot(),  # the changelog holds the warm-up: files only at `_commit_now`
             self._changed_states(),
         )
         self._changelog_lag.taken(len(self._checkpoint.assets))
@@ -631,7 +636,8 @@ class Daemon:
         """Make one checkpoint durable, in this order (docs/architecture.md, "State in Kafka"):
         1. dead letters and alert events are acknowledged by Kafka (publisher flush);
         2. the changed assets' states of the checkpoint are acknowledged by the changelog;
-        3. the local cache files (warm-up; the state file at a stop or revocation) are written;
+        3. the local cache files (warm-up and state file, taken at a stop or revocation only)
+           are written;
         4. only then are the checkpoint's offsets committed. With the windows in the changelog
            these pass partial windows: the states of step 2 name the offsets each asset's next
            window spans, and the next owner seeks back to them (`_restore`, `_rewind`).

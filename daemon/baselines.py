@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -46,7 +47,7 @@ def _baseline_json(baseline: Baseline | None) -> dict[str, Any] | None:
         return None
     d = baseline.to_dict()
     for key, value in d.items():
-        if isinstance(value, list):
+        if isinstance(value, list) and key != "degenerate":  # channel indices: kept a list
             d[key] = _arrays_json([np.asarray(getattr(baseline, key))])
     return d
 
@@ -101,7 +102,13 @@ class WarmupSnapshot:
     changes: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
-@dataclass
+def join_arrays_json(blocks: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Base64 blocks of same-shaped arrays as one block, exactly as if encoded at once."""
+    arrays = [a for block in blocks for a in _arrays_from_json(block)]
+    return _arrays_json(arrays)
+
+
+@dataclass(slots=True)
 class _AssetCalibration:
     version: str
     baseline: Baseline | None = None
@@ -111,14 +118,48 @@ class _AssetCalibration:
     shifted: bool = False
     changes: int = 0  # bumped on every change worth persisting
     saved: int = 0  # `changes` as of the last snapshot written
-    # (id(baseline), id(moved)) -> their JSON: baselines never change, they are replaced
-    encoded: tuple[tuple[int, int], list[Any]] | None = None
 
-    def baselines_json(self) -> list[Any]:
-        key = (id(self.baseline), id(self.moved))
-        if self.encoded is None or self.encoded[0] != key:
-            self.encoded = (key, [_baseline_json(self.baseline), _baseline_json(self.moved)])
-        return self.encoded[1]
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """One profile's calibration of an asset as a checkpoint took it, not yet encoded: taking
+    it copies references only (baselines are replaced, never changed; warm-up windows are
+    appended, never changed), so the changelog encodes what is new since it last wrote."""
+
+    profile: str
+    version: str
+    baseline: Baseline | None
+    moved: Baseline | None
+    warmup: tuple[np.ndarray, ...]
+    shift_run: tuple[np.ndarray, ...]
+    shifted: bool
+
+    @staticmethod
+    def baseline_json(baseline: Baseline | None) -> dict[str, Any] | None:
+        return _baseline_json(baseline)
+
+    def warmup_json(self, start: int = 0) -> dict[str, Any] | None:
+        """The warm-up windows from `start` on as one base64 block (None: none)."""
+        return _arrays_json(list(self.warmup[start:]))
+
+    def shift_run_json(self) -> dict[str, Any] | None:
+        return _arrays_json(list(self.shift_run))
+
+    def to_json(self) -> dict[str, Any]:
+        """`AssetBaselines.asset_state`'s item: everything inline, JSON-safe and exact."""
+        return {
+            "profile": self.profile,
+            "version": self.version,
+            "baseline": _baseline_json(self.baseline),
+            "moved": _baseline_json(self.moved),
+            "warmup": self.warmup_json(),
+            "shift_run": self.shift_run_json(),
+            "shifted": self.shifted,
+        }
+
+
+# the state of most windows: no calibration, no shift (`observe_batch`)
+_OK: tuple[ScoreState, ShiftEvent | None] = ("ok", None)
 
 
 class AssetBaselines:
@@ -161,6 +202,64 @@ class AssetBaselines:
         changed after `used` was chosen (its warm-up ended, or it re-baselined after a shift,
         earlier in the same batch)."""
         return self.baseline(profile, version, asset, default) is not used
+
+    def baselines_for(
+        self, profile: str, version: str, assets: Sequence[str], default: Baseline
+    ) -> list[Baseline]:
+        """`baseline` of each of a batch's assets."""
+        entries = self._assets
+        out = []
+        for asset in assets:
+            entry = entries.get((profile, asset))
+            if entry is None or entry.version != version:
+                entry = self._entry(profile, version, asset)
+            if entry.moved is not None:
+                out.append(entry.moved)
+            else:
+                out.append(entry.baseline if entry.baseline is not None else default)
+        return out
+
+    def observe_batch(
+        self,
+        scorer: Any,
+        profile: str,
+        version: str,
+        hop: int,
+        windows: Sequence[tuple[str, int, np.ndarray]],
+        shifted: Sequence[bool],
+        used: Sequence[Baseline],
+        default: Baseline,
+    ) -> tuple[list[tuple[ScoreState, ShiftEvent | None] | None], list[int]]:
+        """`changed_since` and then `observe` for each (asset, time_ns, values) of a batch, in
+        order: (each window's state and shift event, None where the window is stale; the stale
+        windows' indices). The common case (an asset with its baseline, not shifted before nor
+        now) is settled here; calibrating and shifting windows take `observe`."""
+        states: list[tuple[ScoreState, ShiftEvent | None] | None] = [None] * len(windows)
+        stale = []
+        entries = self._assets
+        calibrates = self._s.mode == "per_asset"
+        for i, (asset, time_ns, values) in enumerate(windows):
+            entry = entries.get((profile, asset))
+            if entry is not None and entry.version == version:
+                if entry.moved is not None:
+                    current = entry.moved
+                else:
+                    current = entry.baseline if entry.baseline is not None else default
+                if current is not used[i]:
+                    stale.append(i)
+                    continue
+                if not (shifted[i] or entry.shifted or (calibrates and entry.baseline is None)):
+                    if entry.shift_run:
+                        entry.shift_run = []
+                    states[i] = _OK
+                    continue
+            elif self.changed_since(profile, version, asset, used[i], default):
+                stale.append(i)
+                continue
+            states[i] = self.observe(
+                scorer, profile, version, hop, asset, time_ns, values, shifted[i]
+            )
+        return states, stale
 
     def observe(
         self,
@@ -229,24 +328,27 @@ class AssetBaselines:
     def asset_state(self, asset: str) -> list[dict[str, Any]]:
         """The asset's calibration for each profile it has one for, JSON-safe and exact (floats
         and arrays round-trip bit for bit): own and moved baselines, warm-up windows, shift."""
-        states = []
+        return [calibration.to_json() for calibration in self.calibrations(asset)]
+
+    def calibrations(self, asset: str) -> list[Calibration]:
+        """`asset_state` as taken, not encoded (what a checkpoint hands the changelog)."""
+        taken = []
         for profile in sorted(self._profiles):
             entry = self._assets.get((profile, asset))
             if entry is None:
                 continue
-            baseline, moved = entry.baselines_json()
-            states.append(
-                {
-                    "profile": profile,
-                    "version": entry.version,
-                    "baseline": baseline,
-                    "moved": moved,
-                    "warmup": _arrays_json(entry.warmup),
-                    "shift_run": _arrays_json(entry.shift_run),
-                    "shifted": entry.shifted,
-                }
+            taken.append(
+                Calibration(
+                    profile,
+                    entry.version,
+                    entry.baseline,
+                    entry.moved,
+                    tuple(entry.warmup),
+                    tuple(entry.shift_run),
+                    entry.shifted,
+                )
             )
-        return states
+        return taken
 
     def restore_asset(self, asset: str, state: list[dict[str, Any]]) -> None:
         """Replace the asset's calibration by `asset_state`'s list; raises ValueError naming the

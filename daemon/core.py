@@ -61,6 +61,7 @@ class StreamCore:
             write_clean=settings.influx.write_clean,
         )
         self.alerts = AlertBook(settings.alerts)
+        self._profile_for = settings.profiles.router.profile_for
         self._partition: dict[str, TopicPartitionId] = {}  # where each asset's readings come from
         self._changed: set[str] = set()  # assets whose durable state changed since `changed_states`
 
@@ -74,7 +75,7 @@ class StreamCore:
         completed_ms: int = 0,
     ) -> int:
         """Place one reading; windows it completes are queued for scoring. Returns how many."""
-        profile = self.settings.profiles.profile_for(reading.asset)
+        profile = self._profile_for(reading.asset)
         if profile is None:
             return 0
         served = self.profiles.get(profile)
@@ -116,14 +117,12 @@ class StreamCore:
             seconds=part.seconds,
             oldest_completed_ms=part.oldest_completed_ms,
         )
+        points = out.points
         for w in part.scored:
-            out.points.append(w.to_point())
-            out.points.extend(w.clean_points())
-            if w.state == "calibrating":
-                continue
-            out.events += self.alerts.observe(
-                w.asset, w.profile, w.end_ns, w.score, w.threshold, w.contributions, w.channels
-            )
+            points.append(w.point())
+            if w.clean is not None:
+                points.extend(w.clean_points())
+        out.events = self.alerts.observe_scored(part.scored)
         out.points += [alert_point(event) for event in out.events]
         out.points += [shift_point(shift) for shift in out.shifts]
         return out
@@ -151,6 +150,10 @@ class StreamCore:
         window progress (last window end, the offsets its next window spans), its alert tracker
         and its calibration. With the windows queued so far scored, `restore_asset` of it and a
         replay from those offsets continue the asset exactly where this core is."""
+        return self._taken_state(asset) | {"baselines": self.baselines.asset_state(asset)}
+
+    def _taken_state(self, asset: str) -> dict[str, Any]:
+        """`asset_state` with the calibration as taken (`Calibration`s), not yet encoded."""
         last_end, offsets = self.windows.progress(asset)
         tp = self._partition.get(asset)
         return {
@@ -159,7 +162,7 @@ class StreamCore:
             "last_end_ns": last_end,
             "window_offsets": [[t, p, off] for (t, p), off in sorted(offsets.items())],
             "alert": self.alerts.tracker_state(asset),
-            "baselines": self.baselines.asset_state(asset),
+            "baselines": self.baselines.calibrations(asset),
         }
 
     def restore_assets(self, states: dict[str, dict[str, Any]]) -> list[tuple[str, ValueError]]:
@@ -201,9 +204,12 @@ class StreamCore:
         self._changed.discard(asset)
 
     def changed_states(self) -> dict[str, dict[str, Any]]:
-        """The durable state of every asset changed since the last call (then none is)."""
+        """The durable state of every asset changed since the last call (then none is), as
+        `asset_state` but with each profile's calibration as a `Calibration` taken now: the
+        changelog encodes only what it has not written yet (`Calibration.to_json` gives the
+        inline item)."""
         changed, self._changed = self._changed, set()
-        return {asset: self.asset_state(asset) for asset in sorted(changed)}
+        return {asset: self._taken_state(asset) for asset in sorted(changed)}
 
     def mark_changed(self, assets: Iterable[str]) -> None:
         """States taken by `changed_states` that were not written: take them again next time."""

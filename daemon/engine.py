@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import sys
@@ -19,7 +20,14 @@ import torch
 from daemon.baselines import AssetBaselines, ScoreState, ShiftEvent
 from daemon.device_history import DeviceFeed, device_features
 from daemon.health import RateLimitedLog
-from daemon.lineprotocol import LineProtocolError, Point, key_text, tag_value
+from daemon.lineprotocol import (
+    LineProtocolError,
+    Point,
+    float_texts,
+    key_text,
+    plain_tag_values,
+    tag_value,
+)
 from daemon.settings import EngineSettings
 from daemon.windows import ReadyWindow, TopicPartitionId, WindowGeometry
 from seqae.artifacts import ArtifactError, LoadedProfile, current_version, load_profile
@@ -217,6 +225,12 @@ class ProfileRegistry:
         return swapped
 
 
+@functools.lru_cache(maxsize=256)
+def _error_keys(channels: tuple[str, ...]) -> tuple[str, ...]:
+    """The `seqae_score` field of each channel's error."""
+    return tuple(f"err_{name}" for name in channels)
+
+
 @dataclass(slots=True)
 class ScoredWindow:
     asset: str
@@ -265,11 +279,58 @@ class ScoredWindow:
         }
         if self.late:  # only when some were dropped: most windows have none
             fields["late"] = int(self.late)
-        for name, err in zip(self.channels, self.errors.tolist(), strict=True):
+        for key, err in zip(_error_keys(self.channels), self.errors.tolist(), strict=True):
             if math.isfinite(err):  # a channel with no observed sample has no error
-                fields[f"err_{name}"] = err
+                fields[key] = err
         tags = {"asset": self.asset, "profile": self.profile, "model_version": self.version}
         return Point("seqae_score", tags, fields, self.end_ns, self.line)
+
+    def point(self) -> Point:
+        """`to_point()` for the run loop: with its line made, its tags and fields are only
+        built if read (`encode` reads the line alone)."""
+        if self.line is None:
+            return self.to_point()
+        return _LinePoint(self)
+
+
+class _LinePoint(Point):
+    """A score point whose line is made: `ScoredWindow.to_point()`'s tags and fields are built
+    on first reading; it compares equal to that point."""
+
+    __slots__ = ("_built", "_window")
+
+    def __init__(self, window: ScoredWindow) -> None:
+        self._window = window
+        self._built: Point | None = None
+        self.measurement = "seqae_score"
+        self.time_ns = window.end_ns
+        self.line = window.line
+
+    def _full(self) -> Point:
+        if self._built is None:
+            self._built = self._window.to_point()
+        return self._built
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return self._full().tags
+
+    @tags.setter
+    def tags(self, value: dict[str, str]) -> None:
+        self._full().tags = value
+
+    @property
+    def fields(self) -> dict[str, float | int | bool | str]:
+        return self._full().fields
+
+    @fields.setter
+    def fields(self, value: dict[str, float | int | bool | str]) -> None:
+        self._full().fields = value
+
+    def __eq__(self, other: object) -> bool:
+        return self._full() == other
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 class ScoreLines:
@@ -282,14 +343,14 @@ class ScoreLines:
 
     def __init__(self, profile: str, version: str, channels: Sequence[str]) -> None:
         m = self.MEASUREMENT
-        # tags sorted: asset, model_version, profile; one `%` per line (most of its time is
-        # the shortest repr of each float, which the text needs)
+        # tags sorted: asset, model_version, profile; one `%` per line, of texts: the floats'
+        # shortest reprs are made for the whole batch at once (`float_texts`)
         version_text = tag_value(version, "model_version", m)
         profile_text = tag_value(profile, "profile", m)
-        errors = "".join(f",{key_text('err_' + c, m)}=%r" for c in channels)
+        errors = "".join(f",{key_text('err_' + c, m)}=%s" for c in channels)
         self._template = (
             f"{m},asset=%s,model_version={version_text},profile={profile_text}"
-            f' score=%r,threshold=%r,anomalous=%s,state="%s",gap=%s%s{errors} %d'
+            f' score=%s,threshold=%s,anomalous=%s,state="%s",gap=%s%s{errors} %d'
         )
 
     @classmethod
@@ -298,6 +359,39 @@ class ScoreLines:
             return cls(profile, version, channels)
         except LineProtocolError:
             return None  # an empty or unwritable tag: encoded point by point (and refused)
+
+    def lines(
+        self,
+        batch: Sequence[ReadyWindow],
+        numbers: np.ndarray,
+        anomalous: Sequence[bool],
+        states: Sequence[str],
+        finite: Sequence[bool],
+    ) -> list[str | None]:
+        """The line of each window of `batch` (None where not `finite`, or the asset id cannot
+        be a tag); `numbers` [N, 2 + C] holds each window's score, threshold and errors."""
+        texts = float_texts(numbers)
+        width = numbers.shape[1]
+        plain = plain_tag_values([w.asset for w in batch])  # else checked one by one
+        out: list[str | None] = []
+        for i, w in enumerate(batch):
+            asset_text = w.asset if plain else self._asset_text(w.asset)
+            if not finite[i] or asset_text is None:
+                out.append(None)
+                continue
+            at = i * width
+            out.append(
+                self._format(
+                    asset_text,
+                    w.end_ns,
+                    texts[at : at + width],
+                    anomalous[i],
+                    states[i],
+                    w.gap,
+                    w.late,
+                )
+            )
+        return out
 
     def line(
         self,
@@ -311,10 +405,30 @@ class ScoreLines:
         late: int,
         errors: Sequence[float],
     ) -> str | None:
+        """One window's line (its score, threshold and errors finite)."""
+        asset_text = self._asset_text(asset)
+        if asset_text is None:
+            return None
+        texts = float_texts(np.array([score, threshold, *errors], np.float64))
+        return self._format(asset_text, end_ns, texts, anomalous, state, gap, late)
+
+    def _asset_text(self, asset: str) -> str | None:
         try:
-            asset_text = tag_value(asset, "asset", self.MEASUREMENT)
+            return tag_value(asset, "asset", self.MEASUREMENT)
         except LineProtocolError:
             return None
+
+    def _format(
+        self,
+        asset_text: str,
+        end_ns: int,
+        texts: list[str],  # score, threshold, errors
+        anomalous: bool,
+        state: str,
+        gap: bool,
+        late: int,
+    ) -> str:
+        score, threshold, *errors = texts
         return self._template % (
             asset_text,
             score,
@@ -473,7 +587,8 @@ class ScoringEngine:
         return out
 
     def _hand_out(self, served: ServedProfile, batch: list[ReadyWindow]) -> None:
-        x = np.stack([w.values for w in batch])  # [N, W, C]
+        # np.array of same-shaped arrays: np.stack's values at a fraction of its overhead
+        x = np.array([w.values for w in batch])  # [N, W, C]
         used = self._baselines_of(served, batch, range(len(batch)))
         features = self._worker.submit(_timed_features, served, x, batch, used)
         self._in_flight.append(_InFlight(served, batch, x, used, features))
@@ -481,11 +596,10 @@ class ScoringEngine:
     def _baselines_of(
         self, served: ServedProfile, batch: Sequence[ReadyWindow], idx: Iterable[int]
     ) -> list[Baseline]:
-        lp = served.loaded
-        return [
-            self._baselines.baseline(served.name, served.version, batch[i].asset, lp.baseline)
-            for i in idx
-        ]
+        assets = [batch[i].asset for i in idx]
+        return self._baselines.baselines_for(
+            served.name, served.version, assets, served.loaded.baseline
+        )
 
     def _take(self, job: _InFlight, out: EngineOutput) -> None:
         served, batch, x, used = job.served, job.batch, job.x, job.used
@@ -497,16 +611,17 @@ class ScoringEngine:
         if self._write_clean:
             clean = reconstruct_raw(served.scorer, x, used, last=served.geometry.hop)
         rows = list(range(len(batch)))  # row of each window in `result`
-        states: list[tuple[ScoreState, ShiftEvent | None] | None] = [None] * len(batch)
-        stale = []
-        shifted = result.shifted.tolist()
-        for i, w in enumerate(batch):
-            if self._baselines.changed_since(
-                served.name, served.version, w.asset, used[i], lp.baseline
-            ):
-                stale.append(i)  # its baseline changed after hand-out
-                continue
-            states[i] = self._observe(served, w, shifted[i])
+        # stale: windows whose baseline changed after hand-out (scored again below)
+        states, stale = self._baselines.observe_batch(
+            served.scorer,
+            served.name,
+            served.version,
+            served.geometry.hop,
+            [(w.asset, w.end_ns, w.values) for w in batch],
+            result.shifted.tolist(),
+            used,
+            lp.baseline,
+        )
         if stale:
             again = served.scorer.score(x[stale], self._baselines_of(served, batch, stale))
             for j, i in enumerate(stale):
@@ -517,57 +632,60 @@ class ScoringEngine:
         at = np.asarray(rows)
         score, threshold, errors = result.score[at], result.threshold[at], result.errors[at]
         anomalous = result.anomalous[at].tolist()
-        lines = served.score_lines
         finite = (np.isfinite(score) & np.isfinite(threshold) & np.isfinite(errors).all(1)).tolist()
-        score_l, threshold_l, errors_l = score.tolist(), threshold.tolist(), errors.tolist()
+        score_l, threshold_l = score.tolist(), threshold.tolist()
         contributions = result.contributions[at]
         geometry = served.geometry
-        for i, w in enumerate(batch):
-            entry = states[i]
+        state_l: list[ScoreState] = []
+        for entry in states:
             assert entry is not None
             state, shift = entry
             if shift is not None:
                 out.shifts.append(shift)
-            alarm = anomalous[i] and state != "calibrating"
-            line = None
-            if lines is not None and finite[i]:
-                line = lines.line(
-                    w.asset,
-                    w.end_ns,
-                    score_l[i],
-                    threshold_l[i],
-                    alarm,
-                    state,
-                    w.gap,
-                    w.late,
-                    errors_l[i],
-                )
+            state_l.append(state)
+        alarms = [a and s != "calibrating" for a, s in zip(anomalous, state_l, strict=True)]
+        lines = served.score_lines
+        texts: Sequence[str | None] = [None] * len(batch)
+        if lines is not None:
+            numbers = np.column_stack([score, threshold, errors])
+            texts = lines.lines(batch, numbers, alarms, state_l, finite)
+        name, version, channels, period_ns = (
+            served.name,
+            served.version,
+            geometry.channels,
+            geometry.period_ns,
+        )
+        offsets = out.offsets
+        error_rows, contribution_rows = list(errors), list(contributions)  # views, made in C
+        for i, w in enumerate(batch):
             out.scored.append(
                 ScoredWindow(
                     asset=w.asset,
-                    profile=served.name,
-                    version=served.version,
-                    channels=geometry.channels,
+                    profile=name,
+                    version=version,
+                    channels=channels,
                     end_ns=w.end_ns,
                     score=score_l[i],
                     threshold=threshold_l[i],
-                    anomalous=alarm,
-                    state=state,
+                    anomalous=alarms[i],
+                    state=state_l[i],
                     gap=w.gap,
                     late=w.late,
-                    errors=errors[i],
-                    contributions=contributions[i],
+                    errors=error_rows[i],
+                    contributions=contribution_rows[i],
                     clean=None if clean is None else clean[i],
-                    period_ns=geometry.period_ns,
-                    line=line,
+                    period_ns=period_ns,
+                    line=texts[i],
                 )
             )
             for tp, off in w.offsets.items():
-                out.offsets[tp] = min(out.offsets.get(tp, off), off)
-            if w.completed_ms and (
-                not out.oldest_completed_ms or w.completed_ms < out.oldest_completed_ms
-            ):
-                out.oldest_completed_ms = w.completed_ms
+                if off < offsets.get(tp, off + 1):
+                    offsets[tp] = off
+        completed = [w.completed_ms for w in batch if w.completed_ms]
+        if completed:
+            oldest = min(completed)
+            if not out.oldest_completed_ms or oldest < out.oldest_completed_ms:
+                out.oldest_completed_ms = oldest
         out.batch_sizes.append(len(batch))
 
     def _observe(

@@ -11,10 +11,11 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import orjson
 
 # encode() also accepts numpy scalars at run time (np.float32, np.int64, np.bool_).
 FieldValue = float | int | bool | str
@@ -82,7 +83,44 @@ def tag_value(value: str, key: str, measurement: str) -> str:
     """A non-empty tag value, checked and escaped (uncached: one per asset would grow with the
     fleet)."""
     _check_name(value, f"tag {key!r} value", measurement)
-    return value.translate(_KEY_ESCAPES)
+    if "," in value or "=" in value or " " in value:
+        return value.translate(_KEY_ESCAPES)
+    return value  # most asset ids: nothing to escape (`in` is faster than translate)
+
+
+def plain_tag_values(values: Sequence[str]) -> bool:
+    """True when `tag_value` would return every value unchanged (non-empty strings with nothing
+    to escape or refuse): one scan of the joined text rather than checks per value."""
+    try:
+        joined = "\0".join(values)
+    except TypeError:  # a value that is not a string: `tag_value` names it
+        return False
+    return all(values) and not any(c in joined for c in _TAG_SPECIALS)
+
+
+_TAG_SPECIALS = (",", "=", " ", "\\", "\n", "\r")
+
+
+# Where Python's `repr` of a float writes fixed notation (it writes an exponent below 1e-4 and
+# from 1e16); orjson's text is the same there, kept a decade clear of the upper edge.
+_FIXED_MIN, _FIXED_MAX = 1e-4, 1e15
+
+
+def float_texts(values: np.ndarray) -> list[str]:
+    """`repr(float(v))` of each value of `values`, flattened in C order, made in bulk: orjson
+    writes the same shortest round-trip digits as Python, and the same text wherever both
+    write fixed notation (0 and magnitudes in [1e-4, 1e15)); the other values (exponents,
+    non-finite) take `repr`. About 0.2 us a value against 0.5-1 us for `repr` alone."""
+    flat = np.ascontiguousarray(values, np.float64).ravel()
+    if not len(flat):
+        return []
+    texts = orjson.dumps(flat, option=orjson.OPT_SERIALIZE_NUMPY).decode()[1:-1].split(",")
+    size = np.abs(flat)
+    with np.errstate(invalid="ignore"):
+        odd = np.flatnonzero(~((size >= _FIXED_MIN) & (size < _FIXED_MAX)) & (flat != 0))
+    for i, value in zip(odd.tolist(), flat[odd].tolist(), strict=True):
+        texts[i] = repr(value)
+    return texts
 
 
 def _field_value(value: object, key: str, measurement: str) -> str:

@@ -16,15 +16,22 @@ wait for partial windows; an asset whose hold names a partition or an offset tha
 reported one did not is listed by `WindowStore.take_unreported`, in O(1) per reading, so a
 checkpoint rewrites only those assets (and the ones whose window completed) instead of
 passing over every window.
+
+Memory: a fleet holds one `AssetWindow` per asset (and nothing else per asset in the store), so
+what does not differ between assets (the channel index, an all-zero fill count) is shared per
+geometry, and what usually has one entry (the partitions an asset's readings come from) is a
+tuple rather than a dict or set.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import zlib
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 
@@ -33,6 +40,7 @@ from daemon.settings import WindowSettings
 
 TopicPartitionId = tuple[str, int]
 _NO_OFFSET = np.iinfo(np.int64).max
+_NOTHING_HELD: Mapping[TopicPartitionId, int] = MappingProxyType({})
 
 
 def window_phase(asset: str, hop: int) -> int:
@@ -63,6 +71,20 @@ class WindowGeometry:
         return WindowGeometry(tuple(channels), period_ns, window, hop)
 
 
+@functools.lru_cache(maxsize=64)
+def _channel_index(channels: tuple[str, ...]) -> dict[str, int]:
+    """Column of each channel: one dict per geometry, shared by its assets (never mutated)."""
+    return {name: i for i, name in enumerate(channels)}
+
+
+@functools.lru_cache(maxsize=64)
+def _no_fill(n_channels: int) -> np.ndarray:
+    """The fill count of assets filling no channel: shared, read-only (a fill replaces it)."""
+    zeros = np.zeros(n_channels, np.int64)
+    zeros.flags.writeable = False
+    return zeros
+
+
 @dataclass(slots=True)
 class ReadyWindow:
     asset: str
@@ -84,6 +106,33 @@ class WindowCounters:
 class AssetWindow:
     """One asset's recent slots: raw readings, forward-filled final values, offsets per slot."""
 
+    __slots__ = (
+        "_cap",
+        "_complete",
+        "_fill_count",
+        "_filled",
+        "_filling",
+        "_final",
+        "_gap_hold",
+        "_gap_pending",
+        "_head",
+        "_index",
+        "_last_end",
+        "_late",
+        "_lateness",
+        "_max_fill",
+        "_per_tp",
+        "_phase",
+        "_raw",
+        "_reported",
+        "_run_start",
+        "_tps",
+        "asset",
+        "geometry",
+        "last_seen",
+        "unreported",
+    )
+
     def __init__(
         self,
         asset: str,
@@ -94,32 +143,43 @@ class AssetWindow:
     ) -> None:
         self.asset = asset
         self.geometry = geometry
+        self.last_seen = 0.0  # when its store last placed a reading (the store's clock)
         self._max_fill = max_fill
         self._lateness = lateness_slots
         c = len(geometry.channels)
-        self._index = {name: i for i, name in enumerate(geometry.channels)}
+        self._index = _channel_index(geometry.channels)
         self._phase = window_phase(asset, geometry.hop)
         self._cap = geometry.window + lateness_slots + max_fill + 2
         self._raw = np.full((self._cap, c), np.nan, np.float32)
         self._filled = np.full((self._cap, c), np.nan, np.float32)
-        self._offsets: dict[TopicPartitionId, np.ndarray] = {}
-        self._fill_count = np.zeros(c, np.int64)
+        # the partitions its readings came from (also those of readings dropped as too late),
+        # and per partition the smallest offset per slot
+        self._tps: tuple[TopicPartitionId, ...] = ()
+        self._per_tp: tuple[np.ndarray, ...] = ()
+        # slots forward-filled in a row, per channel (`_no_fill`, shared, while none is)
+        self._fill_count = _no_fill(c)
         self._filling = False  # some channel is being forward-filled (a count above zero)
-        self._complete = [False] * self._cap  # rows written with every channel
+        self._complete = bytearray(self._cap)  # 1: row written with every channel
         self._head: int | None = None  # newest slot with a reading
         self._run_start = 0  # first slot of the current run (since start or last reset)
         self._final = 0  # slots < _final are final
         self._gap_pending = False
-        self._gap_hold: dict[TopicPartitionId, int] = {}
+        self._gap_hold: Mapping[TopicPartitionId, int] = _NOTHING_HELD
         self._late = 0  # readings dropped as too late since the last window handed out
         # windows ending at or before this slot were written before a restart
         self._last_end = (
             resume_after_ns // geometry.period_ns if resume_after_ns is not None else -1
         )
-        # the hold last reported (`report_hold`); `unreported`: the hold may now need a
-        # reading it does not cover (a partition it lacks, or an offset below its own)
-        self._reported: dict[TopicPartitionId, int] = {}
+        # the hold last reported (`report_hold`), per partition of `_tps` (_NO_OFFSET: none
+        # named); `unreported`: the hold may now need a reading it does not cover (a partition
+        # it lacks, or an offset below its own)
+        self._reported: tuple[int, ...] = ()
         self.unreported = True
+
+    @property
+    def partitions(self) -> tuple[TopicPartitionId, ...]:
+        """The partitions any of its readings came from."""
+        return self._tps
 
     @property
     def last_end_ns(self) -> int | None:
@@ -129,6 +189,10 @@ class AssetWindow:
         self, reading: Reading, tp: TopicPartitionId, offset: int, counters: WindowCounters
     ) -> list[ReadyWindow]:
         slot = reading.ts_ns // self.geometry.period_ns
+        try:
+            i = self._tps.index(tp)
+        except ValueError:
+            i = self._add_partition(tp)
         ready: list[ReadyWindow] = []
         if self._head is None:
             self._start_run(slot)
@@ -152,30 +216,33 @@ class AssetWindow:
         values = reading.values
         if len(values) == len(self._index):  # every channel: one row write instead of C
             self._raw[row] = [values[name] for name in self.geometry.channels]
-            self._complete[row] = True
+            self._complete[row] = 1
         else:
             for name, value in values.items():
                 self._raw[row, self._index[name]] = value
-            self._complete[row] = False  # `_finalize_until` looks at which are missing
-        per_slot = self._offsets.get(tp)
-        if per_slot is None:
-            per_slot = self._offsets[tp] = np.full(self._cap, _NO_OFFSET, np.int64)
+            self._complete[row] = 0  # `_finalize_until` looks at which are missing
+        per_slot = self._per_tp[i]
         if offset < per_slot[row]:
             per_slot[row] = offset
         if not self.unreported:
             # Offsets grow within a partition and a next window's first slot only moves
             # later, so the readings a report named stay the oldest the window needs: a new
             # one at or above the reported offset of its partition is covered by it.
-            low = self._reported.get(tp)
-            if low is None or offset < low:
+            reported = self._reported
+            if i >= len(reported) or offset < reported[i]:
                 self.unreported = True
         return ready
+
+    def _add_partition(self, tp: TopicPartitionId) -> int:
+        self._tps += (tp,)
+        self._per_tp += (np.full(self._cap, _NO_OFFSET, np.int64),)
+        return len(self._tps) - 1
 
     def report_hold(self) -> dict[TopicPartitionId, int]:
         """`hold()`, remembered as the one durable state names (until `unreported` says a
         newer reading needs more)."""
         held = self.hold()
-        self._reported = held
+        self._reported = tuple(held.get(tp, _NO_OFFSET) for tp in self._tps)
         self.unreported = False
         return held
 
@@ -213,7 +280,7 @@ class AssetWindow:
             return {}
         a, b = start % self._cap, self._head % self._cap
         held = {}
-        for tp, per_slot in self._offsets.items():
+        for tp, per_slot in zip(self._tps, self._per_tp, strict=True):
             # the ring slots start..head as one or two slices
             low = int(
                 per_slot[a : b + 1].min()
@@ -228,18 +295,18 @@ class AssetWindow:
         row = slot % self._cap
         return {
             tp: int(per_slot[row])
-            for tp, per_slot in self._offsets.items()
+            for tp, per_slot in zip(self._tps, self._per_tp, strict=True)
             if per_slot[row] != _NO_OFFSET
         }
 
     def _start_run(self, slot: int) -> None:
         self._raw[:] = np.nan
         self._filled[:] = np.nan
-        for per_slot in self._offsets.values():
+        for per_slot in self._per_tp:
             per_slot[:] = _NO_OFFSET
-        self._fill_count[:] = 0
+        self._fill_count = _no_fill(len(self._index))
         self._filling = False
-        self._complete = [False] * self._cap
+        self._complete = bytearray(self._cap)
         self._head = slot
         self._run_start = slot
         self._final = slot
@@ -250,8 +317,8 @@ class AssetWindow:
         row = slot % self._cap
         if raw:
             self._raw[row] = np.nan
-            self._complete[row] = False
-        for per_slot in self._offsets.values():
+            self._complete[row] = 0
+        for per_slot in self._per_tp:
             per_slot[row] = _NO_OFFSET
 
     def _finalize_until(self, stop: int) -> list[ReadyWindow]:
@@ -264,19 +331,20 @@ class AssetWindow:
             if self._complete[row]:  # the common case: nothing to fill
                 self._filled[row] = raw
                 if self._filling:
-                    self._fill_count.fill(0)
+                    self._fill_count = _no_fill(len(raw))
                     self._filling = False
             else:
                 observed = ~np.isnan(raw)
                 if s == self._run_start:
                     self._filled[row] = raw
-                    self._fill_count[observed] = 0
+                    counts = np.where(observed, 0, self._fill_count)
                 else:
                     prev = self._filled[(s - 1) % self._cap]
                     fill = ~observed & (self._fill_count < self._max_fill)
                     self._filled[row] = np.where(observed, raw, np.where(fill, prev, np.nan))
-                    self._fill_count = np.where(observed, 0, self._fill_count + 1)
-                self._filling = bool(self._fill_count.any())
+                    counts = np.where(observed, 0, self._fill_count + 1)
+                self._filling = bool(counts.any())
+                self._fill_count = counts if self._filling else _no_fill(len(raw))
             if (
                 is_window_end(s, self._phase, g.hop)
                 and s - g.window + 1 >= self._run_start
@@ -290,24 +358,17 @@ class AssetWindow:
         g = self.geometry
         rows = np.arange(end - g.window + 1, end + 1) % self._cap
         offsets = {}
-        for tp, per_slot in self._offsets.items():
+        for tp, per_slot in zip(self._tps, self._per_tp, strict=True):
             low = int(per_slot[rows].min())
             if low != _NO_OFFSET:
                 offsets[tp] = low
         gap, late = self._gap_pending, self._late
         self._gap_pending = False
-        self._gap_hold = {}
+        self._gap_hold = _NOTHING_HELD
         self._late = 0
         self._last_end = end
         values = self._filled[rows].copy()
         return ReadyWindow(self.asset, end * g.period_ns, values, gap, offsets, late=late)
-
-
-@dataclass
-class _Entry:
-    window: AssetWindow
-    last_seen: float
-    partitions: set[TopicPartitionId] = field(default_factory=set)
 
 
 class WindowStore:
@@ -318,7 +379,7 @@ class WindowStore:
     ) -> None:
         self._s = settings
         self._clock = clock
-        self._assets: dict[str, _Entry] = {}
+        self._assets: dict[str, AssetWindow] = {}
         self.counters = WindowCounters()
         self._resume: dict[str, int] = {}
         self._unreported: set[str] = set()  # see `take_unreported`
@@ -333,18 +394,17 @@ class WindowStore:
     def add(
         self, reading: Reading, geometry: WindowGeometry, tp: TopicPartitionId, offset: int
     ) -> list[ReadyWindow]:
-        entry = self._assets.get(reading.asset)
-        if entry is None or entry.window.geometry != geometry:
+        window = self._assets.get(reading.asset)
+        if window is None or window.geometry != geometry:
             lateness = math.ceil(self._s.max_lateness_s * 1e9 / geometry.period_ns)
             resume = self._resume.get(reading.asset)
-            if entry is not None:
-                resume = entry.window.last_end_ns
+            if window is not None:
+                resume = window.last_end_ns
             window = AssetWindow(reading.asset, geometry, self._s.max_fill, lateness, resume)
-            entry = self._assets[reading.asset] = _Entry(window, self._clock())
-        entry.last_seen = self._clock()
-        entry.partitions.add(tp)
-        ready = entry.window.add(reading, tp, offset, self.counters)
-        if entry.window.unreported:
+            self._assets[reading.asset] = window
+        window.last_seen = self._clock()
+        ready = window.add(reading, tp, offset, self.counters)
+        if window.unreported:
             self._unreported.add(reading.asset)
         return ready
 
@@ -359,16 +419,16 @@ class WindowStore:
         """Smallest offset per partition of every asset's next window: a pass over all of
         them (commits use it only when the changelog does not carry the windows)."""
         held: dict[TopicPartitionId, int] = {}
-        for entry in self._assets.values():
-            for tp, off in entry.window.hold().items():
+        for window in self._assets.values():
+            for tp, off in window.hold().items():
                 held[tp] = min(held.get(tp, off), off)
         return held
 
     def last_ends(self) -> dict[str, int]:
         """Per asset, the end time of the last window handed out (for a restart to skip)."""
         ends = dict(self._resume)
-        for asset, entry in self._assets.items():
-            end = entry.window.last_end_ns
+        for asset, window in self._assets.items():
+            end = window.last_end_ns
             if end is not None:
                 ends[asset] = end
         return ends
@@ -376,12 +436,12 @@ class WindowStore:
     def progress(self, asset: str) -> tuple[int | None, dict[TopicPartitionId, int]]:
         """The asset's last window end handed out (None: none yet) and the offsets its next
         window spans (smallest per partition: where a restore seeks back to rebuild it)."""
-        entry = self._assets.get(asset)
+        window = self._assets.get(asset)
         self._unreported.discard(asset)
-        if entry is None:
+        if window is None:
             return self._resume.get(asset), {}
-        end = entry.window.last_end_ns
-        return (end if end is not None else self._resume.get(asset)), entry.window.report_hold()
+        end = window.last_end_ns
+        return (end if end is not None else self._resume.get(asset)), window.report_hold()
 
     def restore_progress(self, asset: str, last_end_ns: int | None) -> None:
         """The asset's windows ending at or before `last_end_ns` were written by a previous
@@ -394,7 +454,7 @@ class WindowStore:
             self._resume[asset] = last_end_ns
 
     def drop_partitions(self, partitions: set[TopicPartitionId]) -> list[str]:
-        dropped = [a for a, e in self._assets.items() if e.partitions & partitions]
+        dropped = [a for a, w in self._assets.items() if not partitions.isdisjoint(w.partitions)]
         for asset in dropped:
             self._resume.pop(asset, None)
             self._unreported.discard(asset)
@@ -407,11 +467,11 @@ class WindowStore:
 
     def evict_idle(self) -> list[str]:
         cutoff = self._clock() - self._s.idle_eviction_s
-        idle = [a for a, e in self._assets.items() if e.last_seen < cutoff]
+        idle = [a for a, w in self._assets.items() if w.last_seen < cutoff]
         for asset in idle:
             self._unreported.discard(asset)  # the caller writes their state: no window now
-            entry = self._assets.pop(asset)
-            if entry.window.last_end_ns is not None:
-                self._resume[asset] = entry.window.last_end_ns
+            window = self._assets.pop(asset)
+            if window.last_end_ns is not None:
+                self._resume[asset] = window.last_end_ns
         self.counters.evicted += len(idle)
         return idle

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -84,7 +84,7 @@ class AlertEvent:
         return event
 
 
-@dataclass(slots=True)  # one per asset: no per-instance __dict__
+@dataclass(slots=True)  # one per asset: no per-instance __dict__, no empty lists of its own
 class AlertTracker:
     """One asset's alert state machine: idle -> pending (above enter) -> open -> idle.
 
@@ -101,7 +101,7 @@ class AlertTracker:
     opened_ns: int = 0
     peak_score: float = 0.0
     peak_ratio: float = 0.0
-    peak_channels: list[str] = field(default_factory=list)
+    peak_channels: Sequence[str] = ()
     last_event_ns: int = 0
     severity: Literal["warning", "critical"] = "warning"
     cooldown_until_ns: int = -1
@@ -109,7 +109,7 @@ class AlertTracker:
     clear_since_ns: int = -1
     pending_peak_score: float = 0.0
     pending_peak_ratio: float = 0.0
-    pending_peak_channels: list[str] = field(default_factory=list)
+    pending_peak_channels: Sequence[str] = ()
 
     @property
     def alert_id(self) -> str:
@@ -206,7 +206,7 @@ class AlertTracker:
         time_ns: int,
         score: float,
         threshold: float,
-        top: list[str],
+        top: Sequence[str],
         *,
         reopened: bool = False,
     ) -> AlertEvent:

@@ -5,10 +5,16 @@ covariance) are fitted on the first part, the threshold is set on the scores of 
 Overlapping windows are not independent samples, so fitting both on the same windows would set
 the threshold far too low. A `Baseline` bundles everything one asset needs: its scaler, its
 error statistics, its threshold and the input range it has seen.
+
+A fleet holds one fitted `Baseline` per asset. The arrays that are the profile's rather than
+the asset's (`PROFILE_WIDE`: the training scaler, the operating envelope, ...) are shared by
+every baseline that holds the same values (`shared_array`), and so are empty arrays.
 """
 
 from __future__ import annotations
 
+import sys
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
@@ -35,6 +41,36 @@ NO_ERROR_SPREAD = 1e-12
 MIN_THRESHOLD_MARGIN = 1e-3
 
 
+# The arrays an asset's baseline keeps from its profile's (fit_asset_baseline keeps the training
+# scaler and the envelope unless it refits the scaler; the decoder's variance and the degenerate
+# channels are the model's): equal in every fitted baseline of the profile, so shared.
+PROFILE_WIDE = ("center", "scale", "env_mean", "env_basis", "obs_log_var", "degenerate")
+# Distinct values shared at most (a fleet whose scalers were refitted per asset has one each:
+# past this many, a new value is kept by its baseline alone instead of costing a table entry).
+MAX_SHARED_ARRAYS = 4096
+_shared: weakref.WeakValueDictionary[tuple[str, tuple[int, ...], bytes], np.ndarray] = (
+    weakref.WeakValueDictionary()
+)
+
+
+def shared_array(values: np.ndarray) -> np.ndarray:
+    """A read-only array equal to `values` (dtype, shape and bytes), the same object for every
+    caller while one of them holds it."""
+    key = (values.dtype.str, values.shape, values.tobytes())
+    found = _shared.get(key)
+    if found is None:
+        if len(_shared) >= MAX_SHARED_ARRAYS:
+            return values
+        found = np.array(values)
+        found.flags.writeable = False
+        _shared[key] = found
+    return found
+
+
+def _empty(shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    return shared_array(np.zeros(shape, dtype))
+
+
 class CalibrationError(ValueError):
     pass
 
@@ -58,17 +94,17 @@ class Baseline:
     threshold: float
     score_kind: ScoreKind = "mahalanobis"
     # the input range its normal data covered (0.5 and 99.5 percentiles), for reports
-    range_low: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # [C]
-    range_high: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # [C]
+    range_low: np.ndarray = field(default_factory=lambda: _empty((0,), np.float32))  # [C]
+    range_high: np.ndarray = field(default_factory=lambda: _empty((0,), np.float32))  # [C]
     # Operating envelope: mean [C] and principal directions [K, C] of normal windows' channel
     # means in scaled units; moving a window along them is a change of operating point.
-    env_mean: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    env_basis: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    env_mean: np.ndarray = field(default_factory=lambda: _empty((0,), np.float32))
+    env_basis: np.ndarray = field(default_factory=lambda: _empty((0, 0), np.float32))
     info: dict[str, Any] = field(default_factory=dict)
     # "likelihood" only: the variational decoder's per-channel log-variance [C] (scaled units)
-    obs_log_var: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
+    obs_log_var: np.ndarray = field(default_factory=lambda: _empty((0,), np.float64))
     # [C] True for a channel the scaler found degenerate (seqae.channels); empty: none
-    degenerate: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    degenerate: np.ndarray = field(default_factory=lambda: _empty((0,), bool))
 
     def displacement(self, windows: np.ndarray) -> np.ndarray:
         """[N, C] raw-unit move of each window's channel means along the operating envelope,
@@ -108,6 +144,13 @@ class Baseline:
             center=np.asarray(self.center + displacement, np.float32),
             info={**self.info, "moved_by": np.asarray(displacement).tolist()},
         )
+
+    def share_profile_wide(self) -> Baseline:
+        """Hold the `PROFILE_WIDE` arrays as shared read-only copies (same values): a fleet's
+        baselines then hold one copy of what is their profile's. Returns itself."""
+        for name in PROFILE_WIDE:
+            setattr(self, name, shared_array(getattr(self, name)))
+        return self
 
     @property
     def scaler(self) -> RobustScaler:
@@ -167,10 +210,11 @@ class Baseline:
                 )
                 if d.get("env_mean")
                 else np.zeros((0, 0), np.float32),
-                info=dict(d.get("info", {})),
+                info=_interned(dict(d.get("info", {}))),
                 obs_log_var=np.asarray(d.get("obs_log_var", []), np.float64),
             )
             b.degenerate = _channel_mask(d.get("degenerate", []), len(b.center))
+            b.share_profile_wide()
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise CalibrationError(f"baseline is malformed: {exc!r}") from exc
         f = len(b.err_mean)
@@ -181,6 +225,15 @@ class Baseline:
         if b.score_kind == "likelihood" and b.obs_log_var.shape != b.err_mean.shape:
             raise CalibrationError("score kind 'likelihood' needs obs_log_var, one per channel")
         return b
+
+
+def _interned(info: dict[str, Any]) -> dict[str, Any]:
+    """`info` with its names (and text values) interned: a decoded file or changelog record
+    gives every asset's baseline its own copy of the same dozen names otherwise."""
+    return {
+        (sys.intern(k) if isinstance(k, str) else k): (sys.intern(v) if isinstance(v, str) else v)
+        for k, v in info.items()
+    }
 
 
 def _channel_mask(indices: Sequence[int], n_channels: int) -> np.ndarray:
@@ -585,4 +638,4 @@ def fit_asset_baseline(
         blended.info.update(
             expected_false_alerts(held_out, policy or ThresholdPolicy(), period_s * hop, rule)
         )
-    return blended
+    return blended.share_profile_wide()

@@ -209,12 +209,14 @@ def test_a_checkpoint_writes_only_changed_assets_and_commits_past_partial_window
     checkpoint()
     assert broker.written == [["pump-1", "pump-2"]]  # neither state written again
     assert broker.commits[-1] == {parts["pump-1"]: 101}
-    assert daemon.core.baseline_snapshot().files == []  # no warm-up file rewritten
+    assert not (tmp_path / "warmup").exists()  # the changelog holds warm-ups: no file written
     assert feed("pump-2", 110) > 0
     checkpoint()
     assert broker.written[1:] == [["pump-2"]]  # only the asset whose window completed
-    snap = daemon.core.baseline_snapshot()
-    assert snap.files == []  # its warm-up file was written by that checkpoint
+    assert not (tmp_path / "warmup").exists()
+    daemon._commit_now(daemon._safe_offsets())  # a stop or revocation: the local cache too
+    assert sorted(p.stem for p in (tmp_path / "warmup").rglob("*.npy")) == ["pump-1", "pump-2"]
+    assert daemon.core.baseline_snapshot().files == []  # written: nothing left to write
     daemon.core.close()
 
 

@@ -205,3 +205,41 @@ def test_library_alert_rule_is_the_shipped_config() -> None:
     for rule in (Rule(), Rule.from_toml(example)):
         for name in Rule.__dataclass_fields__:
             assert getattr(rule, name) == getattr(shipped, name), name
+
+
+def test_baselines_share_their_profiles_arrays_and_keep_their_own() -> None:
+    """Baselines restored from separate records (as a fleet is, after a rebalance) hold one
+    read-only copy of the arrays that are their profile's, and their own statistics."""
+    import json
+
+    from seqae import calibrate
+
+    record = json.dumps(_baseline().to_dict())
+    first, second = (json.loads(record) for _ in range(2))
+    second["err_mean"][0] += 0.5  # the asset's own statistics differ
+    a, b = Baseline.from_dict(first), Baseline.from_dict(second)
+    for name in calibrate.PROFILE_WIDE:
+        assert getattr(a, name) is getattr(b, name), name
+        assert not getattr(a, name).flags.writeable, name
+    assert a.err_mean is not b.err_mean and a.precision is not b.precision
+    assert a.err_mean.flags.writeable
+    assert a.to_dict() == json.loads(record)
+    assert [k for k in a.info] == [k for k in b.info] and all(
+        x is y for x, y in zip(a.info, b.info, strict=True)
+    )  # one copy of the names
+    errors = np.abs(np.random.default_rng(1).normal(1.0, 0.3, (7, 3)))
+    np.testing.assert_array_equal(a.scores(errors)[0], _baseline().scores(errors)[0])
+
+
+def test_sharing_stops_at_its_bound_and_keeps_the_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    from seqae import calibrate
+
+    monkeypatch.setattr(calibrate, "MAX_SHARED_ARRAYS", len(calibrate._shared))
+    values = np.array([1.0, 2.0, 3.25], np.float32)  # a value no baseline holds yet
+    kept = calibrate.shared_array(values)
+    assert kept is values and kept.flags.writeable
+    monkeypatch.setattr(calibrate, "MAX_SHARED_ARRAYS", len(calibrate._shared) + 1)
+    shared = calibrate.shared_array(values)
+    assert shared is not values and not shared.flags.writeable
+    np.testing.assert_array_equal(shared, values)
+    assert calibrate.shared_array(values.copy()) is shared

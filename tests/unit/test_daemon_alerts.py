@@ -302,3 +302,16 @@ def test_forget_drops_a_revoked_assets_state() -> None:
     run(book, [1.5], asset="p2")
     book.forget(["p1"])
     assert set(book.to_dict()) == {"p2"}
+
+
+def test_a_tracker_that_never_ranked_channels_writes_them_as_empty_lists() -> None:
+    """A quiet asset's tracker holds no channel lists of its own; its state is as before."""
+    book = AlertBook(AlertSettings(update_every_s=1000))
+    run(book, [0.5], asset="quiet")
+    state = book.tracker_state("quiet")
+    assert state is not None
+    assert state["peak_channels"] == [] and state["pending_peak_channels"] == []
+    assert json.loads(json.dumps(state)) == state
+    book.restore_tracker("quiet", state)
+    assert book.tracker_state("quiet") == state
+    assert run(book, [1.5], start=1, asset="quiet") == [(1, "open", "warning")]

@@ -298,3 +298,36 @@ def test_the_store_lists_an_asset_until_its_progress_is_reported() -> None:
     assert other in store.progress("pump-b")[1]
     store.drop_partitions({TP})
     assert store.take_unreported() == set()
+
+
+def test_an_asset_read_from_two_partitions_is_dropped_with_either() -> None:
+    other = ("sensors", 1)
+    for revoked in (TP, other):
+        store = WindowStore(in_order())
+        feed(store, [0, 1, 2])
+        store.add(Reading("pump-b", 3 * S, {"a": 1.0, "b": 2.0}), GEO, other, 0)
+        feed(store, [0, 1], asset="pump-c")
+        assert store.drop_partitions({revoked}) == (
+            ["pump-b", "pump-c"] if revoked == TP else ["pump-b"]
+        )
+    # a partition whose only reading was dropped as too late still names the asset
+    store = WindowStore(in_order())
+    feed(store, [0, 1, 2, 3])
+    assert store.add(Reading("pump-b", 0, {"a": 1.0, "b": 2.0}), GEO, other, 7) == []
+    assert store.counters.late_dropped == 1
+    assert store.drop_partitions({other}) == ["pump-b"]
+
+
+def test_one_assets_forward_fill_does_not_reach_anothers_window() -> None:
+    """The fill counts of assets filling nothing are one shared array: an asset that fills
+    must count on its own."""
+    store = WindowStore(in_order(max_fill=1))
+    missing_b = {s: {"a": float(s)} for s in (1, 2, 3)}
+    (filled,) = feed(store, [0, 1, 2, 3, 4], asset="pump-b", values=missing_b)
+    (whole,) = feed(store, [0, 1, 2, 3, 4], asset="pump-c")  # same window ends as pump-b
+    assert filled.values[:2, 1].tolist() == [0.0, 0.0]  # filled once from slot 0
+    assert np.isnan(filled.values[2:, 1]).all()  # then missing: max_fill reached
+    assert whole.values[:, 1].tolist() == [0.0, 10.0, 20.0, 30.0]
+    # after a whole row the filling asset counts afresh: slot 6 is filled again
+    again = feed(store, [5, 6, 7, 8], asset="pump-b", start_offset=5, values={6: {"a": 6.0}})
+    assert again[-1].values[:, 1].tolist() == [40.0, 50.0, 50.0, 70.0]
