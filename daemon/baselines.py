@@ -119,6 +119,12 @@ class _AssetCalibration:
     changes: int = 0  # bumped on every change worth persisting
     saved: int = 0  # `changes` as of the last snapshot written
 
+    def current(self, default: Baseline) -> Baseline:
+        """What scores the asset's windows: the moved baseline, else its own, else `default`."""
+        if self.moved is not None:
+            return self.moved
+        return self.baseline if self.baseline is not None else default
+
 
 @dataclass(frozen=True, slots=True)
 class Calibration:
@@ -190,10 +196,7 @@ class AssetBaselines:
         return entry
 
     def baseline(self, profile: str, version: str, asset: str, default: Baseline) -> Baseline:
-        entry = self._entry(profile, version, asset)
-        if entry.moved is not None:
-            return entry.moved
-        return entry.baseline if entry.baseline is not None else default
+        return self._entry(profile, version, asset).current(default)
 
     def changed_since(
         self, profile: str, version: str, asset: str, used: Baseline, default: Baseline
@@ -207,17 +210,7 @@ class AssetBaselines:
         self, profile: str, version: str, assets: Sequence[str], default: Baseline
     ) -> list[Baseline]:
         """`baseline` of each of a batch's assets."""
-        entries = self._assets
-        out = []
-        for asset in assets:
-            entry = entries.get((profile, asset))
-            if entry is None or entry.version != version:
-                entry = self._entry(profile, version, asset)
-            if entry.moved is not None:
-                out.append(entry.moved)
-            else:
-                out.append(entry.baseline if entry.baseline is not None else default)
-        return out
+        return [self._entry(profile, version, asset).current(default) for asset in assets]
 
     def observe_batch(
         self,
@@ -241,11 +234,7 @@ class AssetBaselines:
         for i, (asset, time_ns, values) in enumerate(windows):
             entry = entries.get((profile, asset))
             if entry is not None and entry.version == version:
-                if entry.moved is not None:
-                    current = entry.moved
-                else:
-                    current = entry.baseline if entry.baseline is not None else default
-                if current is not used[i]:
+                if entry.current(default) is not used[i]:
                     stale.append(i)
                     continue
                 if not (shifted[i] or entry.shifted or (calibrates and entry.baseline is None)):
