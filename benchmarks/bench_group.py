@@ -473,6 +473,7 @@ def main() -> None:
     # what daemon_config reads from bench_load's arguments
     args.max_poll_records, args.baselines, args.max_batch, args.max_wait_ms = 2000, "model", 256, 50
     args.commit_interval_s = None  # the daemon's own
+    args.client = None
     tmp = Path(tempfile.mkdtemp(prefix="bench-group-"))
     train_small_profile(tmp / "models", kind="lstm", window=50, hop=10)
     topic = f"bench-group-{uuid.uuid4().hex[:8]}"

@@ -1,9 +1,11 @@
-"""Ingest rate: the daemon's KafkaSource + MessageDecoder against a bare kafka-python loop.
+"""Ingest rate: the daemon's source + MessageDecoder against bare client loops, per client.
 
-Both read the same topic from the start in a fresh consumer group; the bare loop does
-`KafkaConsumer.poll` + `json.loads` (and again with `orjson.loads`, the daemon's parser), the
-daemon path `KafkaSource.poll` + `MessageDecoder.decode`.
-Prints messages/s for each and the ratio (daemon / bare). Needs a broker, e.g. the devstack one:
+Every path reads the same topic from the start in a fresh consumer group. The bare loops:
+kafka-python's `KafkaConsumer.poll` + `json.loads` (and `orjson.loads`, the daemon's parser),
+and confluent-kafka's `Consumer.consume` + `orjson.loads`. The daemon paths: `Source.poll` +
+`MessageDecoder.decode` with `kafka.client` = kafka-python and = confluent (the default).
+Prints messages/s for each and the ratios: each daemon path against its own client's bare
+loop, and the confluent daemon path against the kafka-python one. Needs a broker, e.g.:
 
     python deploy/local/devstack.py up
     python benchmarks/bench_ingest.py --messages 100000
@@ -20,12 +22,13 @@ import uuid
 from collections.abc import Callable
 
 import orjson
+from confluent_kafka import Consumer
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 
 from daemon.codec import MessageDecoder
 from daemon.settings import InputSettings, KafkaSettings
-from daemon.source import KafkaSource, TopicPartitionId
+from daemon.source import TopicPartitionId, open_source
 
 CHANNELS = ["pressure", "flow", "temperature", "vibration"]
 
@@ -74,6 +77,31 @@ def bare_rate(
     return seen / elapsed
 
 
+def bare_confluent_rate(bootstrap: str, topic: str, messages: int) -> float:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-bare-{uuid.uuid4().hex[:6]}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe([topic])
+    seen = 0
+    start = None
+    while seen < messages:
+        batch = consumer.consume(2000, 0.5)
+        if start is None and batch:
+            start = time.perf_counter()
+        for m in batch:
+            if m.error() is None:
+                orjson.loads(m.value())  # type: ignore[arg-type]
+                seen += 1
+    elapsed = time.perf_counter() - (start or time.perf_counter())
+    consumer.close()
+    return seen / elapsed
+
+
 class _NoRebalanceWork:
     def on_revoked(self, partitions: set[TopicPartitionId]) -> None:
         pass
@@ -82,13 +110,14 @@ class _NoRebalanceWork:
         pass
 
 
-def daemon_rate(bootstrap: str, topic: str, messages: int) -> float:
+def daemon_rate(bootstrap: str, topic: str, messages: int, client: str) -> float:
     settings = KafkaSettings(
         bootstrap_servers=[bootstrap],
         topics=[topic],
         group_id=f"bench-daemon-{uuid.uuid4().hex[:6]}",
+        client=client,  # type: ignore[arg-type]
     )
-    source = KafkaSource(settings, _NoRebalanceWork())
+    source = open_source(settings, _NoRebalanceWork())
     decoder = MessageDecoder(InputSettings(), lambda asset: CHANNELS)
     seen = 0
     start = None
@@ -116,22 +145,40 @@ def main() -> None:
     args = parser.parse_args()
     topic = f"bench-ingest-{uuid.uuid4().hex[:8]}"
     fill_topic(args.bootstrap, topic, args.messages, args.assets, args.partitions)
-    bare, bare_orjson, ours = [], [], []
-    for _ in range(args.rounds):  # alternate so neither side always runs on a warm cache
-        bare.append(bare_rate(args.bootstrap, topic, args.messages))
-        bare_orjson.append(bare_rate(args.bootstrap, topic, args.messages, orjson.loads))
-        ours.append(daemon_rate(args.bootstrap, topic, args.messages))
+    paths: dict[str, Callable[[], float]] = {
+        "bare kafka-python poll + json.loads     ": lambda: bare_rate(
+            args.bootstrap, topic, args.messages
+        ),
+        "bare kafka-python poll + orjson.loads   ": lambda: bare_rate(
+            args.bootstrap, topic, args.messages, orjson.loads
+        ),
+        "daemon source (kafka-python) + decoder  ": lambda: daemon_rate(
+            args.bootstrap, topic, args.messages, "kafka-python"
+        ),
+        "bare confluent consume + orjson.loads   ": lambda: bare_confluent_rate(
+            args.bootstrap, topic, args.messages
+        ),
+        "daemon source (confluent) + decoder     ": lambda: daemon_rate(
+            args.bootstrap, topic, args.messages, "confluent"
+        ),
+    }
+    rates: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(args.rounds):  # alternate so no path always runs on a warm cache
+        for name, run in paths.items():
+            rates[name].append(run())
     print(f"messages: {args.messages}  assets: {args.assets}  partitions: {args.partitions}")
     print(f"rounds: {args.rounds}, each path once per round; msg/s median (best)")
-    b, bo, d = (statistics.median(r) for r in (bare, bare_orjson, ours))
-    for name, rates in (
-        ("bare kafka-python poll + json.loads  ", bare),
-        ("bare kafka-python poll + orjson.loads", bare_orjson),
-        ("KafkaSource.poll + MessageDecoder    ", ours),
-    ):
-        print(f"{name} : {statistics.median(rates):10.0f} ({max(rates):.0f})")
-    print(f"ratio daemon/bare (json.loads), medians   : {d / b:6.2f}")
-    print(f"ratio daemon/bare (orjson.loads), medians : {d / bo:6.2f}")
+    for name, got in rates.items():
+        print(f"{name} : {statistics.median(got):10.0f} ({max(got):.0f})")
+    bare_kp, bare_kp_orjson, ours_kp, bare_cf, ours_cf = (
+        statistics.median(r) for r in rates.values()
+    )
+    print(f"ratio daemon/bare, kafka-python (json.loads), medians   : {ours_kp / bare_kp:6.2f}")
+    print(
+        f"ratio daemon/bare, kafka-python (orjson.loads), medians : {ours_kp / bare_kp_orjson:6.2f}"
+    )
+    print(f"ratio daemon/bare, confluent (orjson.loads), medians    : {ours_cf / bare_cf:6.2f}")
+    print(f"ratio daemon confluent / daemon kafka-python, medians   : {ours_cf / ours_kp:6.2f}")
 
 
 if __name__ == "__main__":

@@ -188,6 +188,7 @@ def daemon_config(
 ) -> None:
     interval = args.commit_interval_s
     commit_line = f"commit_interval_s = {interval}\n" if interval is not None else ""
+    client_line = f'client = "{args.client}"\n' if args.client is not None else ""
     path.write_text(
         f"""
 state_dir = "{tmp / "state"}"
@@ -199,7 +200,7 @@ group_id = "{topic}"
 client_id = "bench-load"
 auto_offset_reset = "earliest"
 max_poll_records = {args.max_poll_records}
-[profiles]
+{client_line}[profiles]
 models_root = "{tmp / "models"}"
 routes = [{{ pattern = "asset-*", profile = "bench" }}]
 [baselines]
@@ -779,6 +780,12 @@ def main() -> None:
         "--commit-interval-s", type=float, default=None, help="default: the daemon's own"
     )
     parser.add_argument("--max-poll-records", type=int, default=2000)
+    parser.add_argument(
+        "--client",
+        choices=["confluent", "kafka-python"],
+        default=None,
+        help="the daemon's kafka.client (default: the daemon's own)",
+    )
     parser.add_argument("--sample-s", type=float, default=5.0)
     parser.add_argument(
         "--warmup-s", type=float, default=90.0, help="left out of the steady-state figures"

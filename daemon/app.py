@@ -9,6 +9,7 @@ import os
 import queue
 import signal
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -27,7 +28,7 @@ from daemon.lineprotocol import Point
 from daemon.publish import KafkaPublisher, PublishError
 from daemon.settings import DaemonSettings
 from daemon.sink import InfluxSink, check_influx_access
-from daemon.source import KafkaSource, KafkaUnavailable, Record, lag_figures
+from daemon.source import KafkaUnavailable, Record, Source, lag_figures, open_source
 from daemon.windows import TopicPartitionId
 from seqae.artifacts import ArtifactError, write_atomic
 
@@ -115,7 +116,7 @@ class Daemon:
         self._unexpected = health.RateLimitedLog(log)
         self._lag_export = health.LagExport()
         self._waiting: dict[TopicPartitionId, str] = {}  # partition -> profile it waits for
-        self.source: KafkaSource | None = None
+        self.source: Source | None = None
         self.sink: InfluxSink | None = None
         self.publisher: KafkaPublisher | None = None
         self.changelog: Changelog | None = None
@@ -319,13 +320,7 @@ class Daemon:
         try:
             self.publisher = KafkaPublisher(s.kafka, should_stop=lambda: self._stop)
             self.changelog = Changelog(s.kafka, should_stop=lambda: self._stop)
-            self.source = KafkaSource(
-                s.kafka,
-                self,
-                should_stop=lambda: self._stop,
-                session_timeout_ms=s.kafka.session_timeout_ms,
-                heartbeat_interval_ms=s.kafka.heartbeat_interval_ms,
-            )
+            self.source = open_source(s.kafka, self, should_stop=lambda: self._stop)
         except KafkaUnavailable as exc:
             self.close()
             raise StartupError(f"kafka.connect_timeout_s: {exc}") from exc
@@ -544,8 +539,8 @@ class Daemon:
         if not out.scored:
             return
         assert self.sink is not None
-        for w in out.scored:
-            health.windows_scored.labels(profile=w.profile).inc()
+        for profile, count in Counter(w.profile for w in out.scored).items():
+            health.windows_scored.labels(profile=profile).inc(count)
         for event in out.events:
             health.alert_events.labels(state=event.state).inc()
             if self.publisher is not None:

@@ -29,9 +29,9 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -40,6 +40,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from prometheus_client import Gauge
 
 from daemon.baselines import Calibration, join_arrays_json
+from daemon.confluent_producer import AcknowledgedProducer, DeliveryFailed
 from daemon.settings import KafkaSettings
 from daemon.source import Reachability, connect, kafka_client_options
 from daemon.windows import TopicPartitionId
@@ -445,6 +446,47 @@ def _read_part(asset: str, parts: dict[str, bytes], digest: str, kind: str) -> d
     return body
 
 
+class _StateProducer(Protocol):
+    def send(
+        self, topic: str, messages: Sequence[tuple[bytes, bytes | None, int]], timeout_s: float
+    ) -> None: ...
+
+    def send_acknowledged(
+        self, topic: str, messages: Sequence[tuple[bytes, bytes | None, int]], timeout_s: float
+    ) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _KafkaPythonProducer:
+    """kafka-python's producer behind the interface of `AcknowledgedProducer`."""
+
+    def __init__(self, producer: KafkaProducer) -> None:
+        self._producer = producer
+
+    def send(
+        self, topic: str, messages: Sequence[tuple[bytes, bytes | None, int]], timeout_s: float
+    ) -> None:
+        self._sent(topic, messages)
+
+    def _sent(self, topic: str, messages: Sequence[tuple[bytes, bytes | None, int]]) -> list[Any]:
+        return [
+            self._producer.send(topic, key=key, value=value, partition=partition)
+            for key, value, partition in messages
+        ]
+
+    def send_acknowledged(
+        self, topic: str, messages: Sequence[tuple[bytes, bytes | None, int]], timeout_s: float
+    ) -> None:
+        futures = self._sent(topic, messages)
+        self._producer.flush(timeout=timeout_s)
+        for future in futures:
+            future.get(timeout=0)
+
+    def close(self) -> None:
+        self._producer.close()
+
+
 class Changelog:
     """Writes asset states (acknowledged by the broker before `write` returns) and reads a set
     of partitions back. Construction retries an unreachable broker like KafkaSource."""
@@ -462,20 +504,28 @@ class Changelog:
         self.reachability = reachability or Reachability()
         base = kafka_client_options(settings)
         timeout_s, stop = settings.connect_timeout_s, should_stop
-        self._producer = connect(
-            KafkaProducer,
-            base
-            | {
-                "acks": "all",
-                "linger_ms": 5,
-                "max_request_size": MAX_STATE_BYTES + 4096,
-                "max_block_ms": int(settings.call_timeout_s * 1000),
-            },
-            timeout_s=timeout_s,
-            what="changelog producer",
-            reachability=self.reachability,
-            should_stop=stop,
-        )
+        self._producer: _StateProducer
+        if settings.client == "confluent":
+            self._producer = AcknowledgedProducer(
+                settings, max_message_bytes=MAX_STATE_BYTES + 4096
+            )
+        else:
+            self._producer = _KafkaPythonProducer(
+                connect(
+                    KafkaProducer,
+                    base
+                    | {
+                        "acks": "all",
+                        "linger_ms": 5,
+                        "max_request_size": MAX_STATE_BYTES + 4096,
+                        "max_block_ms": int(settings.call_timeout_s * 1000),
+                    },
+                    timeout_s=timeout_s,
+                    what="changelog producer",
+                    reachability=self.reachability,
+                    should_stop=stop,
+                )
+            )
         self._make_reader = lambda: connect(
             KafkaConsumer,
             base
@@ -567,37 +617,30 @@ class Changelog:
         acknowledged within `kafka.call_timeout_s`: the caller must not commit then."""
         batch = self._parts.encode(states)
         try:
-            self._send(batch.parts)
-            self._send(batch.records)
-        except KafkaError as exc:
+            for messages in (batch.parts, batch.records):
+                if messages:
+                    self._producer.send_acknowledged(
+                        self.topic,
+                        [(m.key, m.value, m.partition) for m in messages],
+                        self._timeout_s,
+                    )
+        except (KafkaError, DeliveryFailed) as exc:
             self.reachability.failed("changelog write", exc, report=False)
             raise ChangelogError(f"changelog {self.topic!r} not written: {exc!r}") from exc
         if batch.records:
             self.reachability.succeeded()
         tombstones = self._parts.acknowledged(batch)
         try:
-            for message in tombstones:
-                self._producer.send(
-                    self.topic, key=message.key, value=None, partition=message.partition
-                )
-        except KafkaError as exc:  # the parts stay until a restore finds them unnamed
+            self._producer.send(
+                self.topic, [(m.key, None, m.partition) for m in tombstones], self._timeout_s
+            )
+        except (KafkaError, DeliveryFailed) as exc:  # the parts stay until a restore finds them
             log.warning("changelog %r: tombstones of unnamed parts not sent: %r", self.topic, exc)
         written = batch.part_bytes + batch.record_bytes
         self.records_written += len(batch.records)
         self.parts_written += sum(1 for m in batch.parts if m.value is not None)
         self.bytes_written += written
         return written
-
-    def _send(self, messages: list[Message]) -> None:
-        if not messages:
-            return
-        futures = [
-            self._producer.send(self.topic, key=m.key, value=m.value, partition=m.partition)
-            for m in messages
-        ]
-        self._producer.flush(timeout=self._timeout_s)
-        for future in futures:
-            future.get(timeout=0)
 
     def forget(self, partitions: set[TopicPartitionId]) -> None:
         """These input partitions' assets left this member: what their records name is their

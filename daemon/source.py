@@ -530,6 +530,81 @@ class KafkaSource:
         self._consumer.close(autocommit=False)
 
 
+class Source(Protocol):
+    """What the run loop needs of a consumer-group member (KafkaSource, ConfluentSource)."""
+
+    reachability: Reachability
+
+    @property
+    def unreachable_since(self) -> float | None: ...
+
+    @property
+    def paused(self) -> bool: ...
+
+    @property
+    def waiting(self) -> frozenset[TopicPartitionId]: ...
+
+    def poll(self, timeout_s: float, max_records: int | None = None) -> list[Record]: ...
+
+    def assignment(self) -> set[TopicPartitionId]: ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+    def wait_at(self, tp: TopicPartitionId, offset: int) -> None: ...
+
+    def hold_back(self, partitions: set[TopicPartitionId]) -> None: ...
+
+    def release(self, tp: TopicPartitionId) -> None: ...
+
+    def partition_count(self) -> int: ...
+
+    def commit(self, offsets: Mapping[TopicPartitionId, int]) -> bool: ...
+
+    def committed(self, tp: TopicPartitionId) -> int | None: ...
+
+    def rewind_to_committed(
+        self,
+        partitions: set[TopicPartitionId],
+        fallback_ms: int | None = None,
+        not_after: Mapping[TopicPartitionId, int] | None = None,
+    ) -> None: ...
+
+    def position(self, tp: TopicPartitionId) -> int: ...
+
+    def seek(self, tp: TopicPartitionId, offset: int) -> None: ...
+
+    def seek_to_time(self, tp: TopicPartitionId, timestamp_ms: int) -> None: ...
+
+    def lag(self) -> dict[TopicPartitionId, int]: ...
+
+    def partition_offsets(self) -> dict[TopicPartitionId, PartitionOffsets] | None: ...
+
+    def close(self) -> None: ...
+
+
+def open_source(
+    settings: KafkaSettings,
+    listener: PartitionListener,
+    *,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Source:
+    """The input consumer of `kafka.client`, joined to the group (retrying an unreachable
+    broker for `kafka.connect_timeout_s`)."""
+    if settings.client == "confluent":
+        from daemon.confluent_source import ConfluentSource  # librdkafka only when chosen
+
+        return ConfluentSource(settings, listener, should_stop=should_stop)
+    return KafkaSource(
+        settings,
+        listener,
+        should_stop=should_stop,
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=settings.heartbeat_interval_ms,
+    )
+
+
 class PartitionOffsets(NamedTuple):
     end: int  # the log-end offset (the next offset the broker will write)
     position: int  # the next offset this consumer reads

@@ -16,11 +16,15 @@ def state(asset: str, partition: int, last_end: int) -> dict:
     return {"asset": asset, "partition": ["sensors", partition], "last_end_ns": last_end}
 
 
+@pytest.mark.parametrize("client", ["confluent", "kafka-python"])
 def test_created_compacted_states_in_their_partition_newest_wins(
-    kafka_bootstrap: str, unique_topic: str
+    kafka_bootstrap: str, unique_topic: str, client: str
 ) -> None:
     settings = KafkaSettings(
-        bootstrap_servers=[kafka_bootstrap], group_id=f"g {unique_topic}", connect_timeout_s=30
+        bootstrap_servers=[kafka_bootstrap],
+        group_id=f"g {unique_topic}",
+        connect_timeout_s=30,
+        client=client,  # type: ignore[arg-type]
     )
     assert settings.changelog == f"g_{unique_topic}-seqae-changelog"  # a legal topic name
     log = Changelog(settings)

@@ -14,12 +14,11 @@ from kafka.admin import NewTopic
 
 from daemon.publish import KafkaPublisher
 from daemon.settings import KafkaSettings
-from daemon.source import KafkaSource, Record, TopicPartitionId
+from daemon.source import Record, Source, TopicPartitionId, open_source
 
 pytestmark = pytest.mark.integration
 
-MakeSource = Callable[..., "tuple[KafkaSource, RecordingListener]"]
-FAST_GROUP = {"session_timeout_ms": 10000, "heartbeat_interval_ms": 500}
+MakeSource = Callable[..., "tuple[Source, RecordingListener]"]
 
 
 def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
@@ -62,7 +61,7 @@ class RecordingListener:
 
     def __init__(self) -> None:
         self.events: list[tuple[str, set[TopicPartitionId]]] = []
-        self.source: KafkaSource | None = None
+        self.source: Source | None = None
         self.consumed: dict[TopicPartitionId, int] = {}
         self.commit_results: list[bool] = []
 
@@ -89,19 +88,21 @@ class RecordingListener:
         return current
 
 
-def settings(bootstrap: str, topic: str, group: str | None = None) -> KafkaSettings:
+def settings(bootstrap: str, topic: str, group: str | None = None, **kw: Any) -> KafkaSettings:
     return KafkaSettings(
-        bootstrap_servers=[bootstrap], topics=[topic], group_id=group or f"g-{topic}"
+        bootstrap_servers=[bootstrap], topics=[topic], group_id=group or f"g-{topic}", **kw
     )
 
 
-@pytest.fixture
-def make_source(kafka_bootstrap: str) -> Iterator[MakeSource]:
-    opened: list[KafkaSource] = []
+@pytest.fixture(params=["kafka-python", "confluent"])
+def make_source(kafka_bootstrap: str, request: pytest.FixtureRequest) -> Iterator[MakeSource]:
+    """Each test of a source runs on both clients (`kafka.client`)."""
+    opened: list[Source] = []
+    fast = {"session_timeout_ms": 10000, "heartbeat_interval_ms": 500, "client": request.param}
 
-    def make(topic: str, group: str | None = None) -> tuple[KafkaSource, RecordingListener]:
+    def make(topic: str, group: str | None = None) -> tuple[Source, RecordingListener]:
         listener = RecordingListener()
-        source = KafkaSource(settings(kafka_bootstrap, topic, group), listener, **FAST_GROUP)
+        source = open_source(settings(kafka_bootstrap, topic, group, **fast), listener)
         listener.source = source
         opened.append(source)
         return source, listener
@@ -112,7 +113,7 @@ def make_source(kafka_bootstrap: str) -> Iterator[MakeSource]:
 
 
 def poll_until(
-    sources: list[tuple[KafkaSource, RecordingListener]],
+    sources: list[tuple[Source, RecordingListener]],
     done: Callable[[list[Record]], bool],
     timeout_s: float = 45.0,
 ) -> list[Record]:
