@@ -278,11 +278,20 @@ class ConfluentSource:
         return self.reachability.since
 
     def poll(self, timeout_s: float, max_records: int | None = None) -> list[Record]:
-        """Records fetched, [] on a timeout or while the broker is away (never raises for it)."""
+        """Records fetched, [] on a timeout or while the broker is away (never raises for it).
+
+        Returns as soon as any record is there, as kafka-python's poll does: librdkafka's
+        `consume(n, timeout)` waits for n records or the timeout (at 10,000 msg/s, 2,000
+        records took the whole 200 ms idle timeout, and the windows in them waited for it)."""
+        most = max_records or self._settings.max_poll_records
         try:
-            messages = self._consumer.consume(
-                max_records or self._settings.max_poll_records, max(0.0, timeout_s)
-            )
+            messages = self._consumer.consume(most, 0)
+            if not messages and timeout_s > 0:
+                first = self._consumer.poll(timeout_s)
+                if first is not None:
+                    messages = (
+                        [first, *self._consumer.consume(most - 1, 0)] if most > 1 else [first]
+                    )
         except KafkaException as exc:
             self.reachability.failed("poll", exc)
             return []
