@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -29,6 +28,7 @@ from confluent_kafka import (
     KafkaException,
     TopicPartition,
 )
+from kafka.errors import KafkaConnectionError, SaslAuthenticationFailedError
 
 import daemon.health as health
 from daemon.settings import KafkaSettings
@@ -39,12 +39,11 @@ from daemon.source import (
     Reachability,
     Record,
     TopicPartitionId,
+    connect,
 )
 
 log = logging.getLogger(__name__)
 
-_CONNECT_ATTEMPT_S = 10.0
-_CONNECT_BACKOFF_MAX_S = 30.0
 # Errors that mean "the broker does not answer" (an outage, shown on /readyz), not a bug.
 _UNREACHABLE = {
     KafkaError._TRANSPORT,
@@ -172,44 +171,27 @@ class ConfluentSource:
         )
 
     def _wait_for_broker(self, should_stop: Callable[[], bool]) -> None:
-        timeout_s = self._settings.connect_timeout_s
-        servers = ",".join(self._settings.bootstrap_servers)
-        deadline = time.monotonic() + timeout_s
-        backoff, attempt = 1.0, 0
-        while True:
-            attempt += 1
-            left = deadline - time.monotonic()
+        """Ask for the cluster's metadata until it answers, with `connect`'s retries."""
+
+        def probe(bootstrap_timeout_ms: int, **_: Any) -> None:
             try:
-                self._consumer.list_topics(timeout=min(_CONNECT_ATTEMPT_S, max(left, 0.5)))
+                self._consumer.list_topics(timeout=bootstrap_timeout_ms / 1000)
             except KafkaException as exc:
                 error = exc.args[0]
-                if error.code() in _FATAL_AT_CONNECT:
-                    raise KafkaUnavailable(f"Kafka at {servers} (consumer): {error}") from None
-                self.reachability.failed("connect consumer", exc, report=False)
-                left = deadline - time.monotonic()
-                if should_stop():
-                    raise KafkaUnavailable(
-                        f"stopped while waiting for Kafka at {servers} (consumer)"
-                    ) from None
-                if left <= 0:
-                    raise KafkaUnavailable(
-                        f"Kafka at {servers} unreachable for {timeout_s:g} s (consumer): {error}"
-                    ) from None
-                wait = min(backoff, left)
-                log.warning(
-                    "Kafka at %s not reachable (consumer, try %d: %s); retrying in %.0f s",
-                    servers,
-                    attempt,
-                    error.name(),
-                    wait,
-                )
-                until = time.monotonic() + wait
-                while not should_stop() and (rest := until - time.monotonic()) > 0:
-                    time.sleep(min(rest, 0.5))
-                backoff = min(backoff * 2, _CONNECT_BACKOFF_MAX_S)
-                continue
-            self.reachability.succeeded()
-            return
+                fatal = error.code() in _FATAL_AT_CONNECT
+                raise (SaslAuthenticationFailedError if fatal else KafkaConnectionError)(
+                    error.str()
+                ) from None
+
+        probe.DEFAULT_CONFIG = {"bootstrap_timeout_ms": None}  # type: ignore[attr-defined]
+        connect(
+            probe,
+            {"bootstrap_servers": self._settings.bootstrap_servers},
+            timeout_s=self._settings.connect_timeout_s,
+            what="consumer",
+            reachability=self.reachability,
+            should_stop=should_stop,
+        )
 
     # -- librdkafka's callbacks (served inside consume(), on the caller's thread) ------------
 

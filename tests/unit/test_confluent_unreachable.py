@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 from confluent_kafka import KafkaException
 
-import daemon.confluent_source as confluent_source
+import daemon.source
 from daemon.confluent_producer import AcknowledgedProducer, DeliveryFailed
 from daemon.confluent_source import ConfluentSource, librdkafka_config
 from daemon.settings import KafkaSettings
@@ -45,22 +45,22 @@ class NoListener:
 def test_unreachable_at_start_retries_then_fails_in_one_line(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(confluent_source, "_CONNECT_ATTEMPT_S", 0.5)
+    monkeypatch.setattr(daemon.source, "_CONNECT_ATTEMPT_S", 0.5)
     started = time.monotonic()
     with (
-        caplog.at_level(logging.WARNING, logger="daemon.confluent_source"),
+        caplog.at_level(logging.WARNING, logger="daemon.source"),
         pytest.raises(KafkaUnavailable) as info,
     ):
         ConfluentSource(settings(connect_timeout_s=2.5), NoListener())
     assert time.monotonic() - started < 10
     message = str(info.value)
     assert "\n" not in message and "unreachable for 2.5 s (consumer)" in message
-    retries = [r.getMessage() for r in caplog.records if r.name == "daemon.confluent_source"]
+    retries = [r.getMessage() for r in caplog.records if r.name == "daemon.source"]
     assert retries and all("not reachable (consumer, try" in line for line in retries)
 
 
 def test_start_up_wait_ends_when_asked_to_stop(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(confluent_source, "_CONNECT_ATTEMPT_S", 0.5)
+    monkeypatch.setattr(daemon.source, "_CONNECT_ATTEMPT_S", 0.5)
     with pytest.raises(KafkaUnavailable, match="stopped while waiting"):
         ConfluentSource(settings(), NoListener(), should_stop=lambda: True)
 
@@ -113,7 +113,7 @@ def test_an_unacknowledged_state_write_fails_within_the_timeout() -> None:
     producer = AcknowledgedProducer(settings(), max_message_bytes=1 << 20)
     started = time.monotonic()
     try:
-        with pytest.raises(DeliveryFailed, match="1 messages not acknowledged within 0.5 s"):
+        with pytest.raises(DeliveryFailed, match=r"1 messages not acknowledged within 0\.5 s"):
             producer.send_acknowledged("changelog", [(b"pump-1", b"{}", 0)], 0.5)
     finally:
         producer.close(0.1)
