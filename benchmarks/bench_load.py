@@ -483,6 +483,7 @@ def run_load(args: argparse.Namespace) -> LoadResult:
             i = next((i for i, x in enumerate(samples) if x.t >= steady_from), 0)
             steady_buckets = delta(cumulative[i - 1] if i else first["buckets"], final["buckets"])
             summary = _summary(samples, steady, steady_from, overall, steady_buckets, lag_end)
+            summary |= _loop_pauses(final["totals"])
     finally:
         with contextlib.suppress(LoadError, OSError):
             influx_query(args.influx, f'DROP DATABASE "{db}"')
@@ -497,6 +498,21 @@ def run_load(args: argparse.Namespace) -> LoadResult:
         "topic": topic,
     }
     return LoadResult(settings, machine, samples, summary)
+
+
+def _loop_pauses(totals: dict[str, float]) -> dict[str, Any]:
+    """What stopped the run loop over the whole run: commit passes and garbage collections
+    (the daemon's own histograms; means, since a histogram keeps no maximum)."""
+    passes = totals.get("seqae_checkpoint_seconds_count", 0.0)
+    collections = totals.get("seqae_gc_pause_seconds_count", 0.0)
+    return {
+        "checkpoint_passes": int(passes),
+        "checkpoint_mean_ms": round(
+            1000 * totals.get("seqae_checkpoint_seconds_sum", 0.0) / max(passes, 1), 1
+        ),
+        "gc_collections": int(collections),
+        "gc_seconds_total": round(totals.get("seqae_gc_pause_seconds_sum", 0.0), 2),
+    }
 
 
 def _summary(

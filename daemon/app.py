@@ -334,52 +334,59 @@ class Daemon:
         # the whole run; frozen, a full collection skips it: 150 ms pauses became 2-6 ms.
         gc.collect()
         gc.freeze()
+        gc_pauses = health.GcPauses()
+        gc.callbacks.append(gc_pauses)
         notifier = _Notifier()
         s = self.settings
         next_commit = next_reload = next_evict = time.monotonic()
         next_lag = next_commit + 10.0
         notifier.send("READY=1")
         self.health_state.set_ready(True)
-        while not self._stop:
-            records = self.source.poll(self._poll_timeout(), s.kafka.max_poll_records)
-            for i, record in enumerate(records):
-                if self._waiting and (record.topic, record.partition) in self._waiting:
-                    continue  # fetched after a message that waits for its model: read again
-                if self._unrestored and (record.topic, record.partition) in self._unrestored:
-                    continue  # its assets' state is not restored: read again after the restore
-                # A full batch goes to the scoring thread at once, and a scored one is written
-                # within a few milliseconds, not after the rest of the poll.
-                if (self._handle(record) or not i & _DUE_CHECK_STRIDE) and self.core.due():
-                    self._score_due()
-            # With the poll's readings handled, an idle scoring thread takes what is queued:
-            # waiting `max_wait_ms` for a fuller batch only pays while it is busy.
-            idle = not self.core.busy
-            if self.core.due() or (idle and self.core.queued):
-                self._score_due(everything=idle)
-            self._backpressure()
-            now = time.monotonic()
-            if now >= next_commit:
-                self._take_acks()
-                self._advance_checkpoint()
-                next_commit = now + s.commit_interval_s
-            if self._reload or now >= next_reload:
-                self._reload_profiles()
-                next_reload = now + s.profiles.reload_poll_s
-            while not self._recalibrate.empty():
-                self._recalibrate_now(*self._recalibrate.get())
-            if self._unrestored and now >= self._next_restore:
-                self._restore_assigned()
-            if now >= next_evict:
-                self.core.evict_idle()
-                health.assets_tracked.set(len(self.core.windows))
-                health.assets_owned.set(self.core.assets_owned)  # new assets read meanwhile
-                next_evict = now + min(10.0, s.windows.idle_eviction_s / 2)
-            if now >= next_lag:
-                self._export_lag()
-                next_lag = now + 10.0
-            self._ready_state()
-            self.health_state.beat()
-            notifier.watchdog()
+        try:
+            while not self._stop:
+                records = self.source.poll(self._poll_timeout(), s.kafka.max_poll_records)
+                for i, record in enumerate(records):
+                    if self._waiting and (record.topic, record.partition) in self._waiting:
+                        continue  # fetched after a message that waits for its model: read again
+                    if self._unrestored and (record.topic, record.partition) in self._unrestored:
+                        continue  # its assets' state is not restored: read again after the restore
+                    # A full batch goes to the scoring thread at once, and a scored one is written
+                    # within a few milliseconds, not after the rest of the poll.
+                    if (self._handle(record) or not i & _DUE_CHECK_STRIDE) and self.core.due():
+                        self._score_due()
+                # With the poll's readings handled, an idle scoring thread takes what is queued:
+                # waiting `max_wait_ms` for a fuller batch only pays while it is busy.
+                idle = not self.core.busy
+                if self.core.due() or (idle and self.core.queued):
+                    self._score_due(everything=idle)
+                self._backpressure()
+                now = time.monotonic()
+                if now >= next_commit:
+                    self._take_acks()
+                    self._advance_checkpoint()
+                    health.checkpoint_seconds.observe(time.monotonic() - now)
+                    gc_pauses.export()
+                    next_commit = now + s.commit_interval_s
+                if self._reload or now >= next_reload:
+                    self._reload_profiles()
+                    next_reload = now + s.profiles.reload_poll_s
+                while not self._recalibrate.empty():
+                    self._recalibrate_now(*self._recalibrate.get())
+                if self._unrestored and now >= self._next_restore:
+                    self._restore_assigned()
+                if now >= next_evict:
+                    self.core.evict_idle()
+                    health.assets_tracked.set(len(self.core.windows))
+                    health.assets_owned.set(self.core.assets_owned)  # new assets read meanwhile
+                    next_evict = now + min(10.0, s.windows.idle_eviction_s / 2)
+                if now >= next_lag:
+                    self._export_lag()
+                    next_lag = now + 10.0
+                self._ready_state()
+                self.health_state.beat()
+                notifier.watchdog()
+        finally:
+            gc.callbacks.remove(gc_pauses)
         notifier.send("STOPPING=1")
         self.drain()
 

@@ -9,6 +9,7 @@ address and handed to the callback with that address, so the daemon can record i
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hmac
 import logging
@@ -16,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
@@ -82,12 +84,47 @@ changelog_bytes = Counter(
 changelog_records = Counter("seqae_changelog_records", "Asset states acknowledged by the changelog")
 model_load_failures = Counter("seqae_model_load_failures", "Model (re)loads that failed")
 source_paused = Gauge("seqae_source_paused", "1 while partitions are paused for backpressure")
+_PAUSE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+checkpoint_seconds = Histogram(
+    "seqae_checkpoint_seconds",
+    "Run-loop time of one commit pass: acknowledgements, the changelog write of the changed "
+    "assets' states, the offset commit and the next checkpoint taken",
+    buckets=_PAUSE_BUCKETS,
+)
+gc_pause_seconds = Histogram(
+    "seqae_gc_pause_seconds",
+    "Python garbage collections, by generation (2: a full collection)",
+    ["generation"],
+    buckets=_PAUSE_BUCKETS,
+)
 commits = Counter("seqae_commits", "Offset commits that Kafka accepted")
 control_requests = Counter(
     "seqae_control_requests", "Control requests (POST) by outcome", ["endpoint", "outcome"]
 )
 
 _LAG_GAUGES = (consumer_lag, committed_lag, held_offsets)
+
+
+class GcPauses:
+    """Times Python's garbage collections (a `gc.callbacks` entry). The callback only appends
+    (it runs inside whatever allocation set off the collection, where taking a metric's lock
+    could deadlock); `export` moves what it recorded into `seqae_gc_pause_seconds`."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._clock = clock
+        self._started = 0.0
+        self._pauses: collections.deque[tuple[int, float]] = collections.deque(maxlen=10_000)
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = self._clock()
+        else:
+            self._pauses.append((int(info["generation"]), self._clock() - self._started))
+
+    def export(self) -> None:
+        while self._pauses:
+            generation, seconds = self._pauses.popleft()
+            gc_pause_seconds.labels(generation=str(generation)).observe(seconds)
 
 
 class LagExport:

@@ -219,3 +219,31 @@ def test_lag_export_sets_gauges_and_drops_partitions_no_longer_assigned() -> Non
     assert 'seqae_committed_lag{partition="0",topic="lag-topic"}' not in text
     assert 'seqae_held_offsets{partition="1",topic="lag-topic"} 0.0' in text
     assert 'seqae_consumer_lag{partition="0",topic="lag-topic"}' not in text
+
+
+def test_garbage_collections_are_timed_and_exported_off_the_callback() -> None:
+    import gc
+
+    def full_collections() -> float:
+        value = REGISTRY.get_sample_value("seqae_gc_pause_seconds_count", {"generation": "2"})
+        return value or 0.0
+
+    ticks = iter([10.0, 10.25, 20.0, 20.5])
+    pauses = health.GcPauses(clock=lambda: next(ticks))
+    before = full_collections()
+    pauses("start", {"generation": 2})
+    pauses("stop", {"generation": 2, "collected": 0, "uncollectable": 0})
+    assert full_collections() == before  # nothing observed inside the collection itself
+    pauses.export()
+    assert full_collections() == before + 1
+    total = REGISTRY.get_sample_value("seqae_gc_pause_seconds_sum", {"generation": "2"})
+    assert total is not None and total >= 0.25
+
+    real = health.GcPauses()
+    gc.callbacks.append(real)
+    try:
+        gc.collect()
+    finally:
+        gc.callbacks.remove(real)
+    real.export()
+    assert full_collections() == before + 2
