@@ -256,6 +256,8 @@ def scrape(port: int) -> dict[str, Any]:
             buckets[math.inf if le.group(1) == "+Inf" else float(le.group(1))] = value
         else:
             totals[name] = totals.get(name, 0.0) + value
+            if name.startswith("seqae_gc_pause_seconds_"):  # by generation too
+                totals[name + labels] = value
     return {"buckets": buckets, "totals": totals}
 
 
@@ -512,6 +514,17 @@ def _loop_pauses(totals: dict[str, float]) -> dict[str, Any]:
         ),
         "gc_collections": int(collections),
         "gc_seconds_total": round(totals.get("seqae_gc_pause_seconds_sum", 0.0), 2),
+        "gc_by_generation": {
+            g: {
+                "collections": int(
+                    totals.get(f'seqae_gc_pause_seconds_count{{generation="{g}"}}', 0)
+                ),
+                "seconds": round(
+                    totals.get(f'seqae_gc_pause_seconds_sum{{generation="{g}"}}', 0), 2
+                ),
+            }
+            for g in ("0", "1", "2")
+        },
     }
 
 

@@ -142,6 +142,9 @@ class ConfluentSource:
             ),
             # The prefetch queue: librdkafka's default (64 MB) is a fleet's worth of memory.
             "queued.max.messages.kbytes": 16384,
+            # A subscribed topic created after the start (or partitions added) is seen at the
+            # next metadata refresh: librdkafka's default waits 5 minutes, kafka-python's less.
+            "topic.metadata.refresh.interval.ms": 5000,
             "error_cb": self._on_error,
             "logger": logging.getLogger("daemon.librdkafka"),
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
 
 from daemon.publish import KafkaPublisher
 from daemon.settings import KafkaSettings
@@ -147,6 +149,22 @@ def test_group_consume_returns_whole_records(
     assert sorted(r.value for r in got) == sorted(f"m{i}".encode() for i in range(30))
     assert all(r.timestamp_ms >= before_ms - 1000 for r in got)
     assert source.lag() == {(unique_topic, p): 0 for p in range(3)}
+
+
+def test_a_topic_created_after_the_start_is_read(
+    kafka_bootstrap: str, unique_topic: str, make_source: MakeSource
+) -> None:
+    # The daemon may start before its producers create the topic (a fresh plant, a container
+    # started first): the subscription must pick the topic up within seconds, not minutes.
+    source, listener = make_source(unique_topic)
+    poll_until([(source, listener)], lambda _: True, timeout_s=1)
+    for _ in range(5):
+        listener.saw(source.poll(0.2))
+    with contextlib.suppress(TopicAlreadyExistsError):  # kafka-python's metadata request
+        create_topic(kafka_bootstrap, unique_topic, 1)  # may have had the broker create it
+    produce(kafka_bootstrap, unique_topic, 10)
+    got = poll_until([(source, listener)], lambda got: len(got) >= 10, timeout_s=30)
+    assert sorted(int(r.value[1:]) for r in got) == list(range(10))
 
 
 def test_pause_and_resume(kafka_bootstrap: str, unique_topic: str, make_source: MakeSource) -> None:
