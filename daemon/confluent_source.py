@@ -485,20 +485,30 @@ class ConfluentSource:
             ends[tp] = int(high)
         return ends
 
-    def _positions(self, partitions: list[TopicPartitionId]) -> dict[TopicPartitionId, int]:
+    def _positions(
+        self,
+        partitions: list[TopicPartitionId],
+        ends: Mapping[TopicPartitionId, int] | None = None,
+        committed: Mapping[TopicPartitionId, int | None] | None = None,
+    ) -> dict[TopicPartitionId, int]:
         """Where each partition reads next: where a seek or the assignment sent it, else
         the consumer's position, or before any record was read, the committed offset (where
-        it starts). Partitions with none of these are left out."""
+        it starts). Partitions with none of these are left out. `ends` and `committed`, when
+        the caller read them already, are not asked of the broker again."""
         found: dict[TopicPartitionId, int] = {
             (tp.topic, tp.partition): tp.offset
             for tp in self._consumer.position([_tp(tp) for tp in partitions])
         }
         for tp in partitions:
             if (sought := self._sought.get(tp)) is not None:
-                found[tp] = self._ends([tp])[tp] if sought == OFFSET_END else sought
+                if sought != OFFSET_END:
+                    found[tp] = sought
+                else:
+                    found[tp] = ends[tp] if ends is not None else self._ends([tp])[tp]
         unread = [tp for tp in partitions if found.get(tp, -1) < 0]
         if unread:
-            found |= {tp: off for tp, off in self._committed(unread).items() if off is not None}
+            known = committed if committed is not None else self._committed(unread)
+            found |= {tp: off for tp in unread if (off := known.get(tp)) is not None}
         return {tp: int(off) for tp, off in found.items() if off >= 0}
 
     def lag(self) -> dict[TopicPartitionId, int]:
@@ -509,7 +519,7 @@ class ConfluentSource:
             return {}
         try:
             ends = self._ends(assigned)
-            positions = self._positions(assigned)
+            positions = self._positions(assigned, ends)
         except KafkaException as exc:
             self.reachability.failed("lag", exc)
             return {}
@@ -525,7 +535,7 @@ class ConfluentSource:
         try:
             ends = self._ends(assigned)
             committed = self._committed(assigned)
-            positions = self._positions(assigned)
+            positions = self._positions(assigned, ends, committed)
         except KafkaException as exc:
             self.reachability.failed("partition offsets", exc)
             return None
