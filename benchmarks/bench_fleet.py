@@ -155,11 +155,13 @@ def one_size(args: argparse.Namespace, n: int, trace: bool) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from daemon.changelog import decode_state, encode_state
+    from daemon.changelog import PartWriter, decode_state, encode_state
     from daemon.codec import MessageDecoder, Reading
     from daemon.core import StreamCore
     from daemon.engine import ProfileRegistry
     from daemon.lineprotocol import encode
+
+    writer = PartWriter()  # what the changelog sends: the records, and parts not written yet
 
     torch.set_num_threads(1)
     models_root = Path(args.models_root)
@@ -211,7 +213,7 @@ def one_size(args: argparse.Namespace, n: int, trace: bool) -> dict[str, Any]:
     step = [fill] * n  # each asset's next sample index
     setup_s = time.perf_counter() - started
     list(core.score(everything=True, wait=True))
-    _checkpoint(core, encode_state)  # the set-up's changes: not the measured pass's
+    _checkpoint(core, writer)  # the set-up's changes: not the measured pass's
     gc.collect()
     rss_setup = rss_bytes()
     breakdown = None
@@ -275,8 +277,8 @@ def one_size(args: argparse.Namespace, n: int, trace: bool) -> dict[str, Any]:
     rss_after = rss_bytes()
 
     # 3. checkpoint passes: after the pass, then with nothing changed since
-    after_pass = _checkpoint(core, encode_state)
-    unchanged = _checkpoint(core, encode_state)
+    after_pass = _checkpoint(core, writer)
+    unchanged = _checkpoint(core, writer)
     core.close()
     return {
         **setup,
@@ -304,7 +306,7 @@ def _window_buffer_bytes(core: Any, np: Any) -> int:
     return int(sum(a.nbytes for a in arrays if isinstance(a, np.ndarray)))
 
 
-def _checkpoint(core: Any, encode_state: Any) -> dict[str, Any]:
+def _checkpoint(core: Any, writer: Any) -> dict[str, Any]:
     """What `Daemon._advance_checkpoint` does besides I/O, each part timed in CPU seconds of
     this thread (wall time on a shared machine measures the other jobs)."""
     t0 = time.thread_time()
@@ -320,7 +322,8 @@ def _checkpoint(core: Any, encode_state: Any) -> dict[str, Any]:
     core.mark_changed(core.windows.take_unreported())
     states = core.changed_states()
     t3 = time.thread_time()
-    encoded = [encode_state(s) for s in states.values()]
+    batch = writer.encode(states)
+    writer.acknowledged(batch)
     t4 = time.thread_time()
     core.baselines.saved(snapshot)
     return {
@@ -331,7 +334,7 @@ def _checkpoint(core: Any, encode_state: Any) -> dict[str, Any]:
         "states_s": t3 - t2,
         "encode_s": t4 - t3,
         "total_s": t4 - t0,
-        "bytes": sum(len(e) for e in encoded),
+        "bytes": batch.part_bytes + batch.record_bytes,
         "partitions_held": len(hold) + len(engine_hold),
     }
 

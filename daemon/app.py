@@ -10,6 +10,7 @@ import queue
 import signal
 import time
 from collections import Counter
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -35,6 +36,7 @@ from seqae.artifacts import ArtifactError, write_atomic
 log = logging.getLogger(__name__)
 _DUE_CHECK_STRIDE = 255  # records between checks for a scored batch (a mask: 2**k - 1)
 _STATE_FORMAT = "seqae-daemon-state/1"
+_GC_THRESHOLDS = (50_000, 20, 100)  # benchmarks/RESULTS.md, "Issue 15, session 7"
 
 
 class StartupError(RuntimeError):
@@ -57,6 +59,15 @@ class _Checkpoint:
     state: bytes | None  # the local state file (a cache): taken only at a stop or revocation
     warmup: WarmupSnapshot
     assets: dict[str, dict[str, Any]]  # durable states of the assets changed since the last one
+
+
+@dataclass
+class _Writing:
+    """A checkpoint whose changelog write is in flight (`Daemon._commit`, step 2)."""
+
+    checkpoint: _Checkpoint
+    window_hold: dict[TopicPartitionId, int]
+    written: Future[int]  # the changelog's bytes, or its ChangelogError
 
 
 class _Notifier:
@@ -112,6 +123,7 @@ class Daemon:
         self._reload = False
         self._recalibrate: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
         self._checkpoint: _Checkpoint | None = None
+        self._writing: _Writing | None = None
         self._newest_ts_ms = 0
         self._unexpected = health.RateLimitedLog(log)
         self._lag_export = health.LagExport()
@@ -193,6 +205,7 @@ class Daemon:
         self._drop(partitions)
 
     def _drop(self, partitions: set[TopicPartitionId]) -> None:
+        self._finish_commit(wait=True, leaving=partitions)
         if self._checkpoint is not None:
             self.core.mark_changed(self._checkpoint.assets)
         self.core.drop_assets(self.core.windows.drop_partitions(partitions))
@@ -334,6 +347,11 @@ class Daemon:
         # the whole run; frozen, a full collection skips it: 150 ms pauses became 2-6 ms.
         gc.collect()
         gc.freeze()
+        # Most objects the loop makes die within a poll's batch, yet at the default thresholds
+        # (700, 10, 10) enough outlived two young collections that a full one (85-130 ms at
+        # 2,500 assets) ran every 1.5 s; far larger young generations let them die first.
+        thresholds = gc.get_threshold()
+        gc.set_threshold(*_GC_THRESHOLDS)
         gc_pauses = health.GcPauses()
         gc.callbacks.append(gc_pauses)
         notifier = _Notifier()
@@ -360,6 +378,8 @@ class Daemon:
                 if self.core.due() or (idle and self.core.queued):
                     self._score_due(everything=idle)
                 self._backpressure()
+                if self._writing is not None:
+                    self._finish_commit()
                 now = time.monotonic()
                 if now >= next_commit:
                     self._take_acks()
@@ -387,6 +407,7 @@ class Daemon:
                 notifier.watchdog()
         finally:
             gc.callbacks.remove(gc_pauses)
+            gc.set_threshold(*thresholds)
         notifier.send("STOPPING=1")
         self.drain()
 
@@ -596,15 +617,17 @@ class Daemon:
 
     def _advance_checkpoint(self) -> None:
         """Commit the last mark once its tickets are acknowledged; then take the next mark."""
+        if not self._finish_commit():
+            assert self._writing is not None
+            self._changelog_lag.waiting(len(self._writing.checkpoint.assets))
+            return
         if self._checkpoint is not None and not self.ledger.settled(self._checkpoint.mark):
             self._changelog_lag.waiting(len(self._checkpoint.assets))
             return
         # One window hold serves both the commit and the next mark (scoring and submitting in
         # between does not move what the windows hold); the queue is empty after `_score_all`.
         hold = self._window_hold()
-        if self._checkpoint is not None:
-            checkpoint, self._checkpoint = self._checkpoint, None
-            self._commit(checkpoint, hold)
+        settled, self._checkpoint = self._checkpoint, None
         self._score_all()
         self._checkpoint = _Checkpoint(
             self.ledger.mark(hold),
@@ -613,9 +636,14 @@ class Daemon:
             self._changed_states(),
         )
         self._changelog_lag.taken(len(self._checkpoint.assets))
+        # after the next mark is taken: the write's encoding on the changelog's thread then
+        # shares the interpreter with reading, not with taking the states
+        if settled is not None:
+            self._commit(settled, hold)
 
     def _settle_checkpoint(self) -> None:
         """Everything is acknowledged: write the pending checkpoint's files before a newer one."""
+        self._finish_commit(wait=True)
         if self._checkpoint is not None:
             self.core.baselines.saved(self._checkpoint.warmup)
             self.core.mark_changed(self._checkpoint.assets)  # the newer checkpoint writes them
@@ -624,6 +652,7 @@ class Daemon:
     def _commit_now(self, offsets: dict[TopicPartitionId, int]) -> None:
         """A checkpoint taken and committed at once (revocation, stop): everything is scored
         and acknowledged; the local state file is written too."""
+        self._finish_commit(wait=True)  # before the states are taken: a failed one's are taken
         self._commit(
             _Checkpoint(
                 CommitMark(offsets, set()),
@@ -633,18 +662,20 @@ class Daemon:
             ),
             self._commit_hold(),
         )
+        self._finish_commit(wait=True)
 
     def _commit(self, checkpoint: _Checkpoint, window_hold: dict[TopicPartitionId, int]) -> None:
         """Make one checkpoint durable, in this order (docs/architecture.md, "State in Kafka"):
         1. dead letters and alert events are acknowledged by Kafka (publisher flush);
-        2. the changed assets' states of the checkpoint are acknowledged by the changelog;
+        2. the changed assets' states of the checkpoint are acknowledged by the changelog: the
+           write runs on the changelog's thread while the loop reads on, and `_finish_commit`
+           takes its outcome;
         3. the local cache files (warm-up and state file, taken at a stop or revocation only)
            are written;
         4. only then are the checkpoint's offsets committed. With the windows in the changelog
            these pass partial windows: the states of step 2 name the offsets each asset's next
            window spans, and the next owner seeks back to them (`_restore`, `_rewind`).
         A failure at 1 or 2 commits nothing (the states are written again by the next one)."""
-        assert self.source is not None
         try:
             if self.publisher is not None:
                 self.publisher.flush(self.settings.kafka.call_timeout_s)
@@ -655,32 +686,62 @@ class Daemon:
                 "not committing: dead letters or alert events not delivered: %s",
                 exc,
             )
-            self.core.mark_changed(checkpoint.assets)
-            self._changelog_lag.failed(len(checkpoint.assets))
+            self._not_committed(checkpoint)
             return
         if checkpoint.assets and self.changelog is not None:
-            try:
-                written = self.changelog.write(checkpoint.assets)
-            except ChangelogError as exc:
-                self._unexpected.log(logging.ERROR, "changelog", "not committing: %s", exc)
-                self.core.mark_changed(checkpoint.assets)
-                self._changelog_lag.failed(len(checkpoint.assets))
-                return
+            written = self.changelog.start_write(checkpoint.assets)
+        else:
+            written = Future()
+            written.set_result(0)
+        self._writing = _Writing(checkpoint, window_hold, written)
+        self._finish_commit()
+
+    def _finish_commit(
+        self, wait: bool = False, leaving: set[TopicPartitionId] | None = None
+    ) -> bool:
+        """Steps 3 and 4 of `_commit` once the changelog has acknowledged the states of the
+        checkpoint in flight (at once with `wait`); False while it has not. `leaving`: lost
+        partitions, whose offsets are no longer this member's to commit."""
+        writing = self._writing
+        if writing is None:
+            return True
+        if not wait and not writing.written.done():
+            return False
+        self._writing = None
+        checkpoint = writing.checkpoint
+        try:
+            written = writing.written.result()
+        except ChangelogError as exc:
+            self._unexpected.log(logging.ERROR, "changelog", "not committing: %s", exc)
+            self._not_committed(checkpoint)
+            return True
+        if checkpoint.assets and self.changelog is not None:
             health.changelog_bytes.inc(written)
             health.changelog_records.inc(len(checkpoint.assets))
         self._changelog_lag.acknowledged()
         self.core.baselines.saved(checkpoint.warmup)
         if checkpoint.state is not None:
             write_atomic(self._state_path, checkpoint.state, mode=0o600)
-        safe = self.ledger.committable(window_hold)
+        safe = self.ledger.committable(writing.window_hold)
         offsets = {
             tp: min(off, safe.get(tp, off))
             for tp, off in checkpoint.mark.offsets.items()
-            if off > self.ledger.committed_offset(tp)
+            if off > self.ledger.committed_offset(tp) and tp not in (leaving or ())
         }
+        assert self.source is not None
         if offsets and self.source.commit(offsets):
             self.ledger.committed(offsets)
             health.commits.inc()
+        return True
+
+    def _not_committed(self, checkpoint: _Checkpoint) -> None:
+        """Its states are written again by the next checkpoint, and a mark taken since is
+        dropped: taken without them, it must not commit past them."""
+        self.core.mark_changed(checkpoint.assets)
+        self._changelog_lag.failed(len(checkpoint.assets))
+        if self._checkpoint is not None:
+            self.core.mark_changed(self._checkpoint.assets)
+            self._checkpoint = None
 
     def _backpressure(self) -> None:
         assert self.source is not None and self.sink is not None

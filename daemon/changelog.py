@@ -30,6 +30,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -488,8 +489,13 @@ class _KafkaPythonProducer:
 
 
 class Changelog:
-    """Writes asset states (acknowledged by the broker before `write` returns) and reads a set
-    of partitions back. Construction retries an unreachable broker like KafkaSource."""
+    """Writes asset states (acknowledged by the broker before `write` returns, or before the
+    future of `start_write` is done) and reads a set of partitions back. Construction retries
+    an unreachable broker like KafkaSource.
+
+    A write started by `start_write` runs on the changelog's own thread, so the run loop reads
+    on while the states are encoded and acknowledged. While it runs the writer's state is that
+    thread's: every other method waits for it first, so no two calls ever overlap."""
 
     def __init__(
         self,
@@ -542,6 +548,8 @@ class Changelog:
         self._reader = self._make_reader()
         self._partitions: int | None = None
         self._parts = PartWriter()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="changelog")
+        self._in_flight: Future[int] | None = None
         self.records_written = 0  # asset records
         self.parts_written = 0
         self.bytes_written = 0
@@ -607,6 +615,19 @@ class Changelog:
 
     # -- writes ------------------------------------------------------------------------------
 
+    def start_write(self, states: dict[str, dict[str, Any]]) -> Future[int]:
+        """`write` on the changelog's thread: the future gives its bytes or its ChangelogError.
+        The states must not change meanwhile (`StreamCore.changed_states` takes fresh ones)."""
+        self._wait_for_write()
+        self._in_flight = self._writer.submit(self._write, states)
+        return self._in_flight
+
+    def _wait_for_write(self) -> None:
+        """The write in flight is done (its caller reads its outcome from its future)."""
+        if self._in_flight is not None:
+            self._in_flight.exception()
+            self._in_flight = None
+
     def write(self, states: dict[str, dict[str, Any]]) -> int:
         """Send every asset's state to its readings' partition and wait until the broker has
         acknowledged all of them (acks=all); returns the bytes written. In this order: the
@@ -615,6 +636,10 @@ class Changelog:
         names any more (not waited for: the next write's flush or `close` sends them; one
         lost is found by the next restore). ChangelogError if any part or record is not
         acknowledged within `kafka.call_timeout_s`: the caller must not commit then."""
+        self._wait_for_write()
+        return self._write(states)
+
+    def _write(self, states: dict[str, dict[str, Any]]) -> int:
         batch = self._parts.encode(states)
         try:
             for messages in (batch.parts, batch.records):
@@ -655,6 +680,7 @@ class Changelog:
         it names (`assemble_states`). A malformed record, or one naming a missing or malformed
         part, is logged and skipped (that asset starts afresh); ChangelogError if the broker
         does not answer."""
+        self._wait_for_write()
         tps = [TopicPartition(self.topic, p) for p in sorted(set(partitions))]
         if not tps:
             return {}
@@ -694,6 +720,8 @@ class Changelog:
         return assemble_states(latest, self._parts)
 
     def close(self) -> None:
+        self._wait_for_write()
+        self._writer.shutdown()
         for client in (self._producer, self._reader):
             try:
                 client.close()

@@ -3,6 +3,7 @@ it: a second core restored from it and fed from the offsets it names continues t
 exactly as the first one does (windows, scores, thresholds, warm-up, alert ids)."""
 
 import json
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -165,9 +166,11 @@ class Broker:
         done, self.tickets = self.tickets, []
         return done
 
-    def write(self, states: dict[str, dict[str, Any]]) -> int:
+    def start_write(self, states: dict[str, dict[str, Any]]) -> Future[int]:
         self.written.append(sorted(states))
-        return 1
+        done: Future[int] = Future()
+        done.set_result(1)
+        return done
 
     def commit(self, offsets: dict) -> bool:
         self.commits.append(dict(offsets))
@@ -217,6 +220,64 @@ def test_a_checkpoint_writes_only_changed_assets_and_commits_past_partial_window
     daemon._commit_now(daemon._safe_offsets())  # a stop or revocation: the local cache too
     assert sorted(p.stem for p in (tmp_path / "warmup").rglob("*.npy")) == ["pump-1", "pump-2"]
     assert daemon.core.baseline_snapshot().files == []  # written: nothing left to write
+    daemon.core.close()
+
+
+class SlowChangelog(Broker):
+    """A changelog whose writes stay in flight until the test answers them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_flight: list[Future[int]] = []
+
+    def start_write(self, states: dict[str, dict[str, Any]]) -> Future[int]:
+        self.written.append(sorted(states))
+        self.in_flight.append(Future())
+        return self.in_flight[-1]
+
+
+def test_offsets_are_committed_only_once_the_changelog_acknowledged_and_a_failed_write_is_redone(
+    models_root: Path, tmp_path: Path
+) -> None:
+    from daemon.app import Daemon
+    from daemon.changelog import ChangelogError
+
+    daemon = Daemon(settings_for(models_root, tmp_path))
+    broker = SlowChangelog()
+    daemon.sink = daemon.changelog = daemon.source = broker  # type: ignore[assignment]
+    parts = {"pump-1": ("sensors", 0), "pump-2": ("sensors", 1)}
+    streams = {a: list(readings([generate_asset(a, 200, seed=0)[0]])) for a in parts}
+    fed = dict.fromkeys(parts, 0)
+
+    def feed(asset: str, upto: int) -> None:
+        for offset in range(fed[asset], upto):
+            daemon.core.add(streams[asset][offset], parts[asset], offset)
+            daemon.ledger.consumed(parts[asset], offset)
+        fed[asset] = upto
+
+    def checkpoint() -> None:
+        daemon._take_acks()
+        daemon._advance_checkpoint()
+
+    feed("pump-1", 100)
+    feed("pump-2", 100)
+    checkpoint()  # the mark
+    checkpoint()  # its tickets are acknowledged: its states go to the changelog
+    assert broker.written == [["pump-1", "pump-2"]] and broker.commits == []
+    feed("pump-1", 110)
+    checkpoint()  # still in flight: no second write, nothing committed
+    checkpoint()
+    assert len(broker.in_flight) == 1 and broker.commits == []
+    broker.in_flight[0].set_exception(ChangelogError("not acknowledged"))
+    assert daemon._finish_commit()  # what the run loop asks each turn
+    assert broker.commits == []  # the failed write commits nothing ...
+    checkpoint()
+    checkpoint()
+    assert broker.written[1] == ["pump-1", "pump-2"]  # ... and its states are written again
+    assert broker.commits == []
+    broker.in_flight[1].set_result(1)
+    assert daemon._finish_commit()
+    assert broker.commits == [{parts["pump-1"]: 110, parts["pump-2"]: 100}]
     daemon.core.close()
 
 
