@@ -256,7 +256,7 @@ def scrape(port: int) -> dict[str, Any]:
             buckets[math.inf if le.group(1) == "+Inf" else float(le.group(1))] = value
         else:
             totals[name] = totals.get(name, 0.0) + value
-            if name.startswith("seqae_gc_pause_seconds_"):  # by generation too
+            if name.startswith(("seqae_gc_pause_seconds_", "seqae_gc_collected")):  # by generation
                 totals[name + labels] = value
     return {"buckets": buckets, "totals": totals}
 
@@ -521,6 +521,9 @@ def _loop_pauses(totals: dict[str, float]) -> dict[str, Any]:
                 ),
                 "seconds": round(
                     totals.get(f'seqae_gc_pause_seconds_sum{{generation="{g}"}}', 0), 2
+                ),
+                "collected_objects": int(
+                    totals.get(f'seqae_gc_collected_objects_total{{generation="{g}"}}', 0)
                 ),
             }
             for g in ("0", "1", "2")

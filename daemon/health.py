@@ -97,6 +97,11 @@ gc_pause_seconds = Histogram(
     ["generation"],
     buckets=_PAUSE_BUCKETS,
 )
+gc_collected_objects = Counter(
+    "seqae_gc_collected_objects",
+    "Unreachable objects Python's garbage collections freed, by generation (cyclic garbage)",
+    ["generation"],
+)
 commits = Counter("seqae_commits", "Offset commits that Kafka accepted")
 control_requests = Counter(
     "seqae_control_requests", "Control requests (POST) by outcome", ["endpoint", "outcome"]
@@ -108,23 +113,26 @@ _LAG_GAUGES = (consumer_lag, committed_lag, held_offsets)
 class GcPauses:
     """Times Python's garbage collections (a `gc.callbacks` entry). The callback only appends
     (it runs inside whatever allocation set off the collection, where taking a metric's lock
-    could deadlock); `export` moves what it recorded into `seqae_gc_pause_seconds`."""
+    could deadlock); `export` moves what it recorded into `seqae_gc_pause_seconds` and
+    `seqae_gc_collected_objects`."""
 
     def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         self._clock = clock
         self._started = 0.0
-        self._pauses: collections.deque[tuple[int, float]] = collections.deque(maxlen=10_000)
+        self._pauses: collections.deque[tuple[int, float, int]] = collections.deque(maxlen=10_000)
 
     def __call__(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             self._started = self._clock()
         else:
-            self._pauses.append((int(info["generation"]), self._clock() - self._started))
+            seconds = self._clock() - self._started
+            self._pauses.append((int(info["generation"]), seconds, int(info["collected"])))
 
     def export(self) -> None:
         while self._pauses:
-            generation, seconds = self._pauses.popleft()
+            generation, seconds, collected = self._pauses.popleft()
             gc_pause_seconds.labels(generation=str(generation)).observe(seconds)
+            gc_collected_objects.labels(generation=str(generation)).inc(collected)
 
 
 class LagExport:

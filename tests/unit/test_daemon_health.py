@@ -239,11 +239,20 @@ def test_garbage_collections_are_timed_and_exported_off_the_callback() -> None:
     total = REGISTRY.get_sample_value("seqae_gc_pause_seconds_sum", {"generation": "2"})
     assert total is not None and total >= 0.25
 
+    def collected() -> float:
+        value = REGISTRY.get_sample_value("seqae_gc_collected_objects_total", {"generation": "2"})
+        return value or 0.0
+
     real = health.GcPauses()
+    freed_before = collected()
     gc.callbacks.append(real)
     try:
+        cycle: list[object] = []
+        cycle.append(cycle)  # garbage only a collection frees
+        del cycle
         gc.collect()
     finally:
         gc.callbacks.remove(real)
     real.export()
     assert full_collections() == before + 2
+    assert collected() >= freed_before + 1
