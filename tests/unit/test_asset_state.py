@@ -177,25 +177,36 @@ class Broker:
         return True
 
 
-def test_a_checkpoint_writes_only_changed_assets_and_commits_past_partial_windows(
-    models_root: Path, tmp_path: Path
-) -> None:
+PARTS = {"pump-1": ("sensors", 0), "pump-2": ("sensors", 1)}
+
+
+def daemon_on(broker: Broker, models_root: Path, tmp_path: Path) -> tuple[Any, Any]:
+    """A daemon whose sink, changelog and source are `broker`, and `feed(asset, upto)`, which
+    hands it the asset's readings up to offset `upto` as consumed; returns the windows made."""
     from daemon.app import Daemon
 
     daemon = Daemon(settings_for(models_root, tmp_path))
-    broker = Broker()
-    daemon.sink = daemon.changelog = daemon.source = broker  # type: ignore[assignment]
-    parts = {"pump-1": ("sensors", 0), "pump-2": ("sensors", 1)}
-    streams = {a: list(readings([generate_asset(a, 200, seed=0)[0]])) for a in parts}
-    fed = dict.fromkeys(parts, 0)
+    daemon.sink = daemon.changelog = daemon.source = broker
+    streams = {a: list(readings([generate_asset(a, 200, seed=0)[0]])) for a in PARTS}
+    fed = dict.fromkeys(PARTS, 0)
 
     def feed(asset: str, upto: int) -> int:
         ready = 0
         for offset in range(fed[asset], upto):
-            ready += daemon.core.add(streams[asset][offset], parts[asset], offset)
-            daemon.ledger.consumed(parts[asset], offset)
+            ready += daemon.core.add(streams[asset][offset], PARTS[asset], offset)
+            daemon.ledger.consumed(PARTS[asset], offset)
         fed[asset] = upto
         return ready
+
+    return daemon, feed
+
+
+def test_a_checkpoint_writes_only_changed_assets_and_commits_past_partial_windows(
+    models_root: Path, tmp_path: Path
+) -> None:
+    broker = Broker()
+    daemon, feed = daemon_on(broker, models_root, tmp_path)
+    parts = PARTS
 
     def checkpoint() -> None:  # what the run loop does each commit interval, twice
         for _ in range(2):
@@ -239,21 +250,11 @@ class SlowChangelog(Broker):
 def test_offsets_are_committed_only_once_the_changelog_acknowledged_and_a_failed_write_is_redone(
     models_root: Path, tmp_path: Path
 ) -> None:
-    from daemon.app import Daemon
     from daemon.changelog import ChangelogError
 
-    daemon = Daemon(settings_for(models_root, tmp_path))
     broker = SlowChangelog()
-    daemon.sink = daemon.changelog = daemon.source = broker  # type: ignore[assignment]
-    parts = {"pump-1": ("sensors", 0), "pump-2": ("sensors", 1)}
-    streams = {a: list(readings([generate_asset(a, 200, seed=0)[0]])) for a in parts}
-    fed = dict.fromkeys(parts, 0)
-
-    def feed(asset: str, upto: int) -> None:
-        for offset in range(fed[asset], upto):
-            daemon.core.add(streams[asset][offset], parts[asset], offset)
-            daemon.ledger.consumed(parts[asset], offset)
-        fed[asset] = upto
+    daemon, feed = daemon_on(broker, models_root, tmp_path)
+    parts = PARTS
 
     def checkpoint() -> None:
         daemon._take_acks()
