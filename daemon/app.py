@@ -381,8 +381,7 @@ class Daemon:
                 if self.core.due() or (idle and self.core.queued):
                     self._score_due(everything=idle)
                 self._backpressure()
-                if self._writing is not None:
-                    self._finish_commit()
+                self._finish_commit()  # commits once the changelog write in flight is done
                 now = time.monotonic()
                 if now >= next_commit:
                     self._take_acks()

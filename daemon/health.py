@@ -87,8 +87,8 @@ source_paused = Gauge("seqae_source_paused", "1 while partitions are paused for 
 _PAUSE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 checkpoint_seconds = Histogram(
     "seqae_checkpoint_seconds",
-    "Run-loop time of one commit pass: acknowledgements, the changelog write of the changed "
-    "assets' states, the offset commit and the next checkpoint taken",
+    "Run-loop time of one commit pass: acknowledgements, the next checkpoint taken and the "
+    "changelog write of the last one started (it runs beside the loop)",
     buckets=_PAUSE_BUCKETS,
 )
 gc_pause_seconds = Histogram(
