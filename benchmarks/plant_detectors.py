@@ -173,7 +173,17 @@ def settings_for(models_root: Path) -> DaemonSettings:
 # Named detectors beyond the library's kinds: (kind, model options).
 NAMED_DETECTORS: dict[str, tuple[str, dict[str, Any]]] = {
     "fused-auto": ("fused", {"select": "auto"}),  # the autoencoder kept only if it generalises
-    "fused-auto-r2": ("fused", {"select": "auto", "select_by": "explained"}),
+    "fused-auto-r2": (
+        "fused",
+        {"select": "auto", "select_by": "explained", "select_ae_alone": 1.0},
+    ),
+    # Session 8: the same rule, PCA's features dropped when the network explains >= 90 %.
+    "fused-auto-r3": ("fused", {"select": "auto", "select_by": "explained"}),
+    # ... without the code's distance.
+    "fused-auto-r4": (
+        "fused",
+        {"select": "auto", "select_by": "explained", "code_distance": False},
+    ),
 }
 
 

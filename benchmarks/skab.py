@@ -822,7 +822,20 @@ def issue10_specs() -> dict[str, DetectorSpec]:
         "f-auto": fused("f-auto", {"select": "auto"}, **m3),
         # The same, keeping the autoencoder when it explains at least 40 % of the held-out
         # windows' variation about the mean training window (select_by "explained").
-        "f-auto-r2": fused("f-auto-r2", {"select": "auto", "select_by": "explained"}, **m3),
+        "f-auto-r2": fused(
+            "f-auto-r2",
+            {"select": "auto", "select_by": "explained", "select_ae_alone": 1.0},
+            **m3,
+        ),
+        # Session 8: ... and PCA's features dropped when the network explains at least 90 %.
+        "f-auto-r3": fused("f-auto-r3", {"select": "auto", "select_by": "explained"}, **m3),
+        # ... without the code's distance (on the plant's normal tuning day it put windows above
+        # the threshold; on valve2 it added nothing: `ae+pca` against `f-tuned`).
+        "f-auto-r4": fused(
+            "f-auto-r4",
+            {"select": "auto", "select_by": "explained", "code_distance": False},
+            **m3,
+        ),
     }
 
 

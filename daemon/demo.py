@@ -211,6 +211,7 @@ def main(
         profile="pumps",
         window=30,
         hop=5,
+        kind="auto",  # what `seqae train` trains by default
         epochs=epochs,
         device="auto",
     )

@@ -135,12 +135,15 @@ def synth(
 @MODELS_OPTION
 @click.option(
     "--kind",
-    type=click.Choice(["lstm", "pca", "fused"]),
-    default="lstm",
+    type=click.Choice(["auto", "lstm", "pca", "fused"]),
+    default="auto",
     show_default=True,
-    help="lstm: the sequence autoencoder; pca: PCA T²+Q; fused: the autoencoder and PCA in one "
-    "model, scored by one Mahalanobis distance over both errors and both T²s (the "
-    "autoencoder options apply to its autoencoder).",
+    help="auto: the autoencoder and PCA in one model, whose training decides from held-out "
+    "normal windows what it scores: PCA's errors and T² alone when the autoencoder explains "
+    "under 40% of their variation, the autoencoder's errors alone from 90%, both between; "
+    "lstm: the sequence autoencoder; pca: PCA T²+Q; fused: the autoencoder and PCA, scored by "
+    "one Mahalanobis distance over both errors, both T²s and the code's distance (the "
+    "autoencoder options apply to the autoencoder of auto and fused).",
 )
 @click.option(
     "--select",
@@ -149,7 +152,7 @@ def synth(
     show_default=True,
     help="fused: auto keeps the autoencoder's features only if its error on held-out normal "
     "windows is at most 1.1x that of a PCA with as many components as its code; otherwise "
-    "PCA's alone are scored.",
+    "PCA's alone are scored (--kind auto decides by its own rule).",
 )
 @click.option("--window", default=30, show_default=True, help="Samples per window.")
 @click.option("--hop", default=5, show_default=True, help="Score a window every N samples.")
@@ -268,7 +271,7 @@ def train(
         series = [s.select(first) for s in series]
         period_s = resolve_period(series, period_s, names=[str(p) for p in data])
         model_cfg: dict[str, Any] = {}
-        if kind in ("lstm", "fused"):
+        if kind in ("auto", "lstm", "fused"):
             variant_knobs = {
                 "noise_std": noise_std,
                 "mask_prob": mask_prob,
@@ -290,7 +293,9 @@ def train(
                 **{k: v for k, v in variant_knobs.items() if v is not None},
             }
         elif variant != "plain":
-            raise ValueError(f"--variant {variant} applies to --kind lstm or fused, not {kind}")
+            raise ValueError(
+                f"--variant {variant} applies to --kind auto, lstm or fused, not {kind}"
+            )
         if kind == "fused":
             model_cfg["select"] = select
         elif select != "fixed":
@@ -325,6 +330,13 @@ def train(
         f"threshold {lp.baseline.threshold:.4g} ({lp.baseline.score_kind}, {info.get('threshold_method')})"
     )
     click.echo(false_alert_line(info))
+    chosen = lp.meta.training.get("selection")
+    if chosen is not None:  # a fused detector that decided what it scores
+        scored = {"ae": "the autoencoder's errors", "pca": "PCA's Q and T²", "ae+pca": "both"}
+        click.echo(
+            f"scores {scored[chosen['selected']]}: the autoencoder explains "
+            f"{chosen['ae_explained']:.2f} of the held-out windows' variation"
+        )
     # constant, flag-like, mostly or nearly constant channels, and ones on another scale
     for note in lp.meta.training.get("degenerate_channels", []):
         click.echo(f"channel {note['channel']!r} ({note['kind']}): {note['detail']}")

@@ -23,9 +23,13 @@ does (PCA with `latent_size` components, fitted on the same windows): its mean s
 residual at most `select_ratio` times that one's. A network that has not learnt its data (on
 SKAB, one trained on a file's first 300 rows) falls well short of it, and its errors would only
 dilute PCA's; one trained on a long history matches it. `select_by="explained"` asks instead
-that it explain at least `select_explained` of the held-out windows' variation. The decision is
-part of the saved config, so a loaded detector scores as the trained one did; a retrain decides
-again.
+that it explain at least `select_explained` of the held-out windows' variation, and drops PCA's
+features when it explains at least `select_ae_alone`: a network that models nearly all of the
+plant's normal variation has found structure a linear model cannot hold, and PCA's residual off
+that structure then varies with the operating point (on a normal day of the synthetic plant,
+PCA put 12 % of the windows above its threshold, two thirds of the excess from its residual on
+the winding temperature, which rises with the square of the current; the network alone 2.7 %). The decision is part of the saved config, so a loaded detector
+scores as the trained one did; a retrain decides again.
 
 The whole detector is one module: its weights (the autoencoder's, PCA's mean and components,
 the code statistics) go to one safetensors file and its config to model.json under kind "fused".
@@ -71,6 +75,9 @@ class FusedConfig:
     # windows' variation about the mean training window (R²). Chosen on SKAB's valve2 and the
     # synthetic plant's training history: 0.55 and 0.98 there, at most 0.31 on 236 windows.
     select_explained: float = 0.4
+    # ... and scores the autoencoder's errors alone when it explains at least this share.
+    # Chosen on the plant's training history (0.97-0.98) and SKAB's anomaly-free history (0.55).
+    select_ae_alone: float = 0.9
 
     def __post_init__(self) -> None:
         if self.select not in SELECTIONS:
@@ -85,11 +92,13 @@ class FusedConfig:
             raise ValueError(
                 f"fused config select_explained: must be below 1, got {self.select_explained}"
             )
-        if not self.use_pca and (self.select == "auto" or not self.use_ae):
+        if not (self.select_explained < self.select_ae_alone <= 1):
             raise ValueError(
-                "fused config use_pca: False leaves the autoencoder alone, so use_ae must be "
-                "True and select 'fixed'"
+                "fused config select_ae_alone: must be above select_explained and at most 1, "
+                f"got {self.select_ae_alone}"
             )
+        if not self.use_pca and not self.use_ae:
+            raise ValueError("fused config use_pca: False and use_ae False leave no features")
         for part, d in (("ae", self.ae), ("pca", self.pca)):
             clash = {"n_channels", "window"} & set(d)
             if clash:
@@ -128,12 +137,14 @@ class FusedConfig:
             "select_ratio": self.select_ratio,
             "select_by": self.select_by,
             "select_explained": self.select_explained,
+            "select_ae_alone": self.select_ae_alone,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FusedConfig:
         known = {"n_channels", "window", "ae", "pca", "code_distance", "use_pca", "ae_total"}
         known |= {"use_ae", "select", "select_ratio", "select_by", "select_explained"}
+        known |= {"select_ae_alone"}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown fused config keys {sorted(unknown)}")
@@ -204,8 +215,10 @@ class FusedDetector(nn.Module):
         when its mean squared residual on them is at most `select_ratio` times that of a PCA
         with as many components as the autoencoder's code has numbers, fitted on `fit_x` (the
         best linear autoencoder of its size); with "explained", when it explains at least
-        `select_explained` of their squared residual off the mean training window. Returns the
-        evidence, for the model's metadata."""
+        `select_explained` of their squared residual off the mean training window, and PCA's
+        are dropped when it explains at least `select_ae_alone`. Returns the evidence, for the
+        model's metadata. Scoring without PCA needs the class `build_fused` gives for it:
+        `as_selected` returns that."""
         if not self.cfg.use_pca:
             raise ValueError("fused select_features: needs use_pca, to fall back on")
         if not len(x):
@@ -224,8 +237,10 @@ class FusedDetector(nn.Module):
             self.cfg.use_ae = bool(ratio <= self.cfg.select_ratio)
         else:
             self.cfg.use_ae = bool(explained >= self.cfg.select_explained)
+            self.cfg.use_pca = bool(explained < self.cfg.select_ae_alone)
+        selected = {(True, True): "ae+pca", (False, True): "pca", (True, False): "ae"}
         return {
-            "selected": "ae+pca" if self.cfg.use_ae else "pca",
+            "selected": selected[self.cfg.use_ae, self.cfg.use_pca],
             "select_by": self.cfg.select_by,
             "held_out_windows": len(x),
             "ae_held_out_mse": ae,
@@ -262,6 +277,11 @@ class FusedDetector(nn.Module):
     def reconstruct(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The autoencoder's reconstruction (what `seqae denoise` and plots show)."""
         return self.ae.reconstruct(x, mask)
+
+    def encode(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The code of each window (`seqae embed`): the autoencoder's, or PCA's scores when
+        the autoencoder's features were not kept."""
+        return self.ae.encode(x, mask) if self.cfg.use_ae else self.pca.encode(x, mask)
 
     def code_distance(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """RMS of the whitened code [N]: the code's T² / k, square-rooted (an error's scale)."""
@@ -345,14 +365,27 @@ def build_fused(cfg: FusedConfig) -> FusedDetector:
     return FusedWithT2(cfg) if cfg.use_pca else FusedDetector(cfg)
 
 
+def as_selected(detector: FusedDetector) -> FusedDetector:
+    """`detector` as `build_fused` builds it for its config, weights kept: after
+    `select_features` dropped PCA, the class without PCA's T² (what a reload gives)."""
+    if isinstance(detector, FusedWithT2) == detector.cfg.use_pca:
+        return detector
+    rebuilt = build_fused(detector.cfg)
+    rebuilt.load_state_dict(detector.state_dict())
+    return rebuilt.to(_device_of(detector))
+
+
 def fused_config(n_channels: int, window: int, model_cfg: dict[str, Any] | None) -> FusedConfig:
     """A FusedConfig from `seqae train`-style options: the autoencoder's keys at the top level
     (hidden_size, latent_size, ...), or nested under "ae"; the detector's own keys ("pca",
     "code_distance", "use_pca", "ae_total", "use_ae", "select", "select_ratio", "select_by",
-    "select_explained") as in FusedConfig."""
+    "select_explained", "select_ae_alone") as in FusedConfig. With select "auto", use_ae and
+    use_pca start True: they are what training decides (a retrain decides again)."""
     d = dict(model_cfg or {})
     mine = {"pca", "code_distance", "use_pca", "ae_total", "use_ae", "select", "select_ratio"}
-    mine |= {"select_by", "select_explained"}
+    mine |= {"select_by", "select_explained", "select_ae_alone"}
     own = {k: d.pop(k) for k in mine if k in d}
+    if own.get("select") == "auto":
+        own.update(use_ae=True, use_pca=True)
     ae = {**d.pop("ae", {}), **d}
     return FusedConfig(n_channels, window, ae=ae, **own)

@@ -37,7 +37,7 @@ from seqae.data import (
     nan_to_mask,
     regularize,
 )
-from seqae.fused import build_fused, fused_config
+from seqae.fused import as_selected, build_fused, fused_config
 from seqae.model import ModelConfig, SequenceAutoencoder
 from seqae.pca import PCAConfig, PCADetector
 from seqae.score import Scorer, pick_device
@@ -45,7 +45,11 @@ from seqae.score import Scorer, pick_device
 if TYPE_CHECKING:
     from seqae.alerting import AlertRule
 
-DetectorKind = Literal["lstm", "pca", "fused"]
+DetectorKind = Literal["auto", "lstm", "pca", "fused"]
+# `--kind auto`, the default of `seqae train`: the fused detector whose training decides from
+# normal data which features it scores (FusedConfig: the autoencoder's errors, PCA's, or both),
+# without the code's distance. benchmarks/RESULTS.md, "Session 8", has the evidence.
+AUTO_DETECTOR: dict[str, Any] = {"select": "auto", "select_by": "explained", "code_distance": False}
 MAX_MISSING_SHARE = 0.5  # training refuses a series with more of its grid samples missing
 
 
@@ -333,7 +337,10 @@ def fit_profile(
     rule: AlertRule | None = None,
     progress: bool = True,
 ) -> FittedProfile:
-    """Train a detector on normal series and calibrate its default baseline on held-out data."""
+    """Train a detector on normal series and calibrate its default baseline on held-out data.
+    Kind "auto" is kind "fused" with AUTO_DETECTOR under `model_cfg`."""
+    if kind == "auto":
+        kind, model_cfg = "fused", {**AUTO_DETECTOR, **(model_cfg or {})}
     cfg = train_cfg or TrainConfig()
     set_seed(cfg.seed)
     data = prepare(series, window=window, hop=hop, period_s=period_s, cfg=cfg)
@@ -352,6 +359,7 @@ def fit_profile(
         if detector.cfg.select == "auto":  # judged on the calibration windows, unseen by both
             held_out = nan_to_mask(data.scaler.transform(data.calib))
             fit_info["selection"] = detector.select_features(fit_x, *held_out)
+            detector = as_selected(detector)
     else:
         detector = SequenceAutoencoder(ModelConfig(len(channels), window, **(model_cfg or {})))
         fit_info = train_network(detector, data.train, data.val, cfg, progress)

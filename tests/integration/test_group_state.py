@@ -163,6 +163,10 @@ def wait_for_scores(
 
 
 def wait_for_a_commit(member: Member) -> None:
+    """Until `member` has committed what it has read: a commit since this call, then none for
+    three commit intervals. A commit follows the acknowledged changelog write of the checkpoint
+    marked one commit pass earlier, so the first one from now may cover a mark older than now;
+    with no new input the commits stop once the newest mark is committed."""
     commits = member.metric("seqae_commits_total")
     wait_for(
         lambda: member.metric("seqae_commits_total") > commits,
@@ -170,6 +174,14 @@ def wait_for_a_commit(member: Member) -> None:
         f"a commit by {member.name}",
         member.daemon,
     )
+    quiet_s = 3 * float(ENV["SEQAE_COMMIT_INTERVAL_S"])
+    last, since, deadline = commits, time.monotonic(), time.monotonic() + 60
+    while time.monotonic() - since < quiet_s:
+        assert time.monotonic() < deadline, f"{member.name} kept committing for 60 s"
+        time.sleep(0.2)
+        now = member.metric("seqae_commits_total")
+        if now != last:
+            last, since = now, time.monotonic()
 
 
 def assert_state_followed_the_assets(query: Query, assets: tuple[str, ...]) -> None:

@@ -201,28 +201,32 @@ def daemon_on(broker: Broker, models_root: Path, tmp_path: Path) -> tuple[Any, A
     return daemon, feed
 
 
+def commit_pass(daemon: Any) -> None:
+    """What the run loop does each commit interval."""
+    daemon._take_acks()
+    daemon._advance_checkpoint()
+
+
 def test_a_checkpoint_writes_only_changed_assets_and_commits_past_partial_windows(
     models_root: Path, tmp_path: Path
 ) -> None:
     broker = Broker()
     daemon, feed = daemon_on(broker, models_root, tmp_path)
-    parts = PARTS
 
-    def checkpoint() -> None:  # what the run loop does each commit interval, twice
-        for _ in range(2):
-            daemon._take_acks()
-            daemon._advance_checkpoint()
+    def checkpoint() -> None:  # a mark, then its commit
+        commit_pass(daemon)
+        commit_pass(daemon)
 
     feed("pump-1", 100)
     feed("pump-2", 100)
     checkpoint()
     assert broker.written == [["pump-1", "pump-2"]]
     # the commit passes the partial windows: the states written name their readings
-    assert broker.commits[-1] == {tp: 100 for tp in parts.values()}
+    assert broker.commits[-1] == {tp: 100 for tp in PARTS.values()}
     assert feed("pump-1", 101) == 0  # a reading that completes no window
     checkpoint()
     assert broker.written == [["pump-1", "pump-2"]]  # neither state written again
-    assert broker.commits[-1] == {parts["pump-1"]: 101}
+    assert broker.commits[-1] == {PARTS["pump-1"]: 101}
     assert not (tmp_path / "warmup").exists()  # the changelog holds warm-ups: no file written
     assert feed("pump-2", 110) > 0
     checkpoint()
@@ -254,31 +258,25 @@ def test_offsets_are_committed_only_once_the_changelog_acknowledged_and_a_failed
 
     broker = SlowChangelog()
     daemon, feed = daemon_on(broker, models_root, tmp_path)
-    parts = PARTS
-
-    def checkpoint() -> None:
-        daemon._take_acks()
-        daemon._advance_checkpoint()
-
     feed("pump-1", 100)
     feed("pump-2", 100)
-    checkpoint()  # the mark
-    checkpoint()  # its tickets are acknowledged: its states go to the changelog
+    commit_pass(daemon)  # the mark
+    commit_pass(daemon)  # its tickets are acknowledged: its states go to the changelog
     assert broker.written == [["pump-1", "pump-2"]] and broker.commits == []
     feed("pump-1", 110)
-    checkpoint()  # still in flight: no second write, nothing committed
-    checkpoint()
+    commit_pass(daemon)  # still in flight: no second write, nothing committed
+    commit_pass(daemon)
     assert len(broker.in_flight) == 1 and broker.commits == []
     broker.in_flight[0].set_exception(ChangelogError("not acknowledged"))
     assert daemon._finish_commit()  # what the run loop asks each turn
     assert broker.commits == []  # the failed write commits nothing ...
-    checkpoint()
-    checkpoint()
+    commit_pass(daemon)
+    commit_pass(daemon)
     assert broker.written[1] == ["pump-1", "pump-2"]  # ... and its states are written again
     assert broker.commits == []
     broker.in_flight[1].set_result(1)
     assert daemon._finish_commit()
-    assert broker.commits == [{parts["pump-1"]: 110, parts["pump-2"]: 100}]
+    assert broker.commits == [{PARTS["pump-1"]: 110, PARTS["pump-2"]: 100}]
     daemon.core.close()
 
 

@@ -50,7 +50,11 @@ def plant(tmp_path_factory: pytest.TempPathFactory) -> Path:
         *TINY,
     )
     assert r.exit_code == 0, r.output
-    assert "saved pumps/v0001 (lstm" in r.output and "threshold" in r.output
+    assert (
+        "saved pumps/v0001 (fused" in r.output
+        and "the autoencoder explains" in r.output
+        and "threshold" in r.output
+    )
     return root
 
 

@@ -360,6 +360,8 @@ def test_cli_train_variant_then_impute_embed_generate(tmp_path: Path) -> None:
             str(normal),
             "--profile",
             "vae",
+            "--kind",
+            "lstm",
             "--variant",
             "variational",
             "--kl-anneal-epochs",

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from seqae.artifacts import load_profile, save_model
 from seqae.cli import cli
 from seqae.data import Series, make_windows, nan_to_mask
-from seqae.fused import FusedConfig, FusedWithT2, build_fused, fused_config
+from seqae.fused import FusedConfig, FusedDetector, FusedWithT2, build_fused, fused_config
 from seqae.score import Scorer
 from seqae.synth import generate_asset
 from seqae.train import FittedProfile, TrainConfig, fit_profile
@@ -75,15 +75,18 @@ def test_config_names_the_bad_field() -> None:
     with pytest.raises(ValueError, match="select_ratio: must be > 0"):
         FusedConfig(3, WINDOW, select_ratio=0.0)
     with pytest.raises(ValueError, match="use_pca"):
-        FusedConfig(3, WINDOW, use_pca=False, select="auto")
-    with pytest.raises(ValueError, match="use_pca"):
         FusedConfig(3, WINDOW, use_pca=False, use_ae=False)
+    with pytest.raises(ValueError, match="select_ae_alone: must be above select_explained"):
+        FusedConfig(3, WINDOW, select_explained=0.5, select_ae_alone=0.5)
     with pytest.raises(ValueError, match="select_by: 'luck'"):
         FusedConfig(3, WINDOW, select_by="luck")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="select_explained: must be below 1"):
         FusedConfig(3, WINDOW, select_explained=1.0)
     cfg = fused_config(3, WINDOW, {"hidden_size": 8, "select": "auto", "select_ratio": 0.5})
     assert cfg.select == "auto" and cfg.select_ratio == 0.5 and cfg.ae == {"hidden_size": 8}
+    # A retrain recipe carries the last decision; with select "auto" training decides again.
+    again = fused_config(3, WINDOW, {"select": "auto", "use_ae": False, "use_pca": False})
+    assert again.use_ae and again.use_pca
 
 
 def test_a_network_that_cannot_fit_leaves_pca_alone(untrained: FittedProfile) -> None:
@@ -133,7 +136,7 @@ def test_the_decision_follows_the_ratio(trained: FittedProfile, curve: Series) -
     det.cfg.select_ratio = first["ae_to_linear_code"] * 0.99
     again = det.select_features(x[:300], x[300:], mask[300:])
     assert again["ae_to_linear_code"] == first["ae_to_linear_code"] and not det.cfg.use_ae
-    det.cfg.select_by = "explained"
+    det.cfg.select_by, det.cfg.select_ae_alone = "explained", 1.0  # PCA stays beside it
     for bar, keeps in ((first["ae_explained"] * 0.99, True), (first["ae_explained"] * 1.01, False)):
         det.cfg.select_explained = bar
         assert det.select_features(x[:300], x[300:], mask[300:])["ae_explained"] == pytest.approx(
@@ -194,5 +197,32 @@ def test_seqae_train_select_auto(history: Series, tmp_path: Path) -> None:
     lp = load_profile(tmp_path / "m", "pumps")
     assert lp.meta.config["select"] == "auto" and lp.meta.config["ae"]["hidden_size"] == 8
     assert lp.meta.training["selection"]["selected"] in ("ae+pca", "pca")
+    assert "the autoencoder explains" in result.output
     wrong = CliRunner().invoke(cli, [*base, "--kind", "pca", "--select", "auto"])
     assert wrong.exit_code != 0 and "--select auto applies to --kind fused" in wrong.output
+
+
+def test_a_network_that_explains_nearly_everything_is_scored_alone(
+    curve: Series, tmp_path: Path
+) -> None:
+    """select_by "explained": at or above select_ae_alone PCA's features are dropped, the
+    detector is the class a reload builds, and it scores the same after a reload."""
+    cfg = {"hidden_size": 16, "latent_size": 1, "select": "auto", "select_by": "explained"}
+    fitted = _fit(curve, {**cfg, "select_ae_alone": 0.8}, epochs=20, lr=1e-2)
+    det, meta = fitted.detector, fitted.meta
+    selection = meta.training["selection"]
+    assert selection["ae_explained"] >= 0.8 and selection["selected"] == "ae"
+    assert type(det) is FusedDetector and not det.cfg.use_pca and det.cfg.use_ae
+    assert det.feature_names(meta.channels) == [f"ae:{c}" for c in meta.channels] + ["code"]
+    assert len(fitted.baseline.err_mean) == det.n_features == len(meta.channels) + 1
+    save_model(tmp_path, "pumps", det, fitted.baseline, meta)
+    lp = load_profile(tmp_path, "pumps")
+    assert type(lp.detector) is FusedDetector and not lp.detector.cfg.use_pca
+    windows = make_windows(curve.values, WINDOW, HOP)[0]
+    before = Scorer(fitted, device="cpu").score(windows, fitted.baseline)
+    after = Scorer(lp, device="cpu").score(windows, lp.baseline)
+    np.testing.assert_array_equal(after.score, before.score)
+    # The same network below the bar keeps PCA beside it.
+    both = _fit(curve, {**cfg, "select_ae_alone": 1.0}, epochs=20, lr=1e-2)
+    assert both.meta.training["selection"]["selected"] == "ae+pca"
+    assert type(both.detector) is FusedWithT2
