@@ -113,6 +113,9 @@ class _AssetCalibration:
     version: str
     baseline: Baseline | None = None
     warmup: list[np.ndarray] = field(default_factory=list)
+    # each warm-up window's error features as scored under the profile's baseline (None where
+    # not): the fit reuses them instead of a second forward; derived, so not durable state
+    warmup_errors: list[np.ndarray | None] = field(default_factory=list)
     moved: Baseline | None = None  # the baseline re-centred at the operating point it moved to
     shift_run: list[np.ndarray] = field(default_factory=list)  # displacements of shifted windows
     shifted: bool = False
@@ -222,11 +225,13 @@ class AssetBaselines:
         shifted: Sequence[bool],
         used: Sequence[Baseline],
         default: Baseline,
+        errors: np.ndarray | None = None,
     ) -> tuple[list[tuple[ScoreState, ShiftEvent | None] | None], list[int]]:
         """`changed_since` and then `observe` for each (asset, time_ns, values) of a batch, in
         order: (each window's state and shift event, None where the window is stale; the stale
         windows' indices). The common case (an asset with its baseline, not shifted before nor
-        now) is settled here; calibrating and shifting windows take `observe`."""
+        now) is settled here; calibrating and shifting windows take `observe`. `errors`: the
+        batch's error features [N, F], for the warm-up windows scored under `default`."""
         states: list[tuple[ScoreState, ShiftEvent | None] | None] = [None] * len(windows)
         stale = []
         entries = self._assets
@@ -246,7 +251,15 @@ class AssetBaselines:
                 stale.append(i)
                 continue
             states[i] = self.observe(
-                scorer, profile, version, hop, asset, time_ns, values, shifted[i]
+                scorer,
+                profile,
+                version,
+                hop,
+                asset,
+                time_ns,
+                values,
+                shifted[i],
+                errors[i] if errors is not None and used[i] is default else None,
             )
         return states, stale
 
@@ -260,8 +273,10 @@ class AssetBaselines:
         time_ns: int,
         window: np.ndarray,
         shifted: bool,
+        errors: np.ndarray | None = None,
     ) -> tuple[ScoreState, ShiftEvent | None]:
-        """Account for one scored window; returns its state and a shift event if one began/ended."""
+        """Account for one scored window; returns its state and a shift event if one began/ended.
+        `errors`: its error features, if it was scored under the profile's baseline."""
         entry = self._entry(profile, version, asset)
         event = None
         if self._s.mode == "per_asset" and entry.baseline is None:
@@ -269,6 +284,7 @@ class AssetBaselines:
                 entry.shifted = False
                 event = ShiftEvent(asset, profile, time_ns, "left")
             entry.warmup.append(window)
+            entry.warmup_errors.append(None if errors is None else errors.copy())
             self._changed(profile, asset, entry)
             if len(entry.warmup) >= self._s.warmup_windows:
                 self._fit(scorer, profile, hop, asset, entry)
@@ -404,6 +420,13 @@ class AssetBaselines:
         self, scorer: Any, profile: str, hop: int, asset: str, entry: _AssetCalibration
     ) -> None:
         windows = np.stack(entry.warmup)
+        known = entry.warmup_errors
+        # windows restored from a checkpoint come without their features: computed again
+        errors = (
+            np.stack(known)  # type: ignore[arg-type]
+            if len(known) == len(windows) and all(e is not None for e in known)
+            else None
+        )
         try:
             baseline = fit_asset_baseline(
                 scorer,
@@ -411,16 +434,18 @@ class AssetBaselines:
                 hop=hop,
                 refit_scaler=self._s.refit_scaler,
                 prior_windows=self._s.prior_windows,
+                errors=errors,
             )
         except (CalibrationError, ValueError) as exc:
             # keep the newer half and go on collecting rather than fail the asset
             self.fit_failures += 1
             log.warning("baseline fit for asset %s failed: %s", asset, exc)
-            entry.warmup = entry.warmup[len(entry.warmup) // 2 :]
+            half = len(entry.warmup) // 2
+            entry.warmup, entry.warmup_errors = entry.warmup[half:], entry.warmup_errors[half:]
             return
         payload = {"asset": asset, "model_version": entry.version, "baseline": baseline.to_dict()}
         write_atomic(self._path(profile, entry.version, asset), json.dumps(payload).encode())
-        entry.baseline, entry.warmup, entry.moved = baseline, [], None
+        entry.baseline, entry.warmup, entry.warmup_errors, entry.moved = baseline, [], [], None
         self._changed(profile, asset, entry)
         self.fitted += 1
         log.info("asset %s (%s %s): own baseline fitted", asset, profile, entry.version)

@@ -621,6 +621,7 @@ class ScoringEngine:
             result.shifted.tolist(),
             used,
             lp.baseline,
+            feats,
         )
         if stale:
             again = served.scorer.score(x[stale], self._baselines_of(served, batch, stale))

@@ -309,6 +309,9 @@ def fit_envelope(
 def input_range(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel 0.5 and 99.5 percentiles of normal rows [..., C]: the range a baseline knows."""
     flat = rows.reshape(-1, rows.shape[-1])
+    if not np.isnan(flat).any():  # the common case: one call for every column
+        both = np.percentile(flat, [0.5, 99.5], axis=0)
+        return both[0].astype(np.float32), both[1].astype(np.float32)
     # What np.nanpercentile(flat, q, axis=0) computes, column by column: its own loop over
     # the columns (apply_along_axis) cost half of an asset's baseline fit.
     bounds = np.full((2, flat.shape[1]), np.nan)
@@ -365,6 +368,28 @@ def set_threshold(scores: np.ndarray, policy: ThresholdPolicy) -> float:
     return level if level != 0.0 else MIN_THRESHOLD_MARGIN
 
 
+def ledoit_wolf_covariance(x: np.ndarray) -> np.ndarray:
+    """The Ledoit-Wolf shrunk covariance of samples [N, F], as sklearn.covariance.LedoitWolf
+    computes it (equal to rounding, tests/unit/test_calibrate.py). The estimator's input
+    validation cost 1.6 ms of each asset's baseline fit, against 0.04 ms for the sums below,
+    and a fleet that starts together fits every asset's baseline in the same minute."""
+    n, f = x.shape
+    x = x - x.mean(axis=0)
+    if f == 1:
+        return np.atleast_2d((x**2).mean())
+    emp = x.T @ x / n
+    mu = float(np.trace(emp)) / f
+    x2 = x**2
+    delta_ = float((emp**2).sum())
+    beta = (float((x2.T @ x2).sum()) / n - delta_) / (f * n)
+    delta = (delta_ - 2.0 * mu * float(np.trace(emp)) + f * mu**2) / f
+    beta = min(beta, delta)
+    shrinkage = 0.0 if beta == 0 else beta / delta
+    cov = (1.0 - shrinkage) * emp
+    cov.flat[:: f + 1] += shrinkage * mu
+    return np.asarray(cov)
+
+
 def fit_error_stats(
     errors: np.ndarray, degenerate: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -376,10 +401,9 @@ def fit_error_stats(
     get no covariance with the others, and a bounded weight: a deviation of u units adds at most
     DEGENERATE_UNIT_SCORE * u**2 to the score (Mahalanobis and mse alike), where their own
     near-zero variance made it 1e8. Without such features the result is what it always was."""
-    from sklearn.covariance import LedoitWolf
 
     def shrunk(e: np.ndarray) -> np.ndarray:
-        cov = LedoitWolf().fit(e).covariance_
+        cov = ledoit_wolf_covariance(e)
         # A feature with no spread (a stuck sensor) would make the covariance singular.
         cov += np.eye(e.shape[1]) * max(1e-9, 1e-6 * float(np.trace(cov)) / e.shape[1])
         return np.asarray(cov)
@@ -569,8 +593,11 @@ def fit_asset_baseline(
     period_s: float | None = None,
     prior_windows: float = PRIOR_WINDOWS,
     rule: AlertRule | None = None,
+    errors: np.ndarray | None = None,
 ) -> Baseline:
     """An asset's own baseline from its normal windows [N, W, C], shrunk towards the profile's.
+    `errors`: the windows' error features under the profile's scaler, where already computed
+    (used only when that scaler is kept).
 
     By default the training scaler is kept and only the error statistics, the threshold and the
     known input range are refitted: on SKAB's tuning files (valve2) this lifted VUS-PR from 0.68
@@ -588,7 +615,8 @@ def fit_asset_baseline(
     if windows.ndim != 3 or len(windows) == 0:
         raise CalibrationError("calibration needs a non-empty [N, W, C] array of windows")
     scaler = default.scaler if keep and default is not None else RobustScaler.fit(windows)
-    errors = scorer.features(windows, scaler.center, scaler.scale)  # once, for both fits
+    if errors is None or not keep or len(errors) != len(windows):
+        errors = scorer.features(windows, scaler.center, scaler.scale)  # once, for both fits
     own = fit_baseline(
         scorer,
         windows,

@@ -95,15 +95,20 @@ def per_window_observe_batch(
     shifted: Sequence[bool],
     used: Sequence[Baseline],
     default: Baseline,
+    errors: np.ndarray | None = None,
 ) -> tuple[list[tuple[ScoreState, ShiftEvent | None] | None], list[int]]:
-    """What the engine did before `observe_batch`: `changed_since`, then `observe`."""
+    """What the engine did before `observe_batch`: `changed_since`, then `observe` (with the
+    features of warm-up windows scored under the profile's baseline, as the engine gives)."""
     states: list[tuple[ScoreState, ShiftEvent | None] | None] = [None] * len(windows)
     stale = []
     for i, (asset, time_ns, values) in enumerate(windows):
         if self.changed_since(profile, version, asset, used[i], default):
             stale.append(i)
             continue
-        states[i] = self.observe(scorer, profile, version, hop, asset, time_ns, values, shifted[i])
+        row = errors[i] if errors is not None and used[i] is default else None
+        states[i] = self.observe(
+            scorer, profile, version, hop, asset, time_ns, values, shifted[i], row
+        )
     return states, stale
 
 

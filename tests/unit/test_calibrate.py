@@ -11,6 +11,8 @@ from seqae.calibrate import (
     ThresholdPolicy,
     fit_baseline,
     fit_error_stats,
+    input_range,
+    ledoit_wolf_covariance,
     pot_threshold,
     set_threshold,
     split_for_calibration,
@@ -243,3 +245,34 @@ def test_sharing_stops_at_its_bound_and_keeps_the_values(monkeypatch: pytest.Mon
     assert shared is not values and not shared.flags.writeable
     np.testing.assert_array_equal(shared, values)
     assert calibrate.shared_array(values.copy()) is shared
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype"),
+    [((40, 8), np.float64), ((64, 24), np.float32), ((5, 60), np.float64), ((30, 1), np.float64)],
+)
+def test_ledoit_wolf_covariance_is_sklearns(shape: tuple[int, int], dtype: type) -> None:
+    from sklearn.covariance import LedoitWolf
+
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=shape) * np.arange(1, shape[1] + 1) + 5).astype(dtype)
+    x[:, 0] = x[:, -1] * 0.5 + rng.normal(size=shape[0]) * 0.01  # strongly correlated columns
+    expected = LedoitWolf().fit(x).covariance_
+    got = ledoit_wolf_covariance(x)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-5 if dtype is np.float32 else 1e-12)
+    still = np.ones((20, 3))  # no spread at all: no shrinkage to divide by
+    np.testing.assert_array_equal(
+        ledoit_wolf_covariance(still), LedoitWolf().fit(still).covariance_
+    )
+
+
+def test_input_range_is_nanpercentile_with_and_without_gaps() -> None:
+    rows = np.random.default_rng(4).normal(size=(30, 12, 5)).astype(np.float32)
+    expected = np.nanpercentile(rows.reshape(-1, 5), [0.5, 99.5], axis=0).astype(np.float32)
+    np.testing.assert_array_equal(np.stack(input_range(rows)), expected)
+    rows[:20, :, 1] = np.nan
+    rows[:, :, 3] = np.nan
+    with pytest.warns(RuntimeWarning):  # the all-NaN column
+        expected = np.nanpercentile(rows.reshape(-1, 5), [0.5, 99.5], axis=0).astype(np.float32)
+    np.testing.assert_array_equal(np.stack(input_range(rows)), expected)

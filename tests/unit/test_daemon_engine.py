@@ -182,6 +182,57 @@ def test_warmup_progress_survives_a_restart(
     assert states == ["calibrating"] * 10 + ["ok"] * 10
 
 
+def counted_forwards(registry: ProfileRegistry, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Windows each call of the profile's `Scorer.features` forwards (the fit's own calls too)."""
+    scorer = registry.get("pumps").scorer
+    calls: list[int] = []
+    forward = scorer.features
+
+    def counted(x: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
+        calls.append(len(x))
+        return forward(x, center, scale)
+
+    monkeypatch.setattr(scorer, "features", counted)
+    return calls
+
+
+def test_the_fit_reuses_the_warmup_windows_features_and_computes_restored_ones_again(
+    models_root: Path, windows: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from seqae.calibrate import fit_asset_baseline
+
+    settings = BaselineSettings(mode="per_asset", warmup_windows=40)
+    registry = ProfileRegistry(models_root, ["pumps"], "cpu")
+    calls = counted_forwards(registry, monkeypatch)
+    baselines = AssetBaselines(settings, tmp_path / "reused")
+    engine = ScoringEngine(EngineSettings(max_batch=10), registry, baselines)
+    engine.add("pumps", ready("p1", windows[:40]))
+    engine.run(force=True)
+    assert calls == [10] * 4  # the four batches; the fit forwarded nothing again
+    served = registry.get("pumps")
+    reused = baselines.baseline("pumps", served.version, "p1", served.loaded.baseline)
+    assert reused is not served.loaded.baseline
+    fresh = fit_asset_baseline(served.scorer, windows[:40], hop=4)
+    for name in ("err_mean", "err_sq_mean", "precision", "range_low", "range_high"):
+        np.testing.assert_allclose(getattr(reused, name), getattr(fresh, name), rtol=1e-6)
+    assert reused.threshold == pytest.approx(fresh.threshold, rel=1e-6)
+
+    # windows restored from a checkpoint have no features: the fit forwards all of them
+    first = AssetBaselines(settings, tmp_path / "restored")
+    engine = ScoringEngine(EngineSettings(max_batch=10), registry, first)
+    engine.add("pumps", ready("p1", windows[:30]))
+    engine.run(force=True)
+    first.checkpoint()
+    calls.clear()
+    again = AssetBaselines(settings, tmp_path / "restored")
+    engine = ScoringEngine(EngineSettings(max_batch=10), registry, again)
+    engine.add("pumps", ready("p1", windows[30:40]))
+    assert {w.state for w in engine.run(force=True).scored} == {"calibrating"}
+    assert calls == [10, 40]
+    restored = again.baseline("pumps", served.version, "p1", served.loaded.baseline)
+    np.testing.assert_allclose(restored.precision, fresh.precision, rtol=1e-6)
+
+
 def test_shift_is_an_event_not_a_fault(
     models_root: Path, known: np.ndarray, tmp_path: Path
 ) -> None:
