@@ -2,11 +2,16 @@
 
 An asset without a baseline for the served model version is `calibrating`: its windows are scored
 with the model's default baseline and collected; after `warmup_windows` of them its own baseline
-is fitted (seqae.calibrate.fit_asset_baseline, shrunk towards the profile's) and stored under
-`<state_dir>/baselines/`. A window the scorer calls `shifted` (above its threshold, normal once
-moved along the operating envelope) is a shift event, not a fault alert; after
-`rebaseline_windows` of them in a row the asset's baseline moves to its new operating point
-(`<state_dir>/moved/`), and the next normal window ends the shift with a `left` event.
+is fitted (seqae.calibrate.fit_asset_baseline, shrunk towards the profile's). A window the
+scorer calls `shifted` (above its threshold, normal once moved along the operating envelope) is a
+shift event, not a fault alert; after `rebaseline_windows` of them in a row the asset's baseline
+moves to its new operating point, and the next normal window ends the shift with a `left` event.
+
+The changelog carries every asset's calibration (`calibrations`). The files under `<state_dir>/`
+(`baselines/`, `moved/`, `warmup/`) are a local cache of it, written with a `snapshot`, which
+the daemon takes at a stop or a revocation: not at each fit, where a fleet that starts together
+would wait for thousands of fsyncs on the run loop, nor ahead of the offsets its windows
+came from.
 """
 
 from __future__ import annotations
@@ -167,6 +172,14 @@ class Calibration:
         }
 
 
+def _file(asset: str, entry: _AssetCalibration, baseline: Baseline | None) -> bytes | None:
+    """A baseline's cache file (None: there is none, the file goes)."""
+    if baseline is None:
+        return None
+    payload = {"asset": asset, "model_version": entry.version, "baseline": baseline.to_dict()}
+    return json.dumps(payload).encode()
+
+
 # the state of most windows: no calibration, no shift (`observe_batch`)
 _OK: tuple[ScoreState, ShiftEvent | None] = ("ok", None)
 
@@ -305,8 +318,6 @@ class AssetBaselines:
         """Re-baseline at the operating point the asset moved to: the baseline's centre moves
         by the median displacement of the shifted windows; statistics and threshold stay."""
         moved = current.moved(np.median(np.stack(entry.shift_run), axis=0))
-        payload = {"asset": asset, "model_version": entry.version, "baseline": moved.to_dict()}
-        write_atomic(self._moved_path(profile, entry.version, asset), json.dumps(payload).encode())
         entry.moved, entry.shift_run = moved, []
         self._changed(profile, asset, entry)
         log.info(
@@ -385,9 +396,10 @@ class AssetBaselines:
                 self._unsaved.discard((profile, asset))
 
     def snapshot(self) -> WarmupSnapshot:
-        """Warm-up progress as of now, as files to write with the rest of a checkpoint, so a
-        restart continues warm-up with the same windows; `saved()` once they are written.
-        Only the assets changed since their last saved snapshot are visited."""
+        """Calibrations as of now (own and moved baselines, warm-up progress), as files to write
+        with the rest of a checkpoint, so a restart without the changelog continues warm-up with
+        the same windows; `saved()` once they are written. Only the assets changed since their
+        last saved snapshot are visited."""
         snap = WarmupSnapshot()
         for key in list(self._unsaved):
             entry = self._assets.get(key)
@@ -401,6 +413,13 @@ class AssetBaselines:
                 snap.files.append((path, buffer.getvalue()))
             else:
                 snap.files.append((path, None))
+            profile, asset = key
+            if entry.baseline is not None:
+                own = _file(asset, entry, entry.baseline)
+                snap.files.append((self._path(profile, entry.version, asset), own))
+            if entry.baseline is not None or entry.moved is not None:  # a fit ends a move
+                moved = _file(asset, entry, entry.moved)
+                snap.files.append((self._moved_path(profile, entry.version, asset), moved))
             snap.changes[key] = entry.changes
         return snap
 
@@ -443,8 +462,6 @@ class AssetBaselines:
             half = len(entry.warmup) // 2
             entry.warmup, entry.warmup_errors = entry.warmup[half:], entry.warmup_errors[half:]
             return
-        payload = {"asset": asset, "model_version": entry.version, "baseline": baseline.to_dict()}
-        write_atomic(self._path(profile, entry.version, asset), json.dumps(payload).encode())
         entry.baseline, entry.warmup, entry.warmup_errors, entry.moved = baseline, [], [], None
         self._changed(profile, asset, entry)
         self.fitted += 1

@@ -643,7 +643,6 @@ def test_per_asset_calibration_hot_swap_and_a_broken_model(
     rows = query(f"SELECT state FROM seqae_score WHERE asset = '{HEALTHY}'")[0]["values"]
     states = [r[1] for r in rows]
     assert states[:30] == ["calibrating"] * 30 and "calibrating" not in states[30:]
-    assert list((tmp_path / "state-d1" / "baselines").rglob("*.json"))
 
     # a new version becomes CURRENT: served from the next batch on, under its own tag
     v2 = train_pumps(models, seed=1)
@@ -675,6 +674,9 @@ def test_per_asset_calibration_hot_swap_and_a_broken_model(
     assert score_times(query, HEALTHY) == want
     versions = query("SHOW TAG VALUES FROM seqae_score WITH KEY = model_version")[0]["values"]
     assert sorted(v[1] for v in versions) == ["v0001", v2]
+    # the local cache of the asset's calibration, written at the stop: the served version's
+    (cached,) = (tmp_path / "state-d1" / "baselines").rglob("*.json")
+    assert json.loads(cached.read_text())["model_version"] == v2
 
 
 def test_recalibrate_endpoint_puts_an_asset_back_into_warm_up(

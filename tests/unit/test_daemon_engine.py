@@ -149,16 +149,19 @@ def test_per_asset_warmup_fits_persists_and_restores(
 ) -> None:
     settings = BaselineSettings(mode="per_asset", warmup_windows=60)
     registry = ProfileRegistry(models_root, ["pumps"], "cpu")
-    engine = ScoringEngine(
-        EngineSettings(max_batch=16), registry, AssetBaselines(settings, tmp_path)
-    )
+    baselines = AssetBaselines(settings, tmp_path)
+    engine = ScoringEngine(EngineSettings(max_batch=16), registry, baselines)
     engine.add("pumps", ready("p1", windows[:80]))
     states = [w.state for w in engine.run(force=True).scored]
     # windows after the fit in the same batch are scored again with the asset's own baseline
     assert states == ["calibrating"] * 60 + ["ok"] * 20
     assert all(not w.anomalous for w in engine.run(force=True).scored)
+    # the files are a cache of the changelog's state: written with a checkpoint, not at the fit
+    assert not list((tmp_path / "baselines").rglob("*.json"))
+    baselines.checkpoint()
     saved = list((tmp_path / "baselines").rglob("*.json"))
     assert [p.name for p in saved] == ["p1.json"]
+    assert not list((tmp_path / "warmup").rglob("*.npy"))
     fresh = ScoringEngine(EngineSettings(), registry, AssetBaselines(settings, tmp_path))
     fresh.add("pumps", ready("p1", windows[80:90]))
     assert {w.state for w in fresh.run(force=True).scored} == {"ok"}
