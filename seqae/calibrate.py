@@ -617,6 +617,14 @@ def fit_asset_baseline(
     scaler = default.scaler if keep and default is not None else RobustScaler.fit(windows)
     if errors is None or not keep or len(errors) != len(windows):
         errors = scorer.features(windows, scaler.center, scaler.scale)  # once, for both fits
+    # a warm-up sees one operating point: the blend below keeps the profile's envelope, so
+    # its own (an SVD, a third of the fit) is not fitted where it would be dropped
+    profile_envelope = (
+        keep
+        and default is not None
+        and default.env_basis.size > 0
+        and len(default.err_mean) == errors.shape[1]
+    )
     own = fit_baseline(
         scorer,
         windows,
@@ -626,6 +634,7 @@ def fit_asset_baseline(
         scaler=scaler,
         period_s=period_s,
         rule=rule,
+        envelope=[] if profile_envelope else None,
         errors=errors,
     )
     if default is None or len(default.err_mean) != len(own.err_mean):
@@ -647,9 +656,8 @@ def fit_asset_baseline(
         range_high=np.maximum(own.range_high, default.range_high)
         if default.range_high.size == own.range_high.size
         else own.range_high,
-        # a warm-up sees one operating point: the envelope stays the profile's
-        env_mean=default.env_mean if keep and default.env_basis.size else own.env_mean,
-        env_basis=default.env_basis if keep and default.env_basis.size else own.env_basis,
+        env_mean=default.env_mean if profile_envelope else own.env_mean,
+        env_basis=default.env_basis if profile_envelope else own.env_basis,
         obs_log_var=own.obs_log_var,
         degenerate=own.degenerate,
     )
