@@ -6,7 +6,9 @@ per round, as a fleet in step delivers them; normal readings, no missing samples
 each round; after `warmup_windows` rounds (the shipped default, 64) every asset fits its own
 baseline. Timed: each `AssetBaselines._fit` (CPU of the loop's thread and wall time, including
 its fsync'd baseline file), and the loop thread's CPU over the round in which the fits ran
-against an ordinary round after it. The profile is bench_scoring's small LSTM autoencoder.
+against an ordinary round after it; the first fit apart (what it imports the first time shows
+there), and the resident memory the fits' round added. The profile is bench_scoring's small
+LSTM autoencoder.
 
 `--before ROOT` runs the same, alternating, on the code of another checkout (its root, e.g. a
 `git worktree` of an older commit), each in its own process, and prints the ratio.
@@ -33,6 +35,11 @@ HERE = Path(__file__).resolve().parent
 ROOT = Path(sys.argv[sys.argv.index("--root") + 1]) if "--root" in sys.argv else HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status", encoding="ascii") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
 
 
 def one_run(models_root: Path, assets: int) -> dict[str, Any]:
@@ -83,7 +90,9 @@ def one_run(models_root: Path, assets: int) -> dict[str, Any]:
     ]
     step = geometry.hop * geometry.period_ns
     round_cpu = []
+    rss_added = 0.0
     for r in range(rounds):
+        rss = rss_mb()
         cpu = time.thread_time()
         start = r * geometry.hop
         windows = [
@@ -99,6 +108,8 @@ def one_run(models_root: Path, assets: int) -> dict[str, Any]:
         engine.add("bench", windows)
         engine.run(force=True, wait=True)
         round_cpu.append(time.thread_time() - cpu)
+        if r == settings.warmup_windows - 1:
+            rss_added = rss_mb() - rss
     engine.close()
     assert baselines.fitted == assets, (baselines.fitted, assets)
     fit_cpu = [c for c, _ in fits]
@@ -108,6 +119,8 @@ def one_run(models_root: Path, assets: int) -> dict[str, Any]:
         "code": str(Path(baselines_module.__file__).resolve().parent.parent),
         "assets": assets,
         "fits": len(fits),
+        "first_fit_ms": 1e3 * fit_wall[0],
+        "fits_rss_added_mb": rss_added,
         "fit_cpu_ms": 1e3 * statistics.mean(fit_cpu),
         "fit_wall_ms": 1e3 * statistics.mean(fit_wall),
         "fit_write_ms": 1e3 * statistics.mean(writes) if writes else 0.0,
@@ -159,6 +172,7 @@ def main() -> None:
                 f"{repeat + 1}/{args.repeats} {code:>6}: {r['fits']} fits,"
                 f" {r['fit_cpu_ms']:.2f} ms CPU / {r['fit_wall_ms']:.2f} ms wall each"
                 f" (baseline file {r['fit_write_ms']:.2f} ms), {r['fits_total_s']:.1f} s in all;"
+                f" the first {r['first_fit_ms']:.0f} ms; RSS +{r['fits_rss_added_mb']:.0f} MB;"
                 f" the fits' round {r['fit_round_cpu_s']:.2f} s CPU,"
                 f" an ordinary round {r['ordinary_round_cpu_s']:.3f} s",
                 flush=True,
