@@ -37,15 +37,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 
-def rss_mb() -> float:
-    with open("/proc/self/status", encoding="ascii") as f:
-        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
-
-
 def one_run(models_root: Path, assets: int) -> dict[str, Any]:
     """The warm-up of `assets` assets on the code under ROOT (this process)."""
     import numpy as np
     import torch
+    from bench_fleet import rss_bytes
     from bench_scoring import START_NS, plant_series
 
     import daemon.baselines as baselines_module
@@ -92,7 +88,7 @@ def one_run(models_root: Path, assets: int) -> dict[str, Any]:
     round_cpu = []
     rss_added = 0.0
     for r in range(rounds):
-        rss = rss_mb()
+        rss = rss_bytes()
         cpu = time.thread_time()
         start = r * geometry.hop
         windows = [
@@ -109,7 +105,7 @@ def one_run(models_root: Path, assets: int) -> dict[str, Any]:
         engine.run(force=True, wait=True)
         round_cpu.append(time.thread_time() - cpu)
         if r == settings.warmup_windows - 1:
-            rss_added = rss_mb() - rss
+            rss_added = (rss_bytes() - rss) / 2**20
     engine.close()
     assert baselines.fitted == assets, (baselines.fitted, assets)
     fit_cpu = [c for c, _ in fits]
