@@ -83,6 +83,8 @@ class StreamCore:
         if ready or self._partition.get(reading.asset) != tp:
             self._partition[reading.asset] = tp
             self._changed.add(reading.asset)
+        if not ready:
+            return 0
         for w in ready:
             w.completed_ms = completed_ms
         self.engine.add(profile, ready)

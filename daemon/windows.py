@@ -20,18 +20,22 @@ passing over every window.
 Memory: a fleet holds one `AssetWindow` per asset (and nothing else per asset in the store), so
 what does not differ between assets (the channel index, an all-zero fill count) is shared per
 geometry, and what usually has one entry (the partitions an asset's readings come from) is a
-tuple rather than a dict or set.
+tuple rather than a dict or set. A slot read with every channel is final as it was read, so the
+forward-filled copy (`_filled`) holds only the other slots and is allocated by an asset's first
+one: a fleet sending whole readings holds one ring of values per asset, not two.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import operator
 import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
@@ -75,6 +79,24 @@ class WindowGeometry:
 def _channel_index(channels: tuple[str, ...]) -> dict[str, int]:
     """Column of each channel: one dict per geometry, shared by its assets (never mutated)."""
     return {name: i for i, name in enumerate(channels)}
+
+
+@functools.lru_cache(maxsize=64)
+def _row_of(channels: tuple[str, ...]) -> Callable[[Mapping[str, float]], Any]:
+    """A whole reading's values in column order (one C call; a scalar for one channel, which
+    a row assignment broadcasts alike): shared per geometry."""
+    return operator.itemgetter(*channels)
+
+
+@functools.lru_cache(maxsize=64)
+def _window_rows(cap: int, window: int) -> tuple[np.ndarray, ...]:
+    """Per ring row r, the rows of the window ending at r, oldest first: shared, read-only."""
+    rows = []
+    for end in range(cap):
+        index = np.arange(end - window + 1, end + 1) % cap
+        index.flags.writeable = False
+        rows.append(index)
+    return tuple(rows)
 
 
 @functools.lru_cache(maxsize=64)
@@ -125,6 +147,7 @@ class AssetWindow:
         "_phase",
         "_raw",
         "_reported",
+        "_row",
         "_run_start",
         "_tps",
         "asset",
@@ -151,7 +174,11 @@ class AssetWindow:
         self._phase = window_phase(asset, geometry.hop)
         self._cap = geometry.window + lateness_slots + max_fill + 2
         self._raw = np.full((self._cap, c), np.nan, np.float32)
-        self._filled = np.full((self._cap, c), np.nan, np.float32)
+        self._row = _row_of(geometry.channels)
+        # final values of the rows finalized without every channel (forward-filled); a row
+        # with every channel is final as it is in `_raw`. None until the asset has such a row:
+        # a fleet sending whole readings never allocates it.
+        self._filled: np.ndarray | None = None
         # the partitions its readings came from (also those of readings dropped as too late),
         # and per partition the smallest offset per slot
         self._tps: tuple[TopicPartitionId, ...] = ()
@@ -193,6 +220,10 @@ class AssetWindow:
             i = self._tps.index(tp)
         except ValueError:
             i = self._add_partition(tp)
+        values = reading.values
+        whole = len(values) == len(self._index)
+        row = slot % self._cap
+        next_slot = False  # the slot after the newest, read whole: the common case
         ready: list[ReadyWindow] = []
         if self._head is None:
             self._start_run(slot)
@@ -204,26 +235,31 @@ class AssetWindow:
                 self._gap_pending = True
                 counters.gap_resets += 1
             else:
-                for s in range(self._head + 1, slot + 1):
-                    self._clear(s, raw=s != slot or len(reading.values) != len(self._index))
+                if whole and slot == self._head + 1:
+                    next_slot = True  # `_clear(slot, raw=False)`, its offsets set below
+                else:
+                    for s in range(self._head + 1, slot + 1):
+                        self._clear(s, raw=s != slot or not whole)
                 self._head = slot
                 ready = self._finalize_until(slot - self._lateness)
         elif slot < self._final or slot < self._run_start:
             counters.late_dropped += 1
             self._late += 1
             return []
-        row = slot % self._cap
-        values = reading.values
-        if len(values) == len(self._index):  # every channel: one row write instead of C
-            self._raw[row] = [values[name] for name in self.geometry.channels]
+        if whole:  # every channel: one row write instead of C
+            self._raw[row] = self._row(values)
             self._complete[row] = 1
         else:
             for name, value in values.items():
                 self._raw[row, self._index[name]] = value
             self._complete[row] = 0  # `_finalize_until` looks at which are missing
-        per_slot = self._per_tp[i]
-        if offset < per_slot[row]:
-            per_slot[row] = offset
+        if next_slot:
+            for j, per_slot in enumerate(self._per_tp):
+                per_slot[row] = offset if j == i else _NO_OFFSET
+        else:
+            per_slot = self._per_tp[i]
+            if offset < per_slot[row]:
+                per_slot[row] = offset
         if not self.unreported:
             # Offsets grow within a partition and a next window's first slot only moves
             # later, so the readings a report named stay the oldest the window needs: a new
@@ -301,7 +337,6 @@ class AssetWindow:
 
     def _start_run(self, slot: int) -> None:
         self._raw[:] = np.nan
-        self._filled[:] = np.nan
         for per_slot in self._per_tp:
             per_slot[:] = _NO_OFFSET
         self._fill_count = _no_fill(len(self._index))
@@ -313,7 +348,8 @@ class AssetWindow:
 
     def _clear(self, slot: int, raw: bool = True) -> None:
         """Empty a slot for new readings (`raw=False`: a whole row is about to be written).
-        Its filled row needs no clearing: `_finalize_until` writes it before anything reads it."""
+        Its filled row needs no clearing: `_finalize_until` writes it before anything reads it
+        (and a row written with every channel reads `_raw`)."""
         row = slot % self._cap
         if raw:
             self._raw[row] = np.nan
@@ -325,28 +361,17 @@ class AssetWindow:
         """Make slots [_final, stop) final and return the windows that end among them."""
         ready: list[ReadyWindow] = []
         g = self.geometry
+        cap, complete = self._cap, self._complete
         for s in range(self._final, stop):
-            row = s % self._cap
-            raw = self._raw[row]
-            if self._complete[row]:  # the common case: nothing to fill
-                self._filled[row] = raw
+            row = s % cap
+            if complete[row]:  # the common case: final as it is, nothing to fill
                 if self._filling:
-                    self._fill_count = _no_fill(len(raw))
+                    self._fill_count = _no_fill(len(self._index))
                     self._filling = False
             else:
-                observed = ~np.isnan(raw)
-                if s == self._run_start:
-                    self._filled[row] = raw
-                    counts = np.where(observed, 0, self._fill_count)
-                else:
-                    prev = self._filled[(s - 1) % self._cap]
-                    fill = ~observed & (self._fill_count < self._max_fill)
-                    self._filled[row] = np.where(observed, raw, np.where(fill, prev, np.nan))
-                    counts = np.where(observed, 0, self._fill_count + 1)
-                self._filling = bool(counts.any())
-                self._fill_count = counts if self._filling else _no_fill(len(raw))
+                self._fill_row(s, row)
             if (
-                is_window_end(s, self._phase, g.hop)
+                (s + self._phase) % g.hop == g.hop - 1  # is_window_end, inlined: per reading
                 and s - g.window + 1 >= self._run_start
                 and s > self._last_end
             ):
@@ -354,12 +379,33 @@ class AssetWindow:
         self._final = max(self._final, stop)
         return ready
 
+    def _fill_row(self, s: int, row: int) -> None:
+        """The final values of a slot some channel was not read in: forward-filled from the
+        slot before for at most `max_fill` slots in a row, NaN beyond."""
+        filled = self._filled
+        if filled is None:
+            filled = self._filled = np.full_like(self._raw, np.nan)
+        raw = self._raw[row]
+        observed = ~np.isnan(raw)
+        if s == self._run_start:
+            filled[row] = raw
+            counts = np.where(observed, 0, self._fill_count)
+        else:
+            before = (s - 1) % self._cap
+            prev = self._raw[before] if self._complete[before] else filled[before]
+            fill = ~observed & (self._fill_count < self._max_fill)
+            filled[row] = np.where(observed, raw, np.where(fill, prev, np.nan))
+            counts = np.where(observed, 0, self._fill_count + 1)
+        self._filling = bool(counts.any())
+        self._fill_count = counts if self._filling else _no_fill(len(raw))
+
     def _window_ending(self, end: int) -> ReadyWindow:
         g = self.geometry
-        rows = np.arange(end - g.window + 1, end + 1) % self._cap
+        cap = self._cap
+        rows = _window_rows(cap, g.window)[end % cap]
         offsets = {}
         for tp, per_slot in zip(self._tps, self._per_tp, strict=True):
-            low = int(per_slot[rows].min())
+            low = int(np.minimum.reduce(per_slot.take(rows)))
             if low != _NO_OFFSET:
                 offsets[tp] = low
         gap, late = self._gap_pending, self._late
@@ -367,7 +413,18 @@ class AssetWindow:
         self._gap_hold = _NOTHING_HELD
         self._late = 0
         self._last_end = end
-        values = self._filled[rows].copy()
+        values = self._raw.take(rows, axis=0)
+        # a row some channel was not read in is final in `_filled`
+        first, last = (end - g.window + 1) % cap, end % cap
+        complete = self._complete
+        if first <= last:
+            filled_any = complete.find(0, first, last + 1) >= 0
+        else:
+            filled_any = complete.find(0, first) >= 0 or complete.find(0, 0, last + 1) >= 0
+        if filled_any:
+            assert self._filled is not None
+            whole = np.frombuffer(complete, np.uint8)[rows].astype(bool)
+            values[~whole] = self._filled[rows[~whole]]
         return ReadyWindow(self.asset, end * g.period_ns, values, gap, offsets, late=late)
 
 
@@ -395,7 +452,7 @@ class WindowStore:
         self, reading: Reading, geometry: WindowGeometry, tp: TopicPartitionId, offset: int
     ) -> list[ReadyWindow]:
         window = self._assets.get(reading.asset)
-        if window is None or window.geometry != geometry:
+        if window is None or (window.geometry is not geometry and window.geometry != geometry):
             lateness = math.ceil(self._s.max_lateness_s * 1e9 / geometry.period_ns)
             resume = self._resume.get(reading.asset)
             if window is not None:

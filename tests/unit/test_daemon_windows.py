@@ -331,3 +331,47 @@ def test_one_assets_forward_fill_does_not_reach_anothers_window() -> None:
     # after a whole row the filling asset counts afresh: slot 6 is filled again
     again = feed(store, [5, 6, 7, 8], asset="pump-b", start_offset=5, values={6: {"a": 6.0}})
     assert again[-1].values[:, 1].tolist() == [40.0, 50.0, 50.0, 70.0]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_windows_mixing_whole_and_partial_readings_equal_the_forward_fill_of_each_slots_last_values(
+    seed: int,
+) -> None:
+    """Rows read with every channel are final as read, the others forward-filled: over many
+    turns of the ring, every window equals the forward fill computed from the readings."""
+    rng = np.random.default_rng(seed)
+    channels = ("a", "b", "c")
+    geometry = WindowGeometry.of(channels, period_s=1.0, window=6, hop=2)
+    max_fill = 2
+    store = WindowStore(WindowSettings(max_lateness_s=1, max_fill=max_fill))
+    last: dict[int, dict[str, float]] = {}  # per slot, the last value read of each channel
+    ready = []
+    for slot in range(200):
+        for _ in range(int(rng.integers(1, 3))):  # a second reading of a slot replaces values
+            if rng.random() < 0.6:
+                values = {c: float(rng.normal()) for c in channels}
+            else:
+                values = {c: float(rng.normal()) for c in channels if rng.random() < 0.5}
+            if values:
+                last.setdefault(slot, {}).update(values)
+                ready += store.add(Reading("pump", slot * S, values), geometry, TP, slot)
+    assert len(ready) > 80
+    expected: dict[int, list[float]] = {}
+    since = dict.fromkeys(channels, 0)  # slots filled in a row, per channel
+    for slot in range(200):
+        row = []
+        for i, c in enumerate(channels):
+            if c in last.get(slot, {}):
+                row.append(last[slot][c])
+                since[c] = 0
+            elif slot and since[c] < max_fill:
+                row.append(expected[slot - 1][i])
+                since[c] += 1
+            else:
+                row.append(float("nan"))
+                since[c] += 1
+        expected[slot] = row
+    for w in ready:
+        end = w.end_ns // S
+        want = np.array([expected[s] for s in range(end - 5, end + 1)], np.float32)
+        np.testing.assert_array_equal(w.values, want)
