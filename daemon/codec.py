@@ -9,6 +9,7 @@ daemon's clock), so that no single message can move an asset's window into the f
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -123,6 +124,12 @@ def _number(raw: object, where: str, name: str = "") -> float:
     return value
 
 
+@functools.lru_cache(maxsize=64)
+def _channel_set(channels: tuple[str, ...]) -> frozenset[str]:
+    """A profile's channels as a set, once per channel tuple."""
+    return frozenset(channels)
+
+
 def _string(message: dict[str, Any], field: str) -> str:
     if field not in message:
         raise DecodeError("missing_field", f"no {field!r} field")
@@ -169,7 +176,6 @@ class MessageDecoder:
         self._ts_field = settings.ts_field
         self._skew_s = settings.max_clock_skew_s
         self._oldest_ns = (settings.oldest_timestamp - _EPOCH) // timedelta(microseconds=1) * 1000
-        self._channel_sets: dict[Sequence[str], frozenset[str]] = {}
 
     def decode(self, value: bytes) -> Reading:
         """A Reading, or DecodeError with a reason: nothing else, whatever `value` holds."""
@@ -224,7 +230,8 @@ class MessageDecoder:
             raise DecodeError("bad_type", f"{field} must be an object of channel -> number")
         if not raw:
             raise DecodeError("missing_field", f"{field} is empty")
-        if raw.keys() <= self._channel_set(channels):  # the common case: one set comparison
+        known = _channel_set(channels) if type(channels) is tuple else frozenset(channels)
+        if raw.keys() <= known:  # the common case: one set comparison
             for reading in raw.values():
                 if type(reading) is not float or reading - reading != 0.0:
                     break
@@ -237,17 +244,6 @@ class MessageDecoder:
             if type(reading) is not float or reading - reading != 0.0:
                 raw[name] = _number(reading, field, name)
         return raw  # the parser's fresh dict, now of finite floats
-
-    def _channel_set(self, channels: Sequence[str]) -> frozenset[str]:
-        try:
-            return self._channel_sets[channels]
-        except KeyError:
-            if len(self._channel_sets) >= 64:  # profiles reloaded many times: stay bounded
-                self._channel_sets.clear()
-            known = self._channel_sets[channels] = frozenset(channels)
-            return known
-        except TypeError:  # a list: not a key
-            return frozenset(channels)
 
     def _narrow_value(self, message: dict[str, Any], channels: Sequence[str]) -> dict[str, float]:
         s = self._s

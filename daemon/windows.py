@@ -371,7 +371,7 @@ class AssetWindow:
             else:
                 self._fill_row(s, row)
             if (
-                (s + self._phase) % g.hop == g.hop - 1  # is_window_end, inlined: per reading
+                is_window_end(s, self._phase, g.hop)
                 and s - g.window + 1 >= self._run_start
                 and s > self._last_end
             ):
@@ -414,17 +414,10 @@ class AssetWindow:
         self._late = 0
         self._last_end = end
         values = self._raw.take(rows, axis=0)
-        # a row some channel was not read in is final in `_filled`
-        first, last = (end - g.window + 1) % cap, end % cap
-        complete = self._complete
-        if first <= last:
-            filled_any = complete.find(0, first, last + 1) >= 0
-        else:
-            filled_any = complete.find(0, first) >= 0 or complete.find(0, 0, last + 1) >= 0
-        if filled_any:
-            assert self._filled is not None
-            whole = np.frombuffer(complete, np.uint8)[rows].astype(bool)
-            values[~whole] = self._filled[rows[~whole]]
+        if self._filled is not None:  # a row some channel was not read in is final there
+            whole = np.frombuffer(self._complete, np.uint8).take(rows).astype(bool)
+            if not whole.all():
+                values[~whole] = self._filled[rows[~whole]]
         return ReadyWindow(self.asset, end * g.period_ns, values, gap, offsets, late=late)
 
 
