@@ -8,10 +8,10 @@ shift event, not a fault alert; after `rebaseline_windows` of them in a row the 
 moves to its new operating point, and the next normal window ends the shift with a `left` event.
 
 The changelog carries every asset's calibration (`calibrations`). The files under `<state_dir>/`
-(`baselines/`, `moved/`, `warmup/`) are a local cache of it, written with a `snapshot`, which
-the daemon takes at a stop or a revocation: not at each fit, where a fleet that starts together
-would wait for thousands of fsyncs on the run loop, nor ahead of the offsets its windows
-came from.
+(`baselines/`, `moved/`, `warmup/`, `warmup-errors/`) are a local cache of it, written with a
+`snapshot`, which the daemon takes at a stop or a revocation: not at each fit, where a fleet that
+starts together would wait for thousands of fsyncs on the run loop, nor ahead of the offsets its
+windows came from.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,12 +118,16 @@ def join_arrays_json(blocks: list[dict[str, Any]]) -> dict[str, Any] | None:
 class _AssetCalibration:
     version: str
     baseline: Baseline | None = None
-    warmup: list[np.ndarray] = field(default_factory=list)
+    # tuples, replaced rather than appended to: a fitted asset holds no empty lists, and a
+    # checkpoint takes them without a copy
+    warmup: tuple[np.ndarray, ...] = ()
     # each warm-up window's error features as scored under the profile's baseline (None where
-    # not): the fit reuses them instead of a second forward; derived, so not durable state
-    warmup_errors: list[np.ndarray | None] = field(default_factory=list)
+    # not): the fit reuses them instead of a second forward. Durable beside the windows: a
+    # forward's last bits depend on the batch it ran in, so the fit after a restore must use
+    # the features the windows were scored with, not features computed again
+    warmup_errors: tuple[np.ndarray | None, ...] = ()
     moved: Baseline | None = None  # the baseline re-centred at the operating point it moved to
-    shift_run: list[np.ndarray] = field(default_factory=list)  # displacements of shifted windows
+    shift_run: tuple[np.ndarray, ...] = ()  # displacements of shifted windows
     shifted: bool = False
     changes: int = 0  # bumped on every change worth persisting
     saved: int = 0  # `changes` as of the last snapshot written
@@ -145,6 +150,7 @@ class Calibration:
     baseline: Baseline | None
     moved: Baseline | None
     warmup: tuple[np.ndarray, ...]
+    warmup_errors: tuple[np.ndarray | None, ...]
     shift_run: tuple[np.ndarray, ...]
     shifted: bool
 
@@ -156,20 +162,43 @@ class Calibration:
         """The warm-up windows from `start` on as one base64 block (None: none)."""
         return _arrays_json(list(self.warmup[start:]))
 
+    def warmup_errors_json(self, start: int = 0) -> dict[str, Any] | None:
+        """The features of the warm-up windows from `start` on (None: not every window of the
+        warm-up has them, and the fit computes them all again)."""
+        return _arrays_json(_known_errors(self.warmup, self.warmup_errors)[start:])
+
     def shift_run_json(self) -> dict[str, Any] | None:
         return _arrays_json(list(self.shift_run))
 
     def to_json(self) -> dict[str, Any]:
         """`AssetBaselines.asset_state`'s item: everything inline, JSON-safe and exact."""
+        errors = self.warmup_errors_json()
         return {
             "profile": self.profile,
             "version": self.version,
             "baseline": _baseline_json(self.baseline),
             "moved": _baseline_json(self.moved),
             "warmup": self.warmup_json(),
+            **({"warmup_errors": errors} if errors is not None else {}),  # as the changelog's
             "shift_run": self.shift_run_json(),
             "shifted": self.shifted,
         }
+
+
+def _known_errors(
+    warmup: tuple[np.ndarray, ...], errors: tuple[np.ndarray | None, ...]
+) -> list[np.ndarray]:
+    """Every warm-up window's features, or none where one is not known."""
+    if len(errors) != len(warmup) or any(e is None for e in errors):
+        return []
+    return list(errors)  # type: ignore[arg-type]
+
+
+def _with_errors(
+    warmup: tuple[np.ndarray, ...], errors: list[np.ndarray]
+) -> tuple[np.ndarray | None, ...]:
+    """Restored features, kept only where they are one per window."""
+    return tuple(errors) if len(errors) == len(warmup) else ()
 
 
 def _file(asset: str, entry: _AssetCalibration, baseline: Baseline | None) -> bytes | None:
@@ -205,7 +234,7 @@ class AssetBaselines:
             if self._s.mode == "per_asset":
                 entry.baseline = self._load(self._path(profile, version, asset), asset)
                 if entry.baseline is None:
-                    entry.warmup = self._load_warmup(profile, version, asset)
+                    entry.warmup, entry.warmup_errors = self._load_warmup(profile, version, asset)
             entry.moved = self._load(self._moved_path(profile, version, asset), asset)
             self._assets[key] = entry
             self._profiles.add(profile)
@@ -256,8 +285,7 @@ class AssetBaselines:
                     stale.append(i)
                     continue
                 if not (shifted[i] or entry.shifted or (calibrates and entry.baseline is None)):
-                    if entry.shift_run:
-                        entry.shift_run = []
+                    entry.shift_run = ()
                     states[i] = _OK
                     continue
             elif self.changed_since(profile, version, asset, used[i], default):
@@ -296,8 +324,8 @@ class AssetBaselines:
             if entry.shifted:  # recalibration ended a shift
                 entry.shifted = False
                 event = ShiftEvent(asset, profile, time_ns, "left")
-            entry.warmup.append(window)
-            entry.warmup_errors.append(None if errors is None else errors.copy())
+            entry.warmup += (window,)
+            entry.warmup_errors += (None if errors is None else errors.copy(),)
             self._changed(profile, asset, entry)
             if len(entry.warmup) >= self._s.warmup_windows:
                 self._fit(scorer, profile, hop, asset, entry)
@@ -307,18 +335,18 @@ class AssetBaselines:
             event = ShiftEvent(asset, profile, time_ns, "entered" if shifted else "left")
         if shifted:
             current = self.baseline(profile, version, asset, scorer.default_baseline)
-            entry.shift_run.append(current.displacement(window[None])[0])
+            entry.shift_run += (current.displacement(window[None])[0],)
             if self._s.rebaseline_windows and len(entry.shift_run) >= self._s.rebaseline_windows:
                 self._move(profile, asset, entry, current)
         else:
-            entry.shift_run = []
+            entry.shift_run = ()
         return ("shifted" if shifted else "ok"), event
 
     def _move(self, profile: str, asset: str, entry: _AssetCalibration, current: Baseline) -> None:
         """Re-baseline at the operating point the asset moved to: the baseline's centre moves
         by the median displacement of the shifted windows; statistics and threshold stay."""
         moved = current.moved(np.median(np.stack(entry.shift_run), axis=0))
-        entry.moved, entry.shift_run = moved, []
+        entry.moved, entry.shift_run = moved, ()
         self._changed(profile, asset, entry)
         log.info(
             "asset %s (%s %s): re-baselined at its new operating point",
@@ -359,8 +387,9 @@ class AssetBaselines:
                     entry.version,
                     entry.baseline,
                     entry.moved,
-                    tuple(entry.warmup),
-                    tuple(entry.shift_run),
+                    entry.warmup,
+                    entry.warmup_errors,
+                    entry.shift_run,
                     entry.shifted,
                 )
             )
@@ -372,13 +401,16 @@ class AssetBaselines:
         entries = {}
         try:
             for item in state:
-                entry = _AssetCalibration(str(item["version"]))
+                # interned: each record decodes its own copy of the same few names
+                entry = _AssetCalibration(sys.intern(str(item["version"])))
                 entry.baseline = _baseline_from_json(item["baseline"])
                 entry.moved = _baseline_from_json(item["moved"])
-                entry.warmup = _arrays_from_json(item["warmup"])
-                entry.shift_run = _arrays_from_json(item["shift_run"])
+                entry.warmup = tuple(_arrays_from_json(item["warmup"]))
+                errors = _arrays_from_json(item.get("warmup_errors"))
+                entry.warmup_errors = _with_errors(entry.warmup, errors)
+                entry.shift_run = tuple(_arrays_from_json(item["shift_run"]))
                 entry.shifted = bool(item["shifted"])
-                entries[(str(item["profile"]), asset)] = entry
+                entries[(sys.intern(str(item["profile"])), asset)] = entry
         except (KeyError, TypeError, ValueError, CalibrationError) as exc:
             raise ValueError(f"baseline state for asset {asset!r}: {exc!r}") from exc
         self.forget([asset])
@@ -407,12 +439,13 @@ class AssetBaselines:
                 self._unsaved.discard(key)  # replaced by a new version's entry meanwhile
                 continue
             path = self._warmup_path(key[0], entry.version, key[1])
+            errors_path = self._warmup_errors_path(key[0], entry.version, key[1])
+            known = _known_errors(entry.warmup, entry.warmup_errors)
             if entry.baseline is None and entry.warmup:
-                buffer = io.BytesIO()
-                np.save(buffer, np.stack(entry.warmup).astype(np.float32), allow_pickle=False)
-                snap.files.append((path, buffer.getvalue()))
+                snap.files.append((path, _npy(np.stack(entry.warmup).astype(np.float32))))
+                snap.files.append((errors_path, _npy(np.stack(known)) if known else None))
             else:
-                snap.files.append((path, None))
+                snap.files.extend([(path, None), (errors_path, None)])
             profile, asset = key
             if entry.baseline is not None:
                 own = _file(asset, entry, entry.baseline)
@@ -462,7 +495,7 @@ class AssetBaselines:
             half = len(entry.warmup) // 2
             entry.warmup, entry.warmup_errors = entry.warmup[half:], entry.warmup_errors[half:]
             return
-        entry.baseline, entry.warmup, entry.warmup_errors, entry.moved = baseline, [], [], None
+        entry.baseline, entry.warmup, entry.warmup_errors, entry.moved = baseline, (), (), None
         self._changed(profile, asset, entry)
         self.fitted += 1
         log.info("asset %s (%s %s): own baseline fitted", asset, profile, entry.version)
@@ -486,13 +519,33 @@ class AssetBaselines:
             log.error("%s: unreadable baseline (%s); asset %s calibrates again", path, exc, asset)
             return None
 
-    def _load_warmup(self, profile: str, version: str, asset: str) -> list[np.ndarray]:
+    def _warmup_errors_path(self, profile: str, version: str, asset: str) -> Path:
+        return self._dir / "warmup-errors" / _safe(profile) / _safe(version) / f"{_safe(asset)}.npy"
+
+    def _load_warmup(
+        self, profile: str, version: str, asset: str
+    ) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray | None, ...]]:
+        """The warm-up windows a snapshot left, and their features where it left them."""
         path = self._warmup_path(profile, version, asset)
         if not path.exists():
-            return []
+            return (), ()
         try:
-            arr = np.load(path, allow_pickle=False)
+            windows = tuple(np.load(path, allow_pickle=False))
         except (OSError, ValueError) as exc:
             log.error("%s: unreadable warm-up windows (%s); starting over", path, exc)
-            return []
-        return list(arr)
+            return (), ()
+        errors_path = self._warmup_errors_path(profile, version, asset)
+        try:
+            errors = list(np.load(errors_path, allow_pickle=False))
+        except FileNotFoundError:
+            errors = []
+        except (OSError, ValueError) as exc:
+            log.warning("%s: unreadable (%s); the fit computes them again", errors_path, exc)
+            errors = []
+        return windows, _with_errors(windows, errors)
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,7 +45,7 @@ from daemon.baselines import Calibration, join_arrays_json
 from daemon.confluent_producer import AcknowledgedProducer, DeliveryFailed
 from daemon.settings import KafkaSettings
 from daemon.source import Reachability, connect, kafka_client_options
-from daemon.windows import TopicPartitionId
+from daemon.windows import TopicPartitionId, partition_id
 from seqae.calibrate import Baseline
 
 log = logging.getLogger(__name__)
@@ -228,7 +229,7 @@ class PartWriter:
             if "\x00" in asset:
                 log.error("asset %r: a NUL in its name cannot be keyed in the changelog", asset)
                 continue
-            named = _Named((str(partition[0]), int(partition[1])))
+            named = _Named(partition_id(str(partition[0]), int(partition[1])))
             record = dict(state)
             if "baselines" in state:
                 record["baselines"] = [
@@ -281,8 +282,12 @@ class PartWriter:
         if old is not None and old.windows is not None and _extends(cal.warmup, old.windows):
             start, segments = len(old.windows), old.segments
         if len(cal.warmup) > start:  # the windows added since: one segment on the last
-            body = {"previous": segments[-1] if segments else None}
-            digest, value = _part(asset, "warmup", body | {"windows": cal.warmup_json(start)})
+            body: dict[str, Any] = {"previous": segments[-1] if segments else None}
+            body["windows"] = cal.warmup_json(start)
+            errors = cal.warmup_errors_json(start)
+            if errors is not None:  # absent rather than null: such a segment's digest is as before
+                body["errors"] = errors
+            digest, value = _part(asset, "warmup", body)
             if digest not in known:
                 batch.parts.append(Message(partition, part_key(asset, digest), value))
             segments = (*segments, digest)
@@ -348,13 +353,13 @@ def assemble(
     (digest -> value), and what it names; ValueError naming the asset and the part when one is
     missing or malformed."""
     tp = state.get("partition")
-    named = _Named((str(tp[0]), int(tp[1])) if tp else ("", partition))
+    named = _Named(partition_id(str(tp[0]), int(tp[1])) if tp else partition_id("", partition))
     if "baselines" not in state:
         return state, named
     resolved = []
     try:
         for item in state["baselines"]:
-            profile = _ProfileParts(str(item["version"]))
+            profile = _ProfileParts(sys.intern(str(item["version"])))
             whole = dict(item)
             for field_name in ("baseline", "moved"):
                 ref = _ref(item[field_name])
@@ -366,6 +371,7 @@ def assemble(
             if head is not None:
                 segments: list[str] = []
                 blocks: list[dict[str, Any]] = []
+                error_blocks: list[dict[str, Any] | None] = []
                 digest: str | None = head
                 while digest is not None:
                     if len(segments) > len(parts):
@@ -373,8 +379,12 @@ def assemble(
                     body = _read_part(asset, parts, digest, "warmup")
                     segments.append(digest)
                     blocks.append(body["windows"])
+                    error_blocks.append(body.get("errors"))
                     digest = body["previous"]
                 whole["warmup"] = join_arrays_json(blocks[::-1])
+                known = [block for block in error_blocks if block is not None]
+                if len(known) == len(error_blocks):  # every segment has its windows' features
+                    whole["warmup_errors"] = join_arrays_json(known[::-1])
                 count = whole["warmup"]["shape"][0] if whole["warmup"] else 0
                 if count != int(item["warmup"]["windows"]):
                     raise ValueError(
@@ -383,7 +393,7 @@ def assemble(
                     )
                 profile.segments = tuple(segments[::-1])
             resolved.append(whole)
-            named.profiles[str(item["profile"])] = profile
+            named.profiles[sys.intern(str(item["profile"]))] = profile
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise ValueError(f"changelog state of asset {asset!r}: {exc}") from None
     return state | {"baselines": resolved}, named

@@ -21,7 +21,7 @@ from daemon.codec import Reading
 from daemon.engine import EngineOutput, ProfileRegistry, ScoredWindow, ScoringEngine, shift_point
 from daemon.lineprotocol import Point
 from daemon.settings import DaemonSettings
-from daemon.windows import TopicPartitionId, WindowStore
+from daemon.windows import TopicPartitionId, WindowStore, partition_id
 
 _NO_PARTITION: TopicPartitionId = ("", 0)
 
@@ -81,7 +81,7 @@ class StreamCore:
         served = self.profiles.get(profile)
         ready = self.windows.add(reading, served.geometry, tp, offset)
         if ready or self._partition.get(reading.asset) != tp:
-            self._partition[reading.asset] = tp
+            self._partition[reading.asset] = partition_id(*tp)
             self._changed.add(reading.asset)
         if not ready:
             return 0
@@ -192,7 +192,7 @@ class StreamCore:
     def _restore_asset(self, asset: str, state: dict[str, Any]) -> None:
         try:
             tp = state["partition"]
-            partition = (str(tp[0]), int(tp[1])) if tp is not None else None
+            partition = partition_id(str(tp[0]), int(tp[1])) if tp is not None else None
             last_end = state["last_end_ns"]
             last_end = int(last_end) if last_end is not None else None
             alert, baselines = state["alert"], state["baselines"]

@@ -47,6 +47,13 @@ _NO_OFFSET = np.iinfo(np.int64).max
 _NOTHING_HELD: Mapping[TopicPartitionId, int] = MappingProxyType({})
 
 
+@functools.lru_cache(maxsize=4096)
+def partition_id(topic: str, partition: int) -> TopicPartitionId:
+    """One tuple per partition, shared by every asset that names it (a message's own tuple,
+    kept per asset, costs each asset its bytes)."""
+    return (topic, partition)
+
+
 def window_phase(asset: str, hop: int) -> int:
     """The asset's offset of window ends on the grid: stable across processes and restarts."""
     return zlib.crc32(asset.encode("utf-8")) % hop
@@ -270,7 +277,7 @@ class AssetWindow:
         return ready
 
     def _add_partition(self, tp: TopicPartitionId) -> int:
-        self._tps += (tp,)
+        self._tps += (partition_id(*tp),)
         self._per_tp += (np.full(self._cap, _NO_OFFSET, np.int64),)
         return len(self._tps) - 1
 

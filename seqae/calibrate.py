@@ -8,14 +8,14 @@ error statistics, its threshold and the input range it has seen.
 
 A fleet holds one fitted `Baseline` per asset. The arrays that are the profile's rather than
 the asset's (`PROFILE_WIDE`: the training scaler, the operating envelope, ...) are shared by
-every baseline that holds the same values (`shared_array`), and so are empty arrays.
+every baseline that holds the same values (`shared_array`), and so are empty arrays; `info`
+is packed into one array of numbers (seqae.packed_info).
 """
 
 from __future__ import annotations
 
-import sys
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -23,6 +23,7 @@ import numpy as np
 
 from seqae.channels import DEGENERATE_UNIT_SCORE, FLOAT_RESOLUTION
 from seqae.data import RobustScaler
+from seqae.packed_info import pack_info
 
 if TYPE_CHECKING:
     from seqae.alerting import AlertRule
@@ -84,7 +85,7 @@ class ThresholdPolicy:
     margin: float = 1.0  # multiplies the fitted threshold
 
 
-@dataclass
+@dataclass(slots=True)  # one per asset: no per-instance __dict__
 class Baseline:
     center: np.ndarray  # [C] scaler
     scale: np.ndarray  # [C]
@@ -100,7 +101,7 @@ class Baseline:
     # means in scaled units; moving a window along them is a change of operating point.
     env_mean: np.ndarray = field(default_factory=lambda: _empty((0,), np.float32))
     env_basis: np.ndarray = field(default_factory=lambda: _empty((0, 0), np.float32))
-    info: dict[str, Any] = field(default_factory=dict)
+    info: Mapping[str, Any] = field(default_factory=dict)  # a `PackedInfo` once shared
     # "likelihood" only: the variational decoder's per-channel log-variance [C] (scaled units)
     obs_log_var: np.ndarray = field(default_factory=lambda: _empty((0,), np.float64))
     # [C] True for a channel the scaler found degenerate (seqae.channels); empty: none
@@ -146,10 +147,12 @@ class Baseline:
         )
 
     def share_profile_wide(self) -> Baseline:
-        """Hold the `PROFILE_WIDE` arrays as shared read-only copies (same values): a fleet's
-        baselines then hold one copy of what is their profile's. Returns itself."""
+        """Hold the `PROFILE_WIDE` arrays as shared read-only copies (same values), and `info`
+        packed (`pack_info`): a fleet's baselines then hold one copy of what is their
+        profile's, and few bytes of their own. Returns itself."""
         for name in PROFILE_WIDE:
             setattr(self, name, shared_array(getattr(self, name)))
+        self.info = pack_info(self.info)
         return self
 
     @property
@@ -181,7 +184,7 @@ class Baseline:
             "range_high": self.range_high.tolist(),
             "env_mean": self.env_mean.tolist(),
             "env_basis": self.env_basis.tolist(),
-            "info": self.info,
+            "info": dict(self.info),
             **({"obs_log_var": self.obs_log_var.tolist()} if self.obs_log_var.size else {}),
             # written only when there is one, so a profile without keeps its model.json
             **(
@@ -210,7 +213,7 @@ class Baseline:
                 )
                 if d.get("env_mean")
                 else np.zeros((0, 0), np.float32),
-                info=_interned(dict(d.get("info", {}))),
+                info=dict(d.get("info", {})),
                 obs_log_var=np.asarray(d.get("obs_log_var", []), np.float64),
             )
             b.degenerate = _channel_mask(d.get("degenerate", []), len(b.center))
@@ -225,15 +228,6 @@ class Baseline:
         if b.score_kind == "likelihood" and b.obs_log_var.shape != b.err_mean.shape:
             raise CalibrationError("score kind 'likelihood' needs obs_log_var, one per channel")
         return b
-
-
-def _interned(info: dict[str, Any]) -> dict[str, Any]:
-    """`info` with its names (and text values) interned: a decoded file or changelog record
-    gives every asset's baseline its own copy of the same dozen names otherwise."""
-    return {
-        (sys.intern(k) if isinstance(k, str) else k): (sys.intern(v) if isinstance(v, str) else v)
-        for k, v in info.items()
-    }
 
 
 def _channel_mask(indices: Sequence[int], n_channels: int) -> np.ndarray:
@@ -532,7 +526,7 @@ def fit_baseline(
     held_out, _ = baseline.scores(errors[thr_part])
     baseline.threshold = set_threshold(held_out, policy)
     exceed = float((held_out > baseline.threshold).mean())
-    baseline.info = {
+    info: dict[str, Any] = {
         "windows": len(windows),
         "stats_windows": stats_part.stop - stats_part.start,
         "threshold_windows": len(held_out),
@@ -542,7 +536,8 @@ def fit_baseline(
         "held_out_exceedance": exceed,
     }
     if period_s:
-        baseline.info.update(expected_false_alerts(held_out, policy, period_s * hop, rule))
+        info.update(expected_false_alerts(held_out, policy, period_s * hop, rule))
+    baseline.info = info
     return baseline
 
 
@@ -668,7 +663,7 @@ def fit_asset_baseline(
     level = weight * own_level + (1 - weight) * default.threshold
     floor = float(held_out.max())
     blended.threshold = max(level, floor)
-    blended.info = {
+    info: dict[str, Any] = {
         **own.info,
         "shrinkage_weight": weight,
         "prior_windows": prior_windows,
@@ -678,7 +673,8 @@ def fit_asset_baseline(
         "held_out_exceedance": float((held_out > blended.threshold).mean()),
     }
     if period_s:
-        blended.info.update(
+        info.update(
             expected_false_alerts(held_out, policy or ThresholdPolicy(), period_s * hop, rule)
         )
+    blended.info = info
     return blended.share_profile_wide()

@@ -7,6 +7,7 @@ this module costs click only: each command imports what it computes with when it
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -354,7 +355,7 @@ def alert_rule(path: Path | None) -> Any:
         raise click.BadParameter(str(exc), param_hint="--alerts-from") from exc
 
 
-def false_alert_line(info: dict[str, Any]) -> str:
+def false_alert_line(info: Mapping[str, Any]) -> str:
     """What a baseline's calibration says about false alerts, or why it cannot say."""
     windows = int(info.get("false_alert_windows", 0))
     if "expected_false_alerts_per_day" not in info:

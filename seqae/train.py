@@ -393,7 +393,7 @@ def fit_profile(
             "train_seconds": round(train_seconds, 3),
             **{k: v for k, v in fit_info.items() if k != "history"},
         },
-        validation={"calibration": baseline.info},
+        validation={"calibration": dict(baseline.info)},
     )
     detector.cpu()
     return FittedProfile(detector, baseline, meta)

@@ -1,6 +1,7 @@
 """Engine, baselines and profile registry against a tiny PCA profile trained here."""
 
 import io
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from daemon.baselines import AssetBaselines
 from daemon.engine import ProfileRegistry, ScoringEngine
 from daemon.settings import BaselineSettings, EngineSettings
 from daemon.windows import ReadyWindow
+from seqae.calibrate import Baseline
 from seqae.data import make_windows
 from seqae.synth import generate_asset
 from seqae.train import train_profile
@@ -199,7 +201,7 @@ def counted_forwards(registry: ProfileRegistry, monkeypatch: pytest.MonkeyPatch)
     return calls
 
 
-def test_the_fit_reuses_the_warmup_windows_features_and_computes_restored_ones_again(
+def test_the_fit_reuses_the_warmup_windows_features_also_after_a_restore(
     models_root: Path, windows: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from seqae.calibrate import fit_asset_baseline
@@ -220,19 +222,31 @@ def test_the_fit_reuses_the_warmup_windows_features_and_computes_restored_ones_a
         np.testing.assert_allclose(getattr(reused, name), getattr(fresh, name), rtol=1e-6)
     assert reused.threshold == pytest.approx(fresh.threshold, rel=1e-6)
 
-    # windows restored from a checkpoint have no features: the fit forwards all of them
+    # windows restored from a checkpoint come with their features: the fit is the one the
+    # uninterrupted run made, bit for bit (features computed again would differ in their last
+    # bits wherever the BLAS rounds a batch of 40 otherwise than four of 10)
     first = AssetBaselines(settings, tmp_path / "restored")
     engine = ScoringEngine(EngineSettings(max_batch=10), registry, first)
     engine.add("pumps", ready("p1", windows[:30]))
     engine.run(force=True)
     first.checkpoint()
-    calls.clear()
-    again = AssetBaselines(settings, tmp_path / "restored")
-    engine = ScoringEngine(EngineSettings(max_batch=10), registry, again)
-    engine.add("pumps", ready("p1", windows[30:40]))
-    assert {w.state for w in engine.run(force=True).scored} == {"calibrating"}
-    assert calls == [10, 40]
-    restored = again.baseline("pumps", served.version, "p1", served.loaded.baseline)
+    assert list((tmp_path / "restored" / "warmup-errors").rglob("p1.npy"))
+
+    def restart(state_dir: Path) -> tuple[Baseline, list[int]]:
+        calls.clear()
+        again = AssetBaselines(settings, state_dir)
+        engine = ScoringEngine(EngineSettings(max_batch=10), registry, again)
+        engine.add("pumps", ready("p1", windows[30:40]))
+        assert {w.state for w in engine.run(force=True).scored} == {"calibrating"}
+        return again.baseline("pumps", served.version, "p1", served.loaded.baseline), list(calls)
+
+    restored, forwards = restart(tmp_path / "restored")
+    assert forwards == [10]
+    assert restored.to_dict() == reused.to_dict()
+    # an older checkpoint, without the features: the fit forwards all of the windows
+    shutil.rmtree(tmp_path / "restored" / "warmup-errors")
+    restored, forwards = restart(tmp_path / "restored")
+    assert forwards == [10, 40]
     np.testing.assert_allclose(restored.precision, fresh.precision, rtol=1e-6)
 
 
@@ -288,8 +302,6 @@ def test_registry_swaps_on_current_and_keeps_serving_when_a_model_is_broken(
     models_root: Path, tmp_path: Path
 ) -> None:
     root = tmp_path / "models"
-    import shutil
-
     shutil.copytree(models_root, root)
     registry = ProfileRegistry(root, ["pumps"], "cpu")
     assert registry.refresh() == []
@@ -311,9 +323,10 @@ def test_warmup_snapshot_is_kept_until_written(tmp_path: Path, windows: np.ndarr
             baselines.observe(None, "pumps", "v0001", 4, "p1", i * S, windows[i], False)[0]
             == "calibrating"
         )
-    assert len(baselines.snapshot().files) == 1
+    # the windows, and no features (none scored them): any left by an earlier warm-up go
+    assert [content is not None for _, content in baselines.snapshot().files] == [True, False]
     snap = baselines.snapshot()  # the first one was dropped unwritten: still pending
-    assert len(snap.files) == 1
+    assert len(snap.files) == 2
     baselines.saved(snap)
     assert baselines.snapshot().files == []
     restored = AssetBaselines(settings, tmp_path)

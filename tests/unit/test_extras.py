@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -269,7 +270,7 @@ def test_reconstruct_raw_returns_the_newest_samples_in_each_window_baselines_uni
         center=SCALER.center, scale=SCALER.scale, err_mean=np.zeros(C), err_sq_mean=np.ones(C),
         precision=np.eye(C), threshold=1.0,
     )  # fmt: skip
-    shifted = Baseline(**{**base.__dict__, "center": SCALER.center + 5.0})
+    shifted = replace(base, center=SCALER.center + 5.0)
     scorer = Scorer(imputer, device="cpu")
     clean = reconstruct_raw(scorer, windows, base, last=4)
     assert clean.shape == (len(windows), 4, C)
