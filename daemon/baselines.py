@@ -440,8 +440,8 @@ class AssetBaselines:
                 continue
             path = self._warmup_path(key[0], entry.version, key[1])
             errors_path = self._warmup_errors_path(key[0], entry.version, key[1])
-            known = _known_errors(entry.warmup, entry.warmup_errors)
             if entry.baseline is None and entry.warmup:
+                known = _known_errors(entry.warmup, entry.warmup_errors)
                 snap.files.append((path, _npy(np.stack(entry.warmup).astype(np.float32))))
                 snap.files.append((errors_path, _npy(np.stack(known)) if known else None))
             else:
@@ -500,14 +500,20 @@ class AssetBaselines:
         self.fitted += 1
         log.info("asset %s (%s %s): own baseline fitted", asset, profile, entry.version)
 
+    def _cached(self, folder: str, ext: str, profile: str, version: str, asset: str) -> Path:
+        return self._dir / folder / _safe(profile) / _safe(version) / f"{_safe(asset)}{ext}"
+
     def _path(self, profile: str, version: str, asset: str) -> Path:
-        return self._dir / "baselines" / _safe(profile) / _safe(version) / f"{_safe(asset)}.json"
+        return self._cached("baselines", ".json", profile, version, asset)
 
     def _moved_path(self, profile: str, version: str, asset: str) -> Path:
-        return self._dir / "moved" / _safe(profile) / _safe(version) / f"{_safe(asset)}.json"
+        return self._cached("moved", ".json", profile, version, asset)
 
     def _warmup_path(self, profile: str, version: str, asset: str) -> Path:
-        return self._dir / "warmup" / _safe(profile) / _safe(version) / f"{_safe(asset)}.npy"
+        return self._cached("warmup", ".npy", profile, version, asset)
+
+    def _warmup_errors_path(self, profile: str, version: str, asset: str) -> Path:
+        return self._cached("warmup-errors", ".npy", profile, version, asset)
 
     def _load(self, path: Path, asset: str) -> Baseline | None:
         if not path.exists():
@@ -518,9 +524,6 @@ class AssetBaselines:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.error("%s: unreadable baseline (%s); asset %s calibrates again", path, exc, asset)
             return None
-
-    def _warmup_errors_path(self, profile: str, version: str, asset: str) -> Path:
-        return self._dir / "warmup-errors" / _safe(profile) / _safe(version) / f"{_safe(asset)}.npy"
 
     def _load_warmup(
         self, profile: str, version: str, asset: str
