@@ -22,7 +22,7 @@ import time
 import numpy as np
 import torch
 
-from daemon.device_history import DeviceHistory, device_features
+from daemon.device_history import DeviceHistory
 from seqae.calibrate import Baseline
 from seqae.model import ModelConfig, SequenceAutoencoder
 from seqae.score import Scorer
@@ -124,8 +124,8 @@ def measure(
 
     def daemon_path() -> None:
         history.append(new_slots, new_rows)
-        feats = device_features(scorer, history.gather(slots), center, scale)
-        baseline.scores(feats.cpu().numpy().astype(np.float64))
+        feats = scorer.features_raw(history.gather(slots), center, scale)
+        baseline.scores(feats.cpu().numpy())
 
     def naive() -> None:
         x = torch.from_numpy(host_windows).to(device).to(dtype)

@@ -15,8 +15,6 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from seqae.score import Scorer
-
 
 class DeviceHistory:
     """Rings of `depth` rows per asset; row counters are absolute, so a window is named by
@@ -211,17 +209,3 @@ class DeviceFeed:
             self.rows_sent += len(new)
         flush()
         return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-
-def device_features(
-    scorer: Scorer,
-    raw: torch.Tensor,
-    center: torch.Tensor,
-    scale: torch.Tensor,
-) -> torch.Tensor:
-    """Error features [N, F] of raw windows [N, W, C] already on the device, scaled there with
-    each window's baseline scaler (`center`, `scale` [N, C])."""
-    scaled = (raw.float() - center[:, None, :]) / scale[:, None, :]
-    mask = ~torch.isnan(scaled)
-    x = torch.where(mask, scaled, torch.zeros((), device=scaled.device)).to(scorer.dtype)
-    return scorer.features_scaled(x, mask)

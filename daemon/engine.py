@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from daemon.baselines import AssetBaselines, ScoreState, ShiftEvent
-from daemon.device_history import DeviceFeed, device_features
+from daemon.device_history import DeviceFeed
 from daemon.health import RateLimitedLog
 from daemon.lineprotocol import (
     LineProtocolError,
@@ -66,8 +66,7 @@ class ServedProfile:
         device = raw.device
         center_t = torch.from_numpy(np.stack([b.center for b in used])).to(device)
         scale_t = torch.from_numpy(np.stack([b.scale for b in used])).to(device)
-        feats = device_features(self.scorer, raw, center_t, scale_t)
-        return feats.float().cpu().numpy().astype(np.float64)
+        return self.scorer.features_raw(raw, center_t, scale_t).cpu().numpy()
 
     @cached_property
     def score_lines(self) -> ScoreLines | None:

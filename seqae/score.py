@@ -1,8 +1,8 @@
 """Batched scoring: raw windows in, scores and per-channel contributions out.
 
 Windows of several assets may share one batch, each scaled and scored with its own baseline.
-The forward pass runs in chunks under `torch.inference_mode` on CPU or CUDA. On CPU the error
-features of a chunk are computed by a TorchScript trace of the model when it reproduces the eager
+The forward pass runs in chunks under `torch.inference_mode` on CPU or CUDA. On CPU a chunk's
+scaling, zero-filling and error features are one TorchScript trace when it reproduces the eager
 result: one call that releases the GIL for its whole length, so a scoring thread keeps its speed
 beside a busy Python thread (eager, every op waits to take the GIL back).
 """
@@ -127,6 +127,23 @@ class _ChunkFeatures(torch.nn.Module):
         return err  # type: ignore[no-any-return]
 
 
+class _WindowFeatures(torch.nn.Module):
+    """Error features [N, F] of raw windows [N, W, C] (NaN = missing), scaled by `center` and
+    `scale` ([N, C] or [1, C]) and zero-filled where missing in the same graph: traced, a
+    scoring thread takes the GIL back once per chunk, not once per numpy and torch call."""
+
+    def __init__(self, chunk: _ChunkFeatures, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.chunk = chunk
+        self.dtype = dtype
+
+    def forward(self, raw: torch.Tensor, center: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        scaled = (raw.float() - center[:, None, :]) / scale[:, None, :]
+        mask = ~torch.isnan(scaled)
+        x = scaled.masked_fill(~mask, 0.0).to(self.dtype)
+        return self.chunk(x, mask).float().double()  # type: ignore[no-any-return]
+
+
 class Scorer:
     def __init__(self, model: Any, device: str = "auto", batch_size: int | None = None) -> None:
         detector = getattr(model, "detector", model)
@@ -141,30 +158,34 @@ class Scorer:
         first = next(iter(self.detector.parameters()), None)
         self.dtype = first.dtype if first is not None else torch.float32
         self._chunk_features = _ChunkFeatures(self.detector)
-        self._traced: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+        self._window_features = _WindowFeatures(self._chunk_features, self.dtype)
+        self._traced: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None
+        self._traced = None
         self._trace_tried = self.device.type != "cpu"
 
     def _trace(self, window: int, channels: int) -> None:
-        """Trace `_chunk_features` and keep it only if it matches eager at other batch sizes
+        """Trace `_window_features` and keep it only if it matches eager at other batch sizes
         (a trace freezes Python-level shapes; a model that reads them stays eager)."""
         self._trace_tried = True
         gen = torch.Generator().manual_seed(0)
 
-        def probe(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-            mask = torch.rand(n, window, channels, generator=gen) > 0.1
-            x = torch.randn(n, window, channels, generator=gen).to(self.dtype) * mask
-            return x.to(self.device), mask.to(self.device)
+        def probe(n: int, scalers: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            raw = torch.randn(n, window, channels, generator=gen) * 3 + 1
+            raw[torch.rand(n, window, channels, generator=gen) < 0.1] = float("nan")
+            center = torch.randn(scalers, channels, generator=gen)
+            scale = torch.rand(scalers, channels, generator=gen) + 0.5
+            return raw.to(self.device), center.to(self.device), scale.to(self.device)
 
         try:
             with warnings.catch_warnings():
                 # torch.jit.trace is deprecated in favour of torch.compile/export, which need a
                 # compiler at run time or run op by op from Python; the check below guards it.
                 warnings.simplefilter("ignore")
-                traced = torch.jit.trace(self._chunk_features, probe(7), check_trace=False)
-                for n in (1, 5, 33):
-                    x, mask = probe(n)
+                traced = torch.jit.trace(self._window_features, probe(7, 7), check_trace=False)
+                for n, scalers in ((1, 1), (5, 1), (33, 33)):
+                    args = probe(n, scalers)
                     if not torch.allclose(
-                        traced(x, mask), self._chunk_features(x, mask), rtol=1e-5, atol=1e-6
+                        traced(*args), self._window_features(*args), rtol=1e-5, atol=1e-6
                     ):
                         return
         except Exception:  # any failure to trace means: stay eager
@@ -172,34 +193,45 @@ class Scorer:
         self._traced = traced
 
     @torch.inference_mode()
-    def features_scaled(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Error features [N, F] of scaled windows already on the device (missing = 0)."""
-        if not self._trace_tried and x.ndim == 3 and len(x):
-            self._trace(x.shape[1], x.shape[2])
-        chunk_features = self._traced or self._chunk_features
-        parts = []
-        for i in range(0, len(x), self.batch_size):
-            parts.append(chunk_features(x[i : i + self.batch_size], mask[i : i + self.batch_size]))
-        if not parts:
-            n_features = getattr(self.detector, "n_features", mask.shape[-1] + int(self.has_latent))
-            return torch.zeros(0, n_features, device=x.device)
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+    def features_raw(
+        self, raw: torch.Tensor, center: torch.Tensor, scale: torch.Tensor
+    ) -> torch.Tensor:
+        """Error features [N, F] (float64) of raw windows [N, W, C] on the device (NaN =
+        missing), scaled by `center` and `scale` of shape [N, C] or [1, C]."""
+        if not self._trace_tried and len(raw):
+            self._trace(raw.shape[1], raw.shape[2])
+        window_features = self._traced or self._window_features
+        step = self.batch_size
+        if len(raw) <= step:
+            if not len(raw):
+                return torch.zeros(0, self._n_features(raw.shape[-1]), dtype=torch.float64)
+            return window_features(raw, center, scale)
+        per_window = len(center) > 1
+        parts = [
+            window_features(
+                raw[i : i + step],
+                center[i : i + step] if per_window else center,
+                scale[i : i + step] if per_window else scale,
+            )
+            for i in range(0, len(raw), step)
+        ]
+        return torch.cat(parts)
+
+    def _n_features(self, channels: int) -> int:
+        return int(getattr(self.detector, "n_features", channels + int(self.has_latent)))
 
     def features(self, windows: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
         """Error features [N, F] of raw windows [N, W, C] (NaN = missing), scaled by center and
         scale of shape [C] or [N, C]."""
-        center = np.asarray(center, np.float32)
-        scale = np.asarray(scale, np.float32)
-        if center.ndim == 2:
-            center, scale = center[:, None, :], scale[:, None, :]
-        # One new array, scaled and zero-filled in place: the model input is built once.
-        scaled = np.subtract(windows, center, dtype=np.float32)
-        scaled /= scale
-        mask = ~np.isnan(scaled)
-        np.copyto(scaled, 0.0, where=~mask)
-        x = torch.from_numpy(scaled).to(self.device)
-        m = torch.from_numpy(mask).to(self.device)
-        return self.features_scaled(x, m).float().cpu().numpy().astype(np.float64)
+        if windows.dtype != np.float32 or not windows.flags.writeable:
+            windows = np.array(windows, np.float32)  # torch.from_numpy wants it writable
+        center = np.array(center, np.float32, ndmin=2)
+        scale = np.array(scale, np.float32, ndmin=2)
+        raw, center_t, scale_t = (torch.from_numpy(a) for a in (windows, center, scale))
+        if self.device.type == "cpu":  # each torch call lets another thread take the GIL
+            return self.features_raw(raw, center_t, scale_t).numpy()
+        to = self.device
+        return self.features_raw(raw.to(to), center_t.to(to), scale_t.to(to)).cpu().numpy()
 
     def score(self, windows: np.ndarray, baselines: Baseline | Sequence[Baseline]) -> ScoreBatch:
         """Score raw windows [N, W, C]; `baselines` is one for all windows or one per window."""

@@ -146,7 +146,7 @@ def test_other_feature_sets_keep_one_layout(options: dict[str, bool], expected: 
     x = torch.randn(6, WINDOW, 3)
     mask = torch.ones_like(x, dtype=torch.bool)
     det.fit_linear(x.numpy(), mask.numpy())
-    feats = Scorer(det, device="cpu").features_scaled(x, mask)
+    feats = Scorer(det, device="cpu").features(x.numpy(), np.zeros(3), np.ones(3))
     assert feats.shape == (6, det.n_features) and list(det.feature_channels()) == expected
     assert Scorer(det, device="cpu").has_latent == options.get("use_pca", True)
     per_channel, whole = det.fold_contributions(np.ones((6, det.n_features)))
