@@ -139,9 +139,9 @@ class _WindowFeatures(torch.nn.Module):
 
     def forward(self, raw: torch.Tensor, center: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         scaled = (raw.float() - center[:, None, :]) / scale[:, None, :]
-        mask = ~torch.isnan(scaled)
-        x = scaled.masked_fill(~mask, 0.0).to(self.dtype)
-        return self.chunk(x, mask).float().double()  # type: ignore[no-any-return]
+        missing = torch.isnan(scaled)
+        x = scaled.masked_fill(missing, 0.0).to(self.dtype)
+        return self.chunk(x, ~missing).float().double()  # type: ignore[no-any-return]
 
 
 class Scorer:
@@ -198,27 +198,19 @@ class Scorer:
     ) -> torch.Tensor:
         """Error features [N, F] (float64) of raw windows [N, W, C] on the device (NaN =
         missing), scaled by `center` and `scale` of shape [N, C] or [1, C]."""
-        if not self._trace_tried and len(raw):
+        if not len(raw):
+            n_features = getattr(self.detector, "n_features", raw.shape[-1] + self.has_latent)
+            return torch.zeros(0, n_features, dtype=torch.float64, device=raw.device)
+        if not self._trace_tried:
             self._trace(raw.shape[1], raw.shape[2])
         window_features = self._traced or self._window_features
+        center, scale = center.expand(len(raw), -1), scale.expand(len(raw), -1)  # views
         step = self.batch_size
-        if len(raw) <= step:
-            if not len(raw):
-                return torch.zeros(0, self._n_features(raw.shape[-1]), dtype=torch.float64)
-            return window_features(raw, center, scale)
-        per_window = len(center) > 1
         parts = [
-            window_features(
-                raw[i : i + step],
-                center[i : i + step] if per_window else center,
-                scale[i : i + step] if per_window else scale,
-            )
+            window_features(raw[i : i + step], center[i : i + step], scale[i : i + step])
             for i in range(0, len(raw), step)
         ]
-        return torch.cat(parts)
-
-    def _n_features(self, channels: int) -> int:
-        return int(getattr(self.detector, "n_features", channels + int(self.has_latent)))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def features(self, windows: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
         """Error features [N, F] of raw windows [N, W, C] (NaN = missing), scaled by center and
