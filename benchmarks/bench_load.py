@@ -184,14 +184,23 @@ def free_port() -> int:
 
 
 def daemon_config(
-    path: Path, *, tmp: Path, bootstrap: str, topic: str, influx: str, db: str, port: int, args: Any
+    path: Path,
+    *,
+    tmp: Path,
+    bootstrap: str,
+    topic: str,
+    influx: str,
+    db: str,
+    port: int,
+    args: Any,
+    state: str = "state",
 ) -> None:
     interval = args.commit_interval_s
     commit_line = f"commit_interval_s = {interval}\n" if interval is not None else ""
     client_line = f'client = "{args.client}"\n' if args.client is not None else ""
     path.write_text(
         f"""
-state_dir = "{tmp / "state"}"
+state_dir = "{tmp / state}"
 {commit_line}log_level = "INFO"
 [kafka]
 bootstrap_servers = ["{bootstrap}"]
@@ -229,7 +238,11 @@ def service_processes() -> dict[str, psutil.Process]:
             found["kafka"] = proc
         elif "influxd" in cmd and "influxdb18" in cmd:
             found["influxdb18"] = proc
+        elif "influxd" in cmd and "influxdb2" in cmd:
+            found["influxdb2"] = proc
         elif "influxd" in cmd:
+            # the 1.x server the load writes to (until this was told apart from the 2.x one,
+            # `influxdb16` showed the idle 2.x server's CPU)
             found["influxdb16"] = proc
     return found
 
@@ -239,13 +252,20 @@ def service_processes() -> dict[str, psutil.Process]:
 _SAMPLE = re.compile(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)")
 
 
-def scrape(port: int) -> dict[str, Any]:
-    status, body = http("GET", f"http://127.0.0.1:{port}/metrics", timeout=5)
-    if status != 200:
-        raise LoadError(f"daemon /metrics answered HTTP {status}")
+def scrape(ports: list[int]) -> dict[str, Any]:
+    """Every instance's /metrics, summed: counters, gauges and the latency buckets."""
     buckets: dict[float, float] = {}
     totals: dict[str, float] = {}
-    for line in body.decode().splitlines():
+    for port in ports:
+        status, body = http("GET", f"http://127.0.0.1:{port}/metrics", timeout=5)
+        if status != 200:
+            raise LoadError(f"daemon /metrics answered HTTP {status}")
+        _add_metrics(body.decode(), buckets, totals)
+    return {"buckets": buckets, "totals": totals}
+
+
+def _add_metrics(text: str, buckets: dict[float, float], totals: dict[str, float]) -> None:
+    for line in text.splitlines():
         m = _SAMPLE.match(line)
         if not m:
             continue
@@ -253,12 +273,12 @@ def scrape(port: int) -> dict[str, Any]:
         if name == f"{LATENCY}_bucket":
             le = re.search(r'le="([^"]+)"', labels)
             assert le is not None
-            buckets[math.inf if le.group(1) == "+Inf" else float(le.group(1))] = value
+            bound = math.inf if le.group(1) == "+Inf" else float(le.group(1))
+            buckets[bound] = buckets.get(bound, 0.0) + value
         else:
             totals[name] = totals.get(name, 0.0) + value
             if name.startswith(("seqae_gc_pause_seconds_", "seqae_gc_collected")):  # by generation
-                totals[name + labels] = value
-    return {"buckets": buckets, "totals": totals}
+                totals[name + labels] = totals.get(name + labels, 0.0) + value
 
 
 def quantile(q: float, buckets: dict[float, float]) -> float:
@@ -359,6 +379,21 @@ def wait_ready(proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None
     raise LoadError(f"daemon not ready after 90 s:\n{log_path.read_text()[-3000:]}")
 
 
+def wait_balanced(logs: list[Path], partitions: int, timeout_s: float = 90.0) -> None:
+    """Until the members' latest assignments (each log's last "assigned now") split every
+    partition between them, one member each."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        held: list[str] = []
+        for log in logs:
+            now = re.findall(r"assigned now \S+\[([\d,]+)\]", log.read_text(errors="replace"))
+            held += now[-1].split(",") if now else []
+        if len(held) == partitions and len(set(held)) == partitions:
+            return
+        time.sleep(0.5)
+    raise LoadError(f"the {len(logs)} instances did not share the partitions in {timeout_s:.0f} s")
+
+
 def linear_slope(t: list[float], y: list[float]) -> float:
     if len(t) < 3:
         return math.nan
@@ -379,24 +414,37 @@ def run_load(args: argparse.Namespace) -> LoadResult:
     print(f"{args.kind} profile trained in {time.perf_counter() - started:.1f} s", flush=True)
     make_topic(args.bootstrap, topic, args.partitions)
     influx_query(args.influx, f'CREATE DATABASE "{db}"')
-    config = tmp / "daemon.toml"
-    daemon_config(
-        config,
-        tmp=tmp,
-        bootstrap=args.bootstrap,
-        topic=topic,
-        influx=args.influx,
-        db=db,
-        port=port,
-        args=args,
-    )
-    log_path = tmp / "daemon.log"
+    # --instances: members of one consumer group, each with its own health port and state
+    ports = [port] + [free_port() for _ in range(args.instances - 1)]
+    names = ["daemon"] if args.instances == 1 else [f"daemon{k}" for k in range(args.instances)]
+    configs, logs = [], []
+    for k, name in enumerate(names):
+        config = tmp / f"{name}.toml"
+        daemon_config(
+            config,
+            tmp=tmp,
+            bootstrap=args.bootstrap,
+            topic=topic,
+            influx=args.influx,
+            db=db,
+            port=ports[k],
+            args=args,
+            state="state" if k == 0 else f"state{k}",
+        )
+        configs.append(config)
+        logs.append(tmp / f"{name}.log")
     services = service_processes()
     samples: list[Sample] = []
     try:
-        with running_daemon(config, log_path, args.profile_daemon) as proc:
-            wait_ready(proc, port, log_path)
-            daemon_ps = psutil.Process(proc.pid)
+        with contextlib.ExitStack() as stack:
+            procs = []
+            for k in range(args.instances):
+                proc = stack.enter_context(running_daemon(configs[k], logs[k], args.profile_daemon))
+                wait_ready(proc, ports[k], logs[k])
+                procs.append(proc)
+            if args.instances > 1:
+                wait_balanced(logs, args.partitions)
+            daemons = {name: psutil.Process(p.pid) for name, p in zip(names, procs, strict=True)}
             assets = [f"asset-{i}" for i in range(args.assets)]
             duration = args.minutes * 60
             stop_at = time.time() + duration
@@ -421,23 +469,24 @@ def run_load(args: argparse.Namespace) -> LoadResult:
             ]
             for p in producers:
                 p.start()
-            watched = {"daemon": daemon_ps} | services
+            watched = daemons | services
             for w, p in enumerate(producers):
                 watched[f"producer{w}"] = psutil.Process(p.pid)
             for ps in watched.values():
                 ps.cpu_percent(None)
             t0 = time.time()
-            last = scrape(port)
+            last = scrape(ports)
             first = last
             cumulative: list[dict[float, float]] = []  # latency buckets as of each sample
             next_print = t0 + 30
             while time.time() < stop_at:
                 time.sleep(min(args.sample_s, max(0.0, stop_at - time.time())))
-                if proc.poll() is not None:
-                    raise LoadError(
-                        f"daemon exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}"
-                    )
-                now = scrape(port)
+                for proc, log_path in zip(procs, logs, strict=True):
+                    if proc.poll() is not None:
+                        raise LoadError(
+                            f"daemon exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}"
+                        )
+                now = scrape(ports)
                 d = delta(last["buckets"], now["buckets"])
                 tot = now["totals"]
                 cpu = {}
@@ -446,7 +495,7 @@ def run_load(args: argparse.Namespace) -> LoadResult:
                         cpu[name] = ps.cpu_percent(None)
                 s = Sample(
                     t=time.time() - t0,
-                    rss_mb=daemon_ps.memory_info().rss / 2**20,
+                    rss_mb=sum(ps.memory_info().rss for ps in daemons.values()) / 2**20,
                     sent=sum(c[0].value for c in counters),
                     messages_in=tot.get("seqae_messages_in_total", 0.0),
                     windows=tot.get("seqae_windows_scored_total", 0.0),
@@ -478,7 +527,7 @@ def run_load(args: argparse.Namespace) -> LoadResult:
             for p in producers:
                 p.join(timeout=60)
             lag_end = group_lag(args.bootstrap, topic, topic)
-            final = scrape(port)
+            final = scrape(ports)
             overall = delta(first["buckets"], final["buckets"])
             steady_from = min(args.warmup_s, duration / 2)
             steady = [x for x in samples if x.t >= steady_from]
@@ -803,6 +852,12 @@ def main() -> None:
     parser.add_argument("--baselines", choices=["per_asset", "model"], default="per_asset")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--producers", type=int, default=2)
+    parser.add_argument(
+        "--instances",
+        type=int,
+        default=1,
+        help="daemons in the consumer group (each its own process, health port and state_dir)",
+    )
     parser.add_argument(
         "--producer-lib", choices=["auto", "confluent", "kafka-python"], default="auto"
     )

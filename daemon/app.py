@@ -125,6 +125,7 @@ class Daemon:
         self._checkpoint: _Checkpoint | None = None
         self._writing: _Writing | None = None
         self._newest_ts_ms = 0
+        self._late_exported = self._gaps_exported = 0  # the window counters as last exported
         self._unexpected = health.RateLimitedLog(log)
         self._lag_export = health.LagExport()
         self._waiting: dict[TopicPartitionId, str] = {}  # partition -> profile it waits for
@@ -375,6 +376,8 @@ class Daemon:
                     # within a few milliseconds, not after the rest of the poll.
                     if (self._handle(record) or not i & _DUE_CHECK_STRIDE) and self.core.due():
                         self._score_due()
+                if records:
+                    self._export_window_counters()
                 # With the poll's readings handled, an idle scoring thread takes what is queued:
                 # waiting `max_wait_ms` for a fuller batch only pays while it is busy.
                 idle = not self.core.busy
@@ -494,8 +497,6 @@ class Daemon:
                 self.publisher.dead_letter(record, exc.reason)
             return 0
         self.ledger.consumed(tp, record.offset)
-        counters = self.core.windows.counters
-        before = counters.late_dropped, counters.gap_resets
         try:
             queued = self.core.add(reading, tp, record.offset, record.timestamp_ms)
         except Exception as exc:  # one reading never stops the loop: a dead letter, and a bug
@@ -513,12 +514,20 @@ class Daemon:
             if self.publisher is not None:
                 self.publisher.dead_letter(record, "undecodable")
             return 0
-        if (counters.late_dropped, counters.gap_resets) != before:
-            health.late_readings.inc(counters.late_dropped - before[0])
-            health.gap_resets.inc(counters.gap_resets - before[1])
         if record.timestamp_ms > self._newest_ts_ms:
             self._newest_ts_ms = record.timestamp_ms
         return queued
+
+    def _export_window_counters(self) -> None:
+        """Late readings and gap resets since the last call, once a poll (not per reading)."""
+        counters = self.core.windows.counters
+        late, gaps = counters.late_dropped, counters.gap_resets
+        if late != self._late_exported:
+            health.late_readings.inc(late - self._late_exported)
+            self._late_exported = late
+        if gaps != self._gaps_exported:
+            health.gap_resets.inc(gaps - self._gaps_exported)
+            self._gaps_exported = gaps
 
     def _wait_for_model(self, record: Record, profile: str) -> None:
         """A message whose profile has no model yet is neither scored nor consumed: its

@@ -223,11 +223,29 @@ class AssetWindow:
         self, reading: Reading, tp: TopicPartitionId, offset: int, counters: WindowCounters
     ) -> list[ReadyWindow]:
         slot = reading.ts_ns // self.geometry.period_ns
+        values = reading.values
+        if (
+            slot - 1 == self._head
+            and len(values) == len(self._index)
+            and len(self._tps) == 1
+            and self._tps[0] == tp
+        ):
+            return self._add_next(slot, values, offset)
+        return self._add_any(slot, values, tp, offset, counters)
+
+    def _add_any(
+        self,
+        slot: int,
+        values: Mapping[str, float],
+        tp: TopicPartitionId,
+        offset: int,
+        counters: WindowCounters,
+    ) -> list[ReadyWindow]:
+        """`add` of any reading: late, partial, after a gap, from another partition."""
         try:
             i = self._tps.index(tp)
         except ValueError:
             i = self._add_partition(tp)
-        values = reading.values
         whole = len(values) == len(self._index)
         row = slot % self._cap
         next_slot = False  # the slot after the newest, read whole: the common case
@@ -273,6 +291,37 @@ class AssetWindow:
             # one at or above the reported offset of its partition is covered by it.
             reported = self._reported
             if i >= len(reported) or offset < reported[i]:
+                self.unreported = True
+        return ready
+
+    def _add_next(self, slot: int, values: Mapping[str, float], offset: int) -> list[ReadyWindow]:
+        """`add` of what nearly every reading is: every channel, in the slot after the newest,
+        from the one partition the asset's readings came from. The steps `_add_any` takes for
+        it, with `_finalize_until`'s common case (one whole slot made final, nothing being
+        forward-filled) inline: about 1.3 us less a reading (RESULTS, issue 15 session 14)."""
+        self._head = slot
+        cap, final = self._cap, self._final
+        stop = slot - self._lateness
+        if stop == final + 1 and not self._filling and self._complete[final % cap]:
+            self._final = stop
+            g = self.geometry
+            if (
+                (final + self._phase) % g.hop == g.hop - 1
+                and final - g.window + 1 >= self._run_start
+                and final > self._last_end
+            ):
+                ready = [self._window_ending(final)]
+            else:
+                ready = []
+        else:
+            ready = self._finalize_until(stop)
+        row = slot % cap
+        self._raw[row] = self._row(values)
+        self._complete[row] = 1
+        self._per_tp[0][row] = offset
+        if not self.unreported:  # as in `_add_any`
+            reported = self._reported
+            if not reported or offset < reported[0]:
                 self.unreported = True
         return ready
 

@@ -306,3 +306,39 @@ def test_without_the_seek_back_on_assignment_commits_wait_for_partial_windows(
     held = daemon.core.windows.hold()[tp]
     assert broker.commits and broker.commits[-1] == {tp: held} and held < len(stream)
     daemon.core.close()
+
+
+def test_late_readings_and_gap_resets_are_exported_once_each(
+    models_root: Path, tmp_path: Path
+) -> None:
+    """The run loop counts them per poll (`_export_window_counters`), not per reading: each
+    drop and reset reaches /metrics once, however often the export runs."""
+    from prometheus_client import REGISTRY
+
+    from daemon.app import Daemon
+    from daemon.source import Record
+
+    daemon = Daemon(settings_for(models_root, tmp_path))
+    stream = list(readings([generate_asset(ASSET, 120, seed=0)[0]]))
+
+    def handle(offset: int, reading: Any) -> None:
+        body = {"asset": ASSET, "ts": reading.ts_ns // 1_000_000, "values": reading.values}
+        daemon._handle(Record(*TP, offset, None, json.dumps(body).encode(), 0))
+
+    def exported() -> tuple[float | None, float | None]:
+        return (
+            REGISTRY.get_sample_value("seqae_late_readings_total"),
+            REGISTRY.get_sample_value("seqae_gap_resets_total"),
+        )
+
+    late0, gaps0 = (value or 0.0 for value in exported())
+    for offset in range(50):
+        handle(offset, stream[offset])
+    handle(50, stream[10])  # 40 slots behind the newest: dropped
+    handle(51, stream[100])  # 50 slots empty: the window resets
+    assert daemon.core.windows.counters.late_dropped == 1
+    assert daemon.core.windows.counters.gap_resets == 1
+    daemon._export_window_counters()
+    daemon._export_window_counters()
+    assert exported() == (late0 + 1, gaps0 + 1)
+    daemon.core.close()

@@ -3,7 +3,15 @@ import pytest
 
 from daemon.codec import Reading
 from daemon.settings import WindowSettings
-from daemon.windows import ReadyWindow, WindowGeometry, WindowStore, window_phase
+from daemon.windows import (
+    AssetWindow,
+    ReadyWindow,
+    TopicPartitionId,
+    WindowCounters,
+    WindowGeometry,
+    WindowStore,
+    window_phase,
+)
 
 TP = ("sensors", 0)
 GEO = WindowGeometry.of(["a", "b"], period_s=1.0, window=4, hop=2)
@@ -375,3 +383,61 @@ def test_windows_mixing_whole_and_partial_readings_equal_the_forward_fill_of_eac
         end = w.end_ns // S
         want = np.array([expected[s] for s in range(end - 5, end + 1)], np.float32)
         np.testing.assert_array_equal(w.values, want)
+
+
+class _GeneralPathOnly(AssetWindow):
+    """Every reading through `_add_any`: the reference for `add`'s fast path."""
+
+    __slots__ = ()
+
+    def add(
+        self, reading: Reading, tp: TopicPartitionId, offset: int, counters: WindowCounters
+    ) -> list[ReadyWindow]:
+        slot = reading.ts_ns // self.geometry.period_ns
+        return self._add_any(slot, reading.values, tp, offset, counters)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_next_slot_fast_path_hands_out_what_the_general_path_does(seed: int) -> None:
+    """Mostly whole readings in order (the fast path), mixed with partial, late, repeated and
+    skipped slots, gaps and a second partition, after a restart: both give the same windows,
+    offsets, holds and counters."""
+    rng = np.random.default_rng(seed)
+    geometry = WindowGeometry.of(["a", "b", "c"], period_s=1.0, window=6, hop=3)
+    written = 110 + (2 - 110 - window_phase("pump-b", 3)) % 3  # a window end
+    fast, slow = (
+        # windows up to the one ending at `written` were written before a restart
+        cls("pump-b", geometry, 2, int(seed % 3), resume_after_ns=written * S)
+        for cls in (AssetWindow, _GeneralPathOnly)
+    )
+    counters = (WindowCounters(), WindowCounters())
+    slot, out = 100, ([], [])
+    for offset in range(600):
+        r = rng.random()
+        if r < 0.04:
+            slot += int(rng.integers(2, 7))  # skipped slots: forward fill or a gap reset
+        elif r < 0.08:
+            slot -= int(rng.integers(0, 4))  # repeated or late
+        else:
+            slot += 1
+        names = ["a", "b", "c"] if rng.random() > 0.1 else ["a", "c"]
+        values = {n: float(rng.normal()) for n in names}
+        # a second partition late on: from then on every reading takes the general path
+        tp = ("sensors", 1) if offset > 450 and rng.random() < 0.05 else ("sensors", 0)
+        for window, count, got in zip((fast, slow), counters, out, strict=True):
+            got += window.add(Reading("pump-b", slot * S, dict(values)), tp, offset, count)
+            if offset % 50 == 0:
+                got.append(window.report_hold())  # type: ignore[arg-type]
+    assert len(out[0]) > 100
+    for a, b in zip(*out, strict=True):
+        if isinstance(a, dict):
+            assert a == b
+            continue
+        assert (a.end_ns, a.gap, a.offsets, a.late) == (b.end_ns, b.gap, b.offsets, b.late)
+        np.testing.assert_array_equal(a.values, b.values)
+    assert vars_of(counters[0]) == vars_of(counters[1])
+    assert fast.hold() == slow.hold() and fast.unreported == slow.unreported
+
+
+def vars_of(counters: WindowCounters) -> tuple[int, int, int]:
+    return counters.late_dropped, counters.gap_resets, counters.evicted
