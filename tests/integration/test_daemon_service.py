@@ -61,6 +61,13 @@ def train_pumps(root: Path, seed: int = 0) -> str:
     )
 
 
+# The daemon's scores against an offline replay of the same windows: float32 forwards differ
+# with the batch a window lands in (which the daemon's timing decides), by up to 1.2e-5 relative
+# on these pumps (max_batch 256 against 7 and 1, the same windows through `backtest`); 1e-5
+# failed once in CI. A window with other values differs far more than this.
+SCORE_RTOL = 1e-4
+
+
 @pytest.fixture(scope="module")
 def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")
@@ -835,7 +842,7 @@ def test_backtest_gives_the_daemons_scores_and_alerts(
         assert [r[0] for r in values] == trace.end_ns
         assert [r[3] for r in values] == trace.state
         assert "calibrating" in trace.state and "ok" in trace.state
-        np.testing.assert_allclose([r[1] for r in values], trace.score, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose([r[1] for r in values], trace.score, rtol=SCORE_RTOL, atol=1e-6)
         np.testing.assert_allclose([r[2] for r in values], trace.threshold, rtol=1e-6)
         alerts = query(f"SELECT alert_id, state FROM seqae_alert WHERE asset = '{asset}'")
         online = [(r[0], r[1], r[2]) for r in alerts[0]["values"]] if alerts else []

@@ -28,6 +28,7 @@ from test_daemon_service import (
     HEALTHY,
     PERIOD_NS,
     SAMPLES,
+    SCORE_RTOL,
     DaemonProcess,
     expected_ends,
     free_port,
@@ -462,6 +463,8 @@ def test_a_stream_stopped_mid_window_is_committed_to_its_end_and_its_window_surv
         assert [r[0] for r in values] == expected_ends(a) == offline[a].end_ns, a
         spanning = [i for i, r in enumerate(values) if r[0] > before[a][-1]][:3]
         assert spanning and values[spanning[0]][0] - (20 - 1) * PERIOD_NS < before[a][-1]
-        np.testing.assert_allclose([r[1] for r in values], offline[a].score, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            [r[1] for r in values], offline[a].score, rtol=SCORE_RTOL, atol=1e-6
+        )
         np.testing.assert_allclose([r[2] for r in values], offline[a].threshold, rtol=1e-6)
         assert [r[3] for r in values] == offline[a].state, a
