@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -50,6 +49,7 @@ from bench_load import (  # noqa: E402
     free_port,
     influx_query,
     make_topic,
+    owned_partitions,
     scrape,
     service_processes,
 )
@@ -75,16 +75,6 @@ def produce_backlog(bootstrap: str, topic: str, assets: int, samples: int) -> in
     producer.flush()
     producer.close()
     return assets * samples
-
-
-def owned_partitions(log: Path) -> set[int]:
-    """The partitions a member's log says it owns now (latest "ready in" line)."""
-    owned: set[int] = set()
-    for line in log.read_text(errors="replace").splitlines():
-        if "ready in" in line:
-            found = re.search(r"assigned now \S*\[([\d,]+)\]", line)
-            owned = {int(p) for p in found.group(1).split(",")} if found else set()
-    return owned
 
 
 def run_group(
@@ -141,10 +131,9 @@ def run_group(
         load_before = os.getloadavg()
 
         def totals() -> tuple[float, float]:
-            got = [scrape(port)["totals"] for _, port, _ in members]
-            return (
-                sum(t.get("seqae_messages_in_total", 0.0) for t in got),
-                sum(t.get("seqae_windows_scored_total", 0.0) for t in got),
+            got = scrape(*(port for _, port, _ in members))["totals"]
+            return got.get("seqae_messages_in_total", 0.0), got.get(
+                "seqae_windows_scored_total", 0.0
             )
 
         t0 = time.monotonic()

@@ -252,8 +252,8 @@ def service_processes() -> dict[str, psutil.Process]:
 _SAMPLE = re.compile(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)")
 
 
-def scrape(ports: list[int]) -> dict[str, Any]:
-    """Every instance's /metrics, summed: counters, gauges and the latency buckets."""
+def scrape(*ports: int) -> dict[str, Any]:
+    """The /metrics of the daemons at `ports`, summed: counters, gauges, latency buckets."""
     buckets: dict[float, float] = {}
     totals: dict[str, float] = {}
     for port in ports:
@@ -379,16 +379,22 @@ def wait_ready(proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None
     raise LoadError(f"daemon not ready after 90 s:\n{log_path.read_text()[-3000:]}")
 
 
+def owned_partitions(log: Path) -> set[int]:
+    """The partitions a member's log says it owns now (latest "ready in" line)."""
+    owned: set[int] = set()
+    for line in log.read_text(errors="replace").splitlines():
+        if "ready in" in line:
+            found = re.search(r"assigned now \S*\[([\d,]+)\]", line)
+            owned = {int(p) for p in found.group(1).split(",")} if found else set()
+    return owned
+
+
 def wait_balanced(logs: list[Path], partitions: int, timeout_s: float = 90.0) -> None:
-    """Until the members' latest assignments (each log's last "assigned now") split every
-    partition between them, one member each."""
+    """Until every member owns partitions and together they own all of them."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        held: list[str] = []
-        for log in logs:
-            now = re.findall(r"assigned now \S+\[([\d,]+)\]", log.read_text(errors="replace"))
-            held += now[-1].split(",") if now else []
-        if len(held) == partitions and len(set(held)) == partitions:
+        owned = [owned_partitions(log) for log in logs]
+        if sum(map(len, owned)) == partitions and all(owned):
             return
         time.sleep(0.5)
     raise LoadError(f"the {len(logs)} instances did not share the partitions in {timeout_s:.0f} s")
@@ -475,7 +481,7 @@ def run_load(args: argparse.Namespace) -> LoadResult:
             for ps in watched.values():
                 ps.cpu_percent(None)
             t0 = time.time()
-            last = scrape(ports)
+            last = scrape(*ports)
             first = last
             cumulative: list[dict[float, float]] = []  # latency buckets as of each sample
             next_print = t0 + 30
@@ -486,7 +492,7 @@ def run_load(args: argparse.Namespace) -> LoadResult:
                         raise LoadError(
                             f"daemon exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}"
                         )
-                now = scrape(ports)
+                now = scrape(*ports)
                 d = delta(last["buckets"], now["buckets"])
                 tot = now["totals"]
                 cpu = {}
@@ -527,7 +533,7 @@ def run_load(args: argparse.Namespace) -> LoadResult:
             for p in producers:
                 p.join(timeout=60)
             lag_end = group_lag(args.bootstrap, topic, topic)
-            final = scrape(ports)
+            final = scrape(*ports)
             overall = delta(first["buckets"], final["buckets"])
             steady_from = min(args.warmup_s, duration / 2)
             steady = [x for x in samples if x.t >= steady_from]
