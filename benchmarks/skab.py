@@ -836,6 +836,17 @@ def issue10_specs() -> dict[str, DetectorSpec]:
             {"select": "auto", "select_by": "explained", "code_distance": False},
             **m3,
         ),
+        # Session 15: the quantile the threshold is set at. ~100 held-out windows per asset make
+        # the 0.995 quantile their maximum; a central quantile is a steadier per-asset scale,
+        # which the concatenated (score / threshold) metrics and the FAR depend on.
+        **{
+            f"f-auto-q{round(q * 100)}": fused(
+                f"f-auto-q{round(q * 100)}",
+                {"select": "auto", "select_by": "explained", "code_distance": False},
+                policy=ThresholdPolicy(quantile=q, margin=3.0),
+            )
+            for q in (0.99, 0.95, 0.9, 0.75, 0.5)
+        },
     }
 
 
