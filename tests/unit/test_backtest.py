@@ -83,17 +83,30 @@ def test_healthy_pumps_raise_no_alert_over_eight_hours(lstm_root: Path) -> None:
 
 
 def test_setpoint_step_is_shifted_rebaselined_and_raises_no_alert(lstm_root: Path) -> None:
-    """Speed x0.8 for two hours, then back: the pump's physics hold throughout."""
+    """Speed x0.8 for two hours, then back: the pump's physics hold throughout. Each step is a
+    shift that the baseline follows within half an hour; between and after them the asset is
+    ok. (A healthy window scores near its threshold now and then, and one above it that moves
+    back is a one-window shift, not an alert: how many of those a model gives differs from one
+    machine's floating point to another's, so the test bounds them rather than counting none.)"""
     series, _ = generate_asset(
         "pump-1", 6 * HOUR, seed=4, setpoint_steps=[(2 * HOUR, 0.8), (4 * HOUR, 1.25)]
     )
     result = backtest(shipped(lstm_root), [series])
     trace = result.traces["pump-1"]
     assert result.report.total.episodes == 0, result.report.table()
-    assert "shifted" in trace.state and trace.state[-1] == "ok"
-    kinds = [e.state for e in trace.shifts]
-    assert kinds[:2] == ["entered", "left"] and kinds[-1] == "left"
     assert not any(a for a, st in zip(trace.anomalous, trace.state, strict=True) if st == "shifted")
+    start_ns = int(series.timestamps[0])
+    at = (np.array(trace.end_ns) - start_ns) / 1e9
+    states = np.array(trace.state)
+    for step in (2 * HOUR, 4 * HOUR):
+        shifted = at[(states == "shifted") & (at >= step) & (at < step + HOUR / 2)]
+        assert len(shifted) and shifted[0] < step + 600, (step, trace.shifts)
+        settled = (at >= step + HOUR / 2) & (at < step + 2 * HOUR)
+        assert np.mean(states[settled] == "ok") >= 0.99, (step, trace.shifts)
+    left = [(e.time_ns - start_ns) / 1e9 for e in trace.shifts if e.state == "left"]
+    assert any(2 * HOUR < t < 2.5 * HOUR for t in left) and any(
+        4 * HOUR < t < 4.5 * HOUR for t in left
+    )
 
 
 @pytest.mark.parametrize(
