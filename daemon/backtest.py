@@ -170,13 +170,18 @@ def run_core(
             settings.engine.device_history,
         )
         geometries = {p.name: p.geometry for p in profiles}
-        core = StreamCore(run_settings, profiles)
+        # A clock that stands still: batches are the engine's full `max_batch` in reading order,
+        # and the batch in flight is taken before the next goes out (which the next is scored
+        # with), so a rerun gives the same trace whatever the machine's load; the daemon's
+        # batches follow its wall clock. Nothing idles out.
+        core = StreamCore(run_settings, profiles, clock=lambda: 0.0)
         try:
             total = sum(len(s) for s in series)
             bar = _progress(total, progress)
             for n, reading in enumerate(readings(series), 1):
                 core.add(reading)
                 if core.due():
+                    _collect(core.results(wait=True), traces)
                     _collect(core.score(), traces)
                 if n % 4096 == 0:
                     bar.update(4096)

@@ -107,6 +107,10 @@ class StreamCore:
         """Hand batches to the scoring thread (all queued windows with `everything`) and yield
         each scored batch's output in order: those done so far, or all of them with `wait`."""
         self.engine.hand_out(everything)
+        return self.results(wait)
+
+    def results(self, wait: bool = False) -> Iterator[CoreOutput]:
+        """Each batch handed out so far, scored, in order: those done, or all with `wait`."""
         for part in self.engine.results(wait=wait):
             yield self._finish(part)
 

@@ -144,6 +144,21 @@ class _WindowFeatures(torch.nn.Module):
         return self.chunk(x, ~missing).float().double()  # type: ignore[no-any-return]
 
 
+def _one_or_more(
+    window_features: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    raw: torch.Tensor,
+    center: torch.Tensor,
+    scale: torch.Tensor,
+) -> torch.Tensor:
+    """`window_features` of a chunk; a chunk of one window goes in twice. BLAS takes a
+    matrix-vector path for one row whose float32 sums differ from a batch's in the last bits:
+    a window would score otherwise alone (a quiet stream's batch of one, a stale re-score) than
+    in a batch, and a replay would depend on the daemon's timing."""
+    if len(raw) != 1:
+        return window_features(raw, center, scale)
+    return window_features(raw.expand(2, -1, -1), center.expand(2, -1), scale.expand(2, -1))[:1]
+
+
 class Scorer:
     def __init__(self, model: Any, device: str = "auto", batch_size: int | None = None) -> None:
         detector = getattr(model, "detector", model)
@@ -207,7 +222,9 @@ class Scorer:
         center, scale = center.expand(len(raw), -1), scale.expand(len(raw), -1)  # views
         step = self.batch_size
         parts = [
-            window_features(raw[i : i + step], center[i : i + step], scale[i : i + step])
+            _one_or_more(
+                window_features, raw[i : i + step], center[i : i + step], scale[i : i + step]
+            )
             for i in range(0, len(raw), step)
         ]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
