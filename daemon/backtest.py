@@ -171,9 +171,9 @@ def run_core(
         )
         geometries = {p.name: p.geometry for p in profiles}
         # A clock that stands still: batches are the engine's full `max_batch` in reading order,
-        # and the batch in flight is taken before the next goes out (which the next is scored
-        # with), so a rerun gives the same trace whatever the machine's load; the daemon's
-        # batches follow its wall clock. Nothing idles out.
+        # and the batch in flight is taken (its baselines updated) before the next goes out, so
+        # a rerun gives the same trace whatever the machine's load; the daemon's batches follow
+        # its wall clock. Nothing idles out.
         core = StreamCore(run_settings, profiles, clock=lambda: 0.0)
         try:
             total = sum(len(s) for s in series)
