@@ -156,3 +156,16 @@ def test_synth_needs_no_torch(workdir: Path) -> None:
     )
     assert code == 0 and "wrote" in output, output
     assert not loaded & {"torch", "matplotlib", "sklearn"}, sorted(loaded)
+
+
+def test_the_entry_point_asks_mkl_for_reproducible_results() -> None:
+    """`seqae` sets MKL's reproducible mode on import, before torch can compute anything: MKL
+    reads it once, at its first call (without it a loaded machine's rerun of a backtest gave
+    other last bits)."""
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    probe = "import os, sys; from daemon.cli import main; print(os.environ.get('MKL_CBWR'))"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "AUTO,STRICT"
