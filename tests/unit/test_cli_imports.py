@@ -163,7 +163,7 @@ def test_the_entry_point_asks_mkl_for_reproducible_results() -> None:
     reads it once, at its first call (without it a loaded machine's rerun of a backtest gave
     other last bits)."""
     env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
-    probe = "import os, sys; from daemon.cli import main; print(os.environ.get('MKL_CBWR'))"
+    probe = "import os; from daemon.cli import main; print(os.environ.get('MKL_CBWR'))"
     done = subprocess.run(
         [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120
     )
